@@ -1,0 +1,77 @@
+"""Concrete batched forward pass through the IR."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from verifier.network import (
+    Add, AvgPool, Concat, Conv, Dense, Input, MaxPool, Network, Node, Pad, Relu, Reshape,
+    Scale, Tensor, Transpose,
+)
+
+
+def forward(net: Network, x: Tensor) -> Tensor:
+    """Outputs ``(B, *output_shape)`` for inputs ``(B, *input_shape)`` or ``(B, n_in)``."""
+    return forward_all(net, x)[net.output]
+
+
+def forward_all(net: Network, x: Tensor) -> list[Tensor]:
+    """The value of every node, each ``(B, *node.shape)``."""
+    values: list[Tensor] = []
+    for node in net.nodes:
+        args = [values[j] for j in node.inputs]
+        if isinstance(node.op, Input):
+            values.append(x.reshape(x.shape[0], *node.shape))
+        else:
+            values.append(apply_node(node, args))
+    return values
+
+
+def apply_node(node: Node, args: list[Tensor]) -> Tensor:
+    """One node on batched arguments (the input node excluded)."""
+    op = node.op
+    if isinstance(op, Dense):
+        return torch.nn.functional.linear(args[0], op.weight, op.bias)
+    if isinstance(op, Conv):
+        return F.conv2d(_pad4(args[0], op.padding, 0.0), op.weight, op.bias, op.stride, 0, op.dilation, op.groups)
+    if isinstance(op, Relu):
+        return torch.relu(args[0])
+    if isinstance(op, Add):
+        return args[0] + args[1]
+    if isinstance(op, Scale):
+        return args[0] * op.scale + op.shift
+    if isinstance(op, Reshape):
+        return args[0].reshape(args[0].shape[0], *node.shape)
+    if isinstance(op, Transpose):
+        return args[0].permute(0, *(p + 1 for p in op.perm))
+    if isinstance(op, AvgPool):
+        x = _pad4(args[0], op.padding, 0.0)
+        out = F.avg_pool2d(x, op.kernel, op.stride)
+        if not op.count_include_pad and any(op.padding):
+            ones = _pad4(torch.ones_like(args[0][:1, :1]), op.padding, 0.0)
+            out = out / F.avg_pool2d(ones, op.kernel, op.stride)
+        return out
+    if isinstance(op, MaxPool):
+        return F.max_pool2d(_pad4(args[0], op.padding, float("-inf")), op.kernel, op.stride)
+    if isinstance(op, Pad):
+        return _pad_nd(args[0], op.pads, op.value)
+    if isinstance(op, Concat):
+        return torch.cat(args, dim=op.axis + 1)
+    raise TypeError(f"forward: unhandled node type {type(op).__name__}")
+
+
+def _pad4(x: Tensor, padding: tuple[int, int, int, int], value: float) -> Tensor:
+    top, left, bottom, right = padding
+    if not any(padding):
+        return x
+    return F.pad(x, (left, right, top, bottom), value=value)
+
+
+def _pad_nd(x: Tensor, pads: tuple[int, ...], value: float) -> Tensor:
+    """ONNX-style pads over the per-sample axes of a batched tensor."""
+    d = len(pads) // 2
+    torch_pads: list[int] = []
+    for axis in reversed(range(d)):  # torch pads from the last axis backwards
+        torch_pads += [pads[axis], pads[axis + d]]
+    return F.pad(x, torch_pads, value=value)

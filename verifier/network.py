@@ -1,0 +1,194 @@
+"""The network IR: an immutable DAG of a few node types, in topological order.
+
+Every tensor here is per sample: shapes exclude the batch dimension, and every
+analysis runs on batches ``(B, *shape)``.  Node 0 is the single ``Input``;
+``Network.output`` is the index of the output node.  VNN-LIB's ``X_i`` and
+``Y_i`` index the row-major flattening of the input and output tensors.
+
+Normalization, BatchNorm and chains of affine maps are folded at load time, so
+analyses see mostly ``Dense``/``Conv``/``Relu``; ``Scale`` remains only where
+no neighbouring affine node can absorb it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from math import prod
+from typing import Union
+
+import torch
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True, eq=False)
+class Input:
+    """The network input."""
+
+
+@dataclass(frozen=True, eq=False)
+class Dense:
+    """``y = W x + b`` on a flat input ``(n,)`` giving ``(m,)``."""
+
+    weight: Tensor  # (m, n)
+    bias: Tensor  # (m,)
+
+
+@dataclass(frozen=True, eq=False)
+class Conv:
+    """2-D convolution on ``(C, H, W)``; padding is (top, left, bottom, right)."""
+
+    weight: Tensor  # (C_out, C_in / groups, kh, kw)
+    bias: Tensor  # (C_out,)
+    stride: tuple[int, int]
+    padding: tuple[int, int, int, int]
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+
+
+@dataclass(frozen=True, eq=False)
+class Relu:
+    """``max(x, 0)`` elementwise."""
+
+
+@dataclass(frozen=True, eq=False)
+class Add:
+    """Elementwise sum of two nodes of the same shape."""
+
+
+@dataclass(frozen=True, eq=False)
+class Scale:
+    """Elementwise ``x * scale + shift`` (constants broadcastable to the shape)."""
+
+    scale: Tensor
+    shift: Tensor
+
+
+@dataclass(frozen=True, eq=False)
+class Reshape:
+    """Row-major reshape to ``Node.shape`` (Flatten is a reshape to ``(n,)``)."""
+
+
+@dataclass(frozen=True, eq=False)
+class Transpose:
+    """Permutation of the per-sample axes."""
+
+    perm: tuple[int, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class AvgPool:
+    """2-D average pooling on ``(C, H, W)``; padding is (top, left, bottom, right)."""
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0)
+    count_include_pad: bool = True
+
+
+@dataclass(frozen=True, eq=False)
+class MaxPool:
+    """2-D max pooling on ``(C, H, W)``; padding (top, left, bottom, right) is -inf."""
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+
+@dataclass(frozen=True, eq=False)
+class Pad:
+    """Constant padding; ``pads`` as in ONNX over the per-sample axes (begins, then ends)."""
+
+    pads: tuple[int, ...]
+    value: float = 0.0
+
+
+@dataclass(frozen=True, eq=False)
+class Concat:
+    """Concatenation of the inputs along a per-sample axis."""
+
+    axis: int
+
+
+Op = Union[Input, Dense, Conv, Relu, Add, Scale, Reshape, Transpose, AvgPool, MaxPool, Pad, Concat]
+OP_TYPES: tuple[type, ...] = (
+    Input, Dense, Conv, Relu, Add, Scale, Reshape, Transpose, AvgPool, MaxPool, Pad, Concat,
+)
+
+
+@dataclass(frozen=True, eq=False)
+class Node:
+    """One operation, the indices of the nodes it reads, and its output shape."""
+
+    op: Op
+    inputs: tuple[int, ...]
+    shape: tuple[int, ...]
+    name: str = ""
+
+    @property
+    def size(self) -> int:
+        return prod(self.shape)
+
+
+@dataclass(frozen=True, eq=False)
+class Network:
+    """An immutable DAG of nodes in topological order (node 0 is the input)."""
+
+    nodes: tuple[Node, ...]
+    output: int
+
+    def __post_init__(self) -> None:
+        if not self.nodes or not isinstance(self.nodes[0].op, Input):
+            raise ValueError("node 0 of a Network must be its Input")
+        for i, node in enumerate(self.nodes):
+            if any(j >= i or j < 0 for j in node.inputs):
+                raise ValueError(f"node {i} ({node.name}) reads a later node")
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.nodes[0].shape
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return self.nodes[self.output].shape
+
+    @property
+    def n_inputs(self) -> int:
+        return self.nodes[0].size
+
+    @property
+    def n_outputs(self) -> int:
+        return self.nodes[self.output].size
+
+    @property
+    def relu_indices(self) -> tuple[int, ...]:
+        """Indices of the Relu nodes, in order; split states are kept per entry."""
+        return tuple(i for i, n in enumerate(self.nodes) if isinstance(n.op, Relu))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        for node in self.nodes:
+            for t in _tensors(node.op):
+                return t.dtype
+        return torch.float32
+
+    @property
+    def device(self) -> torch.device:
+        for node in self.nodes:
+            for t in _tensors(node.op):
+                return t.device
+        return torch.device("cpu")
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Network:
+        """A copy with every constant moved to ``device`` and cast to ``dtype``."""
+        nodes = tuple(replace(n, op=_op_to(n.op, device, dtype)) for n in self.nodes)
+        return Network(nodes=nodes, output=self.output)
+
+
+def _tensors(op: Op) -> list[Tensor]:
+    return [v for v in vars(op).values() if isinstance(v, Tensor)]
+
+
+def _op_to(op: Op, device, dtype) -> Op:
+    changes = {k: v.to(device=device, dtype=dtype) for k, v in vars(op).items() if isinstance(v, Tensor)}
+    return replace(op, **changes) if changes else op

@@ -1,0 +1,42 @@
+"""The one verdict type: ``Status`` and ``Result``."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class Status(enum.Enum):
+    SAT = "sat"  # a counterexample exists (and was replayed through onnxruntime)
+    UNSAT = "unsat"  # the property is proven
+    TIMEOUT = "timeout"
+    UNKNOWN = "unknown"
+    ERROR = "error"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True, eq=False)
+class Counterexample:
+    """An input inside the spec box and the onnxruntime outputs on it (both flat)."""
+
+    x: np.ndarray  # (n_in,) in the model's dtype
+    y: np.ndarray  # (n_out,) as onnxruntime computed it
+
+
+@dataclass(frozen=True, eq=False)
+class Result:
+    """The outcome of one verification; ``SAT`` always carries a validated counterexample."""
+
+    status: Status
+    counterexample: Counterexample | None = None
+    time: float = 0.0
+    stats: dict[str, float | int | str] = field(default_factory=dict)
+    message: str = ""
+
+    def __post_init__(self) -> None:
+        if self.status is Status.SAT and self.counterexample is None:
+            raise ValueError("a SAT result needs a validated counterexample")

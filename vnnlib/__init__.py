@@ -1,0 +1,17 @@
+"""VNN-LIB 1.0 reader and writer (numpy only)."""
+
+from vnnlib.spec import Case, Polytope, Spec, SpecError
+
+__all__ = ["Case", "Polytope", "Spec", "SpecError", "read_spec", "parse_spec", "write_spec"]
+
+
+def __getattr__(name: str):  # lazy: the reader/writer modules import on first use
+    if name in ("read_spec", "parse_spec"):
+        from vnnlib import reader
+
+        return getattr(reader, name)
+    if name == "write_spec":
+        from vnnlib.writer import write_spec
+
+        return write_spec
+    raise AttributeError(name)

@@ -6,8 +6,21 @@ import torch
 import torch.nn.functional as F
 
 from verifier.network import (
-    Add, AvgPool, Concat, Conv, Dense, Input, MaxPool, Network, Node, Pad, Relu, Reshape,
-    Scale, Tensor, Transpose,
+    Add,
+    AvgPool,
+    Concat,
+    Conv,
+    Dense,
+    Input,
+    MaxPool,
+    Network,
+    Node,
+    Pad,
+    Relu,
+    Reshape,
+    Scale,
+    Tensor,
+    Transpose,
 )
 
 

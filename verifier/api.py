@@ -1,0 +1,159 @@
+"""The Python API: ``verify(model, spec) -> Result``, one readable pipeline.
+
+Stages: load and check shapes, attack (sat), incomplete bounds IBP -> CROWN ->
+alpha-CROWN (unsat), then a complete engine (branch-and-bound, MILP or SMT).
+A ``sat`` is only ever produced by ``verifier.validate``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from verifier.attack import attack_case
+from verifier.config import Config
+from verifier.deadline import Deadline
+from verifier.errors import ShapeMismatchError
+from verifier.network import Network
+from verifier.objective import CaseObjective, case_objective
+from verifier.result import Counterexample, Result, Status
+from verifier.validate import Replayer, validate
+from vnnlib.spec import Spec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class Problem:
+    """A loaded model and spec, ready for the engines."""
+
+    net: Network  # on the configured device and dtype
+    spec: Spec
+    replayer: Replayer
+    model_path: Path
+
+
+def verify(
+    model: str | os.PathLike | Network, spec: str | os.PathLike | Spec, timeout: float | None = None,
+    config: Config | None = None, onnx_path: str | os.PathLike | None = None,
+) -> Result:
+    """Decide whether some input of ``spec`` drives ``model`` into the unsafe region.
+
+    ``model`` is an ONNX path or a loaded ``Network``; a counterexample is replayed
+    through onnxruntime on the ONNX file (``onnx_path``, or the model path, or an
+    export of the ``Network``).
+    """
+    start = time.monotonic()
+    deadline = Deadline.after(timeout)
+    config = config or Config()
+    problem = load_problem(model, spec, config, onnx_path)
+    stats: dict[str, float | int | str] = {"load_time": round(time.monotonic() - start, 4)}
+    status, cex = run_pipeline(problem, config, deadline, stats)
+    if status is Status.UNKNOWN and deadline.expired():
+        status = Status.TIMEOUT
+    return Result(status=status, counterexample=cex, time=time.monotonic() - start, stats=stats)
+
+
+def load_problem(
+    model: str | os.PathLike | Network, spec: str | os.PathLike | Spec, config: Config,
+    onnx_path: str | os.PathLike | None = None,
+) -> Problem:
+    """Load model and spec, check that their sizes agree, move the net to the device."""
+    if isinstance(model, Network):
+        net = model
+        path = Path(onnx_path) if onnx_path is not None else _export(model)
+    else:
+        from verifier.onnx_import import load_onnx
+
+        path = Path(model)
+        net = load_onnx(path)
+    if not isinstance(spec, Spec):
+        from vnnlib.reader import read_spec
+
+        spec = read_spec(spec, n_inputs=net.n_inputs, n_outputs=net.n_outputs)
+    if spec.n_inputs != net.n_inputs or spec.n_outputs != net.n_outputs:
+        raise ShapeMismatchError(
+            f"spec has {spec.n_inputs} inputs and {spec.n_outputs} outputs, "
+            f"the model has {net.n_inputs} inputs and {net.n_outputs} outputs"
+        )
+    dtype = torch.float64 if config.dtype == "float64" else torch.float32
+    if config.device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = False  # too imprecise for verification
+        torch.backends.cudnn.allow_tf32 = False
+    return Problem(net=net.to(config.device, dtype), spec=spec, replayer=Replayer(path), model_path=path)
+
+
+def _export(net: Network) -> Path:
+    import tempfile
+
+    from verifier.onnx_export import save_onnx  # exported once so onnxruntime can replay
+
+    path = Path(tempfile.mkdtemp(prefix="verifier-")) / "model.onnx"
+    save_onnx(net, path)
+    return path
+
+
+def run_pipeline(
+    problem: Problem, config: Config, deadline: Deadline, stats: dict
+) -> tuple[Status, Counterexample | None]:
+    """Attack, then incomplete bounds, then the complete engine; first decision wins."""
+    net, spec = problem.net, problem.spec
+    objectives = [case_objective(c, net.dtype, net.device) for c in spec.cases]
+    gen = torch.Generator(device=net.device).manual_seed(config.seed)
+
+    if config.attack.enabled and config.engine in ("auto", "bab"):
+        t = time.monotonic()
+        cex = _attack_all(problem, objectives, config, deadline, gen)
+        stats["attack_time"] = round(time.monotonic() - t, 4)
+        if cex is not None:
+            return Status.SAT, cex
+    if config.stop_after == "attack" or deadline.expired():
+        return Status.UNKNOWN, None
+
+    open_cases = _incomplete(problem, objectives, config, deadline, stats)
+    if not open_cases:
+        return Status.UNSAT, None
+    if config.stop_after != "complete" or deadline.expired():
+        return Status.UNKNOWN, None
+    return _complete(problem, open_cases, config, deadline, stats, gen)
+
+
+def _attack_all(
+    problem: Problem, objectives: list[CaseObjective], config: Config, deadline: Deadline, gen: torch.Generator
+) -> Counterexample | None:
+    attack_deadline = Deadline(min(deadline.at, time.monotonic() + config.attack.time_limit))
+    for index, obj in enumerate(objectives):
+        def check(x: torch.Tensor, index: int = index) -> Counterexample | None:
+            return validate(problem.replayer, problem.spec, x.detach().cpu().double().numpy(), index)
+
+        cex = attack_case(problem.net, obj, check, config.attack, attack_deadline, gen)
+        if cex is not None or attack_deadline.expired():
+            return cex
+    return None
+
+
+def _incomplete(
+    problem: Problem, objectives: list[CaseObjective], config: Config, deadline: Deadline, stats: dict
+) -> list[int]:
+    """Indices of the cases that IBP / CROWN / alpha-CROWN could not prove."""
+    from verifier.incomplete import incomplete_stages
+
+    open_cases = []
+    for index, obj in enumerate(objectives):
+        proven = incomplete_stages(problem.net, obj, config, deadline, stats)
+        if not proven:
+            open_cases.append(index)
+    return open_cases
+
+
+def _complete(
+    problem: Problem, open_cases: list[int], config: Config, deadline: Deadline, stats: dict,
+    gen: torch.Generator,
+) -> tuple[Status, Counterexample | None]:
+    log.info("complete engine not available in this build; %d case(s) open", len(open_cases))
+    return Status.UNKNOWN, None

@@ -1,0 +1,128 @@
+"""Counterexample search: random sampling plus multi-restart PGD, batched.
+
+PGD minimises the violation of a case (``CaseObjective.violation``: the min
+over polytopes of the max over their rows of ``C_j y - d_j``) with signed
+gradient steps projected to the input box (Madry et al. 2018).  Candidates are
+only proposals: ``verifier.validate`` decides.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from verifier.deadline import Deadline
+from verifier.forward import forward
+from verifier.network import Network
+from verifier.objective import CaseObjective
+from verifier.result import Counterexample
+
+log = logging.getLogger(__name__)
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class AttackOptions:
+    """Budget of the attack; all counts are per input box."""
+
+    enabled: bool = True
+    samples: int = 2048  # uniform random samples before PGD
+    restarts: int = 64  # PGD starting points
+    steps: int = 100  # PGD steps per round
+    rounds: int = 3  # rounds of fresh restarts
+    step_start: float = 0.1  # first step, as a fraction of the box width
+    step_end: float = 0.002  # last step, as a fraction of the box width
+    candidates: int = 8  # best candidates handed to validation per round
+    time_limit: float = 20.0  # seconds for the attack before bounding starts
+    max_batch: int = 8192  # points evaluated at once
+
+
+def _uniform(lower: Tensor, upper: Tensor, n: int, gen: torch.Generator) -> Tensor:
+    """``n`` points per box, ``(K * n, n_in)``, uniform in each box ``(K, n_in)``."""
+    r = torch.rand((lower.shape[0], n, lower.shape[1]), generator=gen, dtype=lower.dtype, device=lower.device)
+    return (lower.unsqueeze(1) + r * (upper - lower).unsqueeze(1)).reshape(-1, lower.shape[1])
+
+
+def _violation(net: Network, obj: CaseObjective, x: Tensor, chunk: int) -> Tensor:
+    return torch.cat([obj.violation(forward(net, x[i : i + chunk])) for i in range(0, x.shape[0], chunk)])
+
+
+def sample_candidates(
+    net: Network, obj: CaseObjective, lower: Tensor, upper: Tensor, opts: AttackOptions, gen: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """Random points in the boxes, sorted by violation: ``(points, violations)``."""
+    with torch.no_grad():
+        x = torch.cat([(lower + upper) / 2, _uniform(lower, upper, opts.samples, gen)])
+        v = _violation(net, obj, x, opts.max_batch)
+    order = torch.argsort(v)
+    return x[order], v[order]
+
+
+def pgd_candidates(
+    net: Network, obj: CaseObjective, lower: Tensor, upper: Tensor, opts: AttackOptions,
+    gen: torch.Generator, deadline: Deadline, start: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """One round of PGD from ``restarts`` points per box: best point per restart, sorted."""
+    n_res = opts.restarts
+    lo = lower.repeat_interleave(n_res, dim=0)  # (K R, n)
+    hi = upper.repeat_interleave(n_res, dim=0)
+    width = hi - lo
+    x = _uniform(lower, upper, n_res, gen) if start is None else start
+    best_x, best_v = x.clone(), torch.full((x.shape[0],), torch.inf, dtype=x.dtype, device=x.device)
+    for t in range(opts.steps + 1):
+        x = x.detach().requires_grad_(True)
+        v = obj.violation(forward(net, x))  # (K R,)
+        with torch.no_grad():
+            better = v < best_v
+            best_x[better], best_v[better] = x[better], v[better]
+        if t == opts.steps or deadline.expired() or bool((best_v < 0).any()):
+            break
+        (grad,) = torch.autograd.grad(v.sum(), x)
+        frac = opts.step_start * (opts.step_end / opts.step_start) ** (t / max(1, opts.steps - 1))
+        with torch.no_grad():
+            x = torch.minimum(torch.maximum(x - frac * width * grad.sign(), lo), hi)
+    order = torch.argsort(best_v)
+    return best_x[order].detach(), best_v[order].detach()
+
+
+def attack_case(
+    net: Network, obj: CaseObjective, validate_fn: Callable[[Tensor], Counterexample | None],
+    opts: AttackOptions, deadline: Deadline, gen: torch.Generator,
+    lower: Tensor | None = None, upper: Tensor | None = None,
+) -> Counterexample | None:
+    """Sampling, then rounds of PGD, on boxes ``(K, n_in)`` (default: the case box).
+
+    ``validate_fn`` turns a flat candidate into a validated counterexample or None.
+    """
+    lower = obj.lower.unsqueeze(0) if lower is None else lower
+    upper = obj.upper.unsqueeze(0) if upper is None else upper
+    x, v = sample_candidates(net, obj, lower, upper, opts, gen)
+    cex = _first_valid(x, v, validate_fn, opts.candidates)
+    start = None
+    for _ in range(opts.rounds):
+        if cex is not None or deadline.expired():
+            break
+        x, v = pgd_candidates(net, obj, lower, upper, opts, gen, deadline, start)
+        cex = _first_valid(x, v, validate_fn, opts.candidates)
+        # near misses (rounding between torch and onnxruntime) are pushed further next round
+        near = v <= _NEAR_MISS
+        start = x[near][torch.arange(x.shape[0]) % int(near.sum())] if bool(near.any()) else None
+    return cex
+
+
+_NEAR_MISS = 1e-4
+
+
+def _first_valid(
+    x: Tensor, v: Tensor, validate_fn: Callable[[Tensor], Counterexample | None], limit: int
+) -> Counterexample | None:
+    for i in range(min(limit, x.shape[0])):
+        if float(v[i]) > _NEAR_MISS:
+            break
+        cex = validate_fn(x[i])
+        if cex is not None:
+            return cex
+    return None

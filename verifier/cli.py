@@ -1,0 +1,170 @@
+"""The ``verify`` command: parse arguments, run the API, print the verdict.
+
+Heavy modules (torch, onnx) are imported only after the arguments are parsed,
+so ``verify --help`` and usage errors are instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+from verifier.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, VerifierError
+
+log = logging.getLogger("verifier")
+
+_WATCHDOG_GRACE = 0.5  # seconds past the timeout before the CLI answers 'timeout' by force
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="verify",
+        description="Verify a ReLU network (ONNX) against a VNN-LIB property. First line of output: "
+        "sat | unsat | timeout | unknown | error.",
+        epilog="Exit status: 0 any verdict, 2 usage, 3 bad input (missing/malformed file, shape mismatch, "
+        "bad config), 4 unsupported model, 5 internal error.",
+    )
+    p.add_argument("model", help="ONNX model file")
+    p.add_argument("spec", help="VNN-LIB property file (.vnnlib or .vnnlib.gz)")
+    p.add_argument("--timeout", type=float, default=None, help="wall-clock limit in seconds")
+    p.add_argument("--out", help="also write the result (VNN-COMP format) to this file")
+    p.add_argument("--device", default=None, help="cpu (default) or cuda[:N]")
+    p.add_argument("--seed", type=int, default=None, help="random seed of the attack")
+    p.add_argument("--config", help="YAML configuration file (see README)")
+    p.add_argument("--engine", choices=("auto", "bab", "milp", "smt"), default=None)
+    p.add_argument("--stop-after", choices=("attack", "ibp", "crown", "alpha", "complete"), default=None,
+                   help="incomplete mode: stop after this stage and answer unknown if undecided")
+    p.add_argument("--json", help="write the result with its statistics as JSON to this file")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-v", "--verbose", action="store_true", help="progress and statistics on stderr")
+    g.add_argument("-q", "--quiet", action="store_true", help="only the result")
+    return p
+
+
+def format_result(status: str, x=None, y=None) -> str:
+    """VNN-COMP result text: the verdict line, then ``((X_0 v) ... (Y_0 v))`` on sat."""
+    lines = [status]
+    if x is not None and y is not None:
+        entries = [f"(X_{i} {float(v)!r})" for i, v in enumerate(x)]
+        entries += [f"(Y_{i} {float(v)!r})" for i, v in enumerate(y)]
+        lines.append("(" + "\n ".join(entries) + ")")
+    return "\n".join(lines) + "\n"
+
+
+class _Reporter:
+    """Writes the one result exactly once (normal path or watchdog)."""
+
+    def __init__(self, out: str | None) -> None:
+        self.out = out
+        self.lock = threading.Lock()
+        self.done = False
+
+    def emit(self, text: str) -> bool:
+        with self.lock:
+            if self.done:
+                return False
+            self.done = True
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            if self.out:
+                try:
+                    Path(self.out).write_text(text)
+                except OSError as exc:
+                    print(f"verify: error: cannot write {self.out}: {exc.strerror or exc}", file=sys.stderr)
+            return True
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    o: dict = {}
+    for key in ("device", "seed", "engine"):
+        if getattr(args, key) is not None:
+            o[key] = getattr(args, key)
+    if args.stop_after is not None:
+        o["stop_after"] = args.stop_after
+    return o
+
+
+def _start_watchdog(reporter: _Reporter, timeout: float | None) -> None:
+    if timeout is None:
+        return
+
+    def fire() -> None:
+        if reporter.emit(format_result("timeout")):
+            log.warning("deadline passed: answered timeout")
+            os._exit(EXIT_OK)
+
+    timer = threading.Timer(max(0.0, timeout) + _WATCHDOG_GRACE, fire)
+    timer.daemon = True
+    timer.start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command; returns the exit status."""
+    start = time.monotonic()
+    args = build_parser().parse_args(argv)
+    level = logging.INFO if args.verbose else logging.ERROR if args.quiet else logging.WARNING
+    logging.basicConfig(level=level, format="verify: %(message)s", stream=sys.stderr, force=True)
+    reporter = _Reporter(args.out)
+    _start_watchdog(reporter, args.timeout)
+    try:
+        from vnnlib.spec import SpecError
+
+        try:
+            from verifier.api import verify
+            from verifier.config import load_config
+
+            for path, what in ((args.model, "model"), (args.spec, "spec")):
+                if not Path(path).is_file():
+                    raise _bad_input(f"{what} file not found: {path}")
+            config = load_config(args.config, _overrides(args))
+            remaining = None if args.timeout is None else args.timeout - (time.monotonic() - start)
+            result = verify(args.model, args.spec, timeout=remaining, config=config)
+        except SpecError as exc:
+            raise _bad_input(f"spec: {exc}") from None
+    except VerifierError as exc:
+        reporter.emit(format_result("error"))
+        print(f"verify: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        reporter.emit(format_result("unknown"))
+        return 130
+    except Exception as exc:  # a bug of ours: report 'error', never a verdict
+        reporter.emit(format_result("error"))
+        log.debug("internal error", exc_info=True)
+        print(f"verify: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_INTERNAL
+    cex = result.counterexample
+    reporter.emit(format_result(str(result.status), None if cex is None else cex.x, None if cex is None else cex.y))
+    if args.verbose:
+        stats = " ".join(f"{k}={v}" for k, v in result.stats.items())
+        print(f"verify: {result.status} in {result.time:.2f}s {stats}", file=sys.stderr)
+    if args.json:
+        _write_json(args.json, result, args)
+    return EXIT_OK
+
+
+def _bad_input(message: str) -> VerifierError:
+    err = VerifierError(message)
+    err.exit_code = EXIT_BAD_INPUT
+    return err
+
+
+def _write_json(path: str, result, args: argparse.Namespace) -> None:
+    import json
+
+    cex = result.counterexample
+    record = {
+        "model": args.model, "spec": args.spec, "result": str(result.status), "time": result.time,
+        "stats": result.stats, "message": result.message,
+        "counterexample": None if cex is None else {"x": cex.x.tolist(), "y": cex.y.tolist()},
+    }
+    Path(path).write_text(json.dumps(record, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""A spec case as tensors: the rows ``C y - d`` of all its unsafe polytopes.
+
+Per ``vnnlib.spec``: a polytope is ruled out on a region when some row's lower
+bound of ``C_j y - d_j`` is above 0; the case is proven when all its
+polytopes are ruled out.  A point ``y`` is unsafe when every row of some
+polytope has ``C_j y - d_j <= 0`` (``< 0`` for strict rows).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from vnnlib.spec import Case
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True, eq=False)
+class CaseObjective:
+    """The stacked rows of one case's polytopes and which polytope each row belongs to."""
+
+    lower: Tensor  # (n_in,) input box
+    upper: Tensor  # (n_in,)
+    C: Tensor  # (S, n_out)
+    d: Tensor  # (S,)
+    groups: Tensor  # (P, S) bool: row s belongs to polytope p
+    strict: Tensor  # (S,) bool
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.C.shape[0])
+
+    def polytope_margins(self, rows: Tensor) -> Tensor:
+        """Per polytope, the max over its rows of ``rows`` ``(..., S)`` -> ``(..., P)``.
+
+        A polytope with no rows gets ``-inf`` (its unsafe set is everything).
+        """
+        masked = torch.where(self.groups, rows.unsqueeze(-2), torch.full_like(rows.unsqueeze(-2), -torch.inf))
+        return masked.amax(dim=-1)
+
+    def violation(self, y: Tensor) -> Tensor:
+        """Signed distance to the unsafe set, ``(B,)``: ``<= 0`` means ``y`` is (closure-)unsafe."""
+        rows = y.reshape(y.shape[0], -1) @ self.C.T - self.d  # (B, S)
+        return self.polytope_margins(rows).amin(dim=-1)
+
+    def ruled_out(self, row_lower: Tensor) -> Tensor:
+        """Per domain ``(B,)``: every polytope has a row whose lower bound is above 0."""
+        return (self.polytope_margins(row_lower) > 0).all(dim=-1)
+
+
+def round_toward(a: np.ndarray, dtype: torch.dtype, toward: float) -> np.ndarray:
+    """Cast float64 ``a`` to ``dtype``, rounding toward ``toward`` (+-inf) where inexact.
+
+    Input boxes are widened and row offsets raised so that a proof about the cast
+    spec is a proof about the original one.
+    """
+    np_dtype = np.float32 if dtype == torch.float32 else np.float64
+    cast = np.asarray(a, dtype=np.float64).astype(np_dtype)
+    if toward == 0.0 or np_dtype == np.float64:
+        return cast
+    wrong = cast < a if toward > 0 else cast > a
+    return np.where(wrong, np.nextafter(cast, np_dtype(toward)), cast)
+
+
+def case_objective(case: Case, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> CaseObjective:
+    """Stack the polytopes of ``case`` into one row matrix."""
+    n_out = case.polytopes[0].A.shape[1] if case.polytopes else 0
+    A = np.concatenate([p.A for p in case.polytopes], axis=0) if case.polytopes else np.zeros((0, n_out))
+    b = np.concatenate([p.b for p in case.polytopes]) if case.polytopes else np.zeros(0)
+    strict = np.concatenate([p.strict for p in case.polytopes]) if case.polytopes else np.zeros(0, bool)
+    groups = np.zeros((len(case.polytopes), A.shape[0]), dtype=bool)
+    start = 0
+    for p_idx, poly in enumerate(case.polytopes):
+        groups[p_idx, start : start + poly.A.shape[0]] = True
+        start += poly.A.shape[0]
+
+    def t(a: np.ndarray, toward: float = 0.0) -> Tensor:
+        return torch.as_tensor(round_toward(a, dtype, toward), device=device)
+
+    return CaseObjective(
+        lower=t(case.lower, -np.inf), upper=t(case.upper, np.inf), C=t(A), d=t(b, np.inf),
+        groups=torch.as_tensor(groups, device=device), strict=torch.as_tensor(strict, device=device),
+    )

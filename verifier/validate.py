@@ -1,0 +1,75 @@
+"""Strict counterexample validation: replay through onnxruntime on the original model.
+
+A candidate becomes a ``Counterexample`` only if, in the model's own input
+dtype, it lies inside the input box of a spec case (no tolerance) and the
+onnxruntime outputs lie in one of that case's unsafe polytopes (no tolerance,
+strict rows strictly).  This is the only place that creates counterexamples.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from verifier.result import Counterexample
+from vnnlib.spec import Case, Spec
+
+log = logging.getLogger(__name__)
+
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16}
+
+
+class Replayer:
+    """An onnxruntime session on the original ONNX file, run one sample at a time."""
+
+    def __init__(self, model_path: str | Path) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.dtype = _ORT_TYPES.get(inp.type, np.float32)
+        self.shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Flat outputs of the model on flat input ``x`` (already in the model dtype)."""
+        feed = {self.input_name: np.asarray(x, dtype=self.dtype).reshape(self.shape)}
+        return np.asarray(self.session.run(None, feed)[0]).reshape(-1)
+
+
+def snap_into_box(x: np.ndarray, case: Case, dtype: type) -> np.ndarray | None:
+    """``x`` cast to ``dtype`` and moved by at most one ulp so it is inside the box, or None."""
+    lo, hi = case.lower, case.upper
+    xc = np.clip(np.asarray(x, dtype=np.float64).reshape(-1), lo, hi).astype(dtype)
+    xc = np.where(xc.astype(np.float64) < lo, np.nextafter(xc, dtype(np.inf)), xc)
+    xc = np.where(xc.astype(np.float64) > hi, np.nextafter(xc, dtype(-np.inf)), xc)
+    inside = np.all(xc.astype(np.float64) >= lo) and np.all(xc.astype(np.float64) <= hi)
+    return xc if inside else None
+
+
+def validate(replayer: Replayer, spec: Spec, x: np.ndarray, case_index: int | None = None) -> Counterexample | None:
+    """A strictly validated counterexample from candidate ``x``, or None.
+
+    With ``case_index`` the candidate is first snapped into that case's box.
+    """
+    cases = range(len(spec.cases)) if case_index is None else [case_index]
+    for c in cases:
+        case = spec.cases[c]
+        xc = snap_into_box(x, case, replayer.dtype)
+        if xc is None:
+            continue
+        y = replayer.run(xc)
+        if spec.is_violated_by(xc.astype(np.float64), y.astype(np.float64)):
+            return Counterexample(x=xc, y=y)
+    return None
+
+
+def validate_counterexample(model_path: str | Path, spec: Spec, x: np.ndarray) -> Counterexample | None:
+    """One-shot form of ``validate`` for scripts and tests."""
+    return validate(Replayer(model_path), spec, x)

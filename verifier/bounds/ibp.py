@@ -1,0 +1,155 @@
+"""Interval bound propagation (IBP) over every node type, and the forward sweep
+that intersects node bounds with known bounds and split states.
+
+The sweep is shared with CROWN, which plugs in tighter bounds for the nodes that
+feed a nonlinearity (``refine``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from verifier.bounds.graph import bounded_nodes, relu_inputs, relu_layers_of
+from verifier.bounds.prepare import check_domains, check_known, disable_tf32, spec_rows
+from verifier.bounds.types import BoundResult, Domains, IntermediateBounds, Tensor
+from verifier.forward import apply_node
+from verifier.network import Add, Conv, Dense, Input, Network, Node, Scale
+
+Interval = tuple[Tensor, Tensor]
+# refine(i, intervals of the nodes before i, interval of node i) -> tighter bounds of node i
+Refine = Callable[[int, list[Interval], Interval], Interval]
+
+
+@dataclass(frozen=True, eq=False)
+class NodeBounds:
+    """Interval of every node, each ``(B, *node.shape)``, and the empty-domain mask."""
+
+    bounds: list[Interval]
+    empty: Tensor  # (B,) bool: the splits (with the known bounds) are infeasible
+
+
+def ibp(
+    net: Network,
+    domains: Domains,
+    C: Tensor | None = None,
+    d: Tensor | None = None,
+    known: IntermediateBounds | None = None,
+) -> BoundResult:
+    """Interval bounds of ``C f(x) - d`` over each domain (upper included)."""
+    check_domains(net, domains)
+    check_known(net, known, domains.batch)
+    disable_tf32(domains.lower.device)
+    C, d = spec_rows(net, domains.batch, C, d)
+    nb = sweep(net, domains, known)
+    lower, upper = spec_interval(net, nb.bounds, C, d)
+    lower, upper = mark_empty(lower, upper, nb.empty)
+    return BoundResult(lower, upper, intermediate_of(net, nb.bounds), None)
+
+
+def sweep(
+    net: Network,
+    domains: Domains,
+    known: IntermediateBounds | None = None,
+    refine: Refine | None = None,
+) -> NodeBounds:
+    """Propagate intervals node by node; at each node feeding a nonlinearity,
+    intersect with the known bounds, the splits and ``refine`` (if given)."""
+    B = domains.batch
+    need = set(bounded_nodes(net))
+    layers_of = relu_layers_of(net)
+    bounds: list[Interval] = []
+    empty = torch.zeros(B, dtype=torch.bool, device=domains.lower.device)
+    for i, node in enumerate(net.nodes):
+        if isinstance(node.op, Input):
+            lo, hi = domains.lower.reshape(B, *node.shape), domains.upper.reshape(B, *node.shape)
+        else:
+            lo, hi = interval_node(node, [bounds[j] for j in node.inputs])
+        if i in need:
+            for k in layers_of.get(i, []):
+                lo, hi = _intersect_layer(lo, hi, k, domains, known)
+            if refine is not None:
+                rl, ru = refine(i, bounds, (lo, hi))
+                lo, hi = torch.maximum(lo, rl.reshape(lo.shape)), torch.minimum(hi, ru.reshape(hi.shape))
+            empty = empty | (lo > hi).flatten(1).any(1)
+            hi = torch.maximum(hi, lo)  # keep intervals well-formed in empty domains
+        bounds.append((lo, hi))
+    return NodeBounds(bounds, empty)
+
+
+def _intersect_layer(
+    lo: Tensor, hi: Tensor, k: int, domains: Domains, known: IntermediateBounds | None
+) -> Interval:
+    shape = lo.shape
+    lo, hi = lo.flatten(1), hi.flatten(1)  # (B, n_k)
+    if known is not None:
+        lo = torch.maximum(lo, known.lower[k])
+        hi = torch.minimum(hi, known.upper[k])
+    if domains.splits is not None:
+        s = domains.splits[k]
+        lo = torch.where(s > 0, lo.clamp(min=0), lo)
+        hi = torch.where(s < 0, hi.clamp(max=0), hi)
+    return lo.reshape(shape), hi.reshape(shape)
+
+
+def interval_node(node: Node, args: list[Interval]) -> Interval:
+    """Interval of one (non-input) node from the intervals of its inputs."""
+    op = node.op
+    if isinstance(op, (Dense, Conv, Scale)):
+        (lo, hi), = args
+        mid, rad = (hi + lo) / 2, (hi - lo) / 2
+        if isinstance(op, Dense):
+            m, r = F.linear(mid, op.weight, op.bias), F.linear(rad, op.weight.abs())
+        elif isinstance(op, Conv):
+            conv = (op.stride, 0, op.dilation, op.groups)
+            m = F.conv2d(pad_hw(mid, op.padding), op.weight, op.bias, *conv)
+            r = F.conv2d(pad_hw(rad, op.padding), op.weight.abs(), None, *conv)
+        else:
+            m, r = mid * op.scale + op.shift, rad * op.scale.abs()
+        return m - r, m + r
+    if isinstance(op, Add):
+        return args[0][0] + args[1][0], args[0][1] + args[1][1]
+    # every remaining op is monotone (nondecreasing) in each input
+    return apply_node(node, [a[0] for a in args]), apply_node(node, [a[1] for a in args])
+
+
+def pad_hw(x: Tensor, padding: tuple[int, int, int, int], value: float = 0.0) -> Tensor:
+    """Pad the last two axes by (top, left, bottom, right)."""
+    top, left, bottom, right = padding
+    return F.pad(x, (left, right, top, bottom), value=value) if any(padding) else x
+
+
+def spec_interval(net: Network, bounds: list[Interval], C: Tensor, d: Tensor) -> Interval:
+    """Interval of ``C y - d``, with ``C`` folded into the output layer when it is Dense."""
+    out = net.nodes[net.output]
+    if isinstance(out.op, Dense):
+        lo, hi = bounds[out.inputs[0]]
+        W = C @ out.op.weight  # (B, S, n)
+        c = torch.einsum("bso,o->bs", C, out.op.bias) - d  # (B, S)
+    else:
+        lo, hi = bounds[net.output]
+        W, c = C, -d
+    mid, rad = (hi + lo).flatten(1) / 2, (hi - lo).flatten(1) / 2  # (B, n)
+    m = torch.einsum("bsn,bn->bs", W, mid) + c
+    r = torch.einsum("bsn,bn->bs", W.abs(), rad)
+    return m - r, m + r
+
+
+def mark_empty(lower: Tensor, upper: Tensor | None, empty: Tensor) -> tuple[Tensor, Tensor | None]:
+    """``+inf`` lower (``-inf`` upper) bounds for the domains proven empty."""
+    inf = torch.tensor(float("inf"), dtype=lower.dtype, device=lower.device)
+    lower = torch.where(empty[:, None], inf, lower)
+    if upper is not None:
+        upper = torch.where(empty[:, None], -inf, upper)
+    return lower, upper
+
+
+def intermediate_of(net: Network, bounds: list[Interval]) -> IntermediateBounds:
+    """The pre-activation bounds of each ReLU layer, flat ``(B, n_k)``."""
+    pre = relu_inputs(net)
+    return IntermediateBounds(
+        tuple(bounds[p][0].flatten(1) for p in pre), tuple(bounds[p][1].flatten(1) for p in pre)
+    )

@@ -38,6 +38,9 @@ class CaseObjective:
 
         A polytope with no rows gets ``-inf`` (its unsafe set is everything).
         """
+        if rows.shape[-1] == 0:
+            return torch.full((*rows.shape[:-1], self.groups.shape[0]), -torch.inf, dtype=rows.dtype,
+                              device=rows.device)
         masked = torch.where(self.groups, rows.unsqueeze(-2), torch.full_like(rows.unsqueeze(-2), -torch.inf))
         return masked.amax(dim=-1)
 

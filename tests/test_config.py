@@ -1,0 +1,47 @@
+"""Configuration: defaults, YAML, overrides, and the errors for unknown keys and bad values."""
+
+import pytest
+
+from verifier.config import Config, load_config
+from verifier.errors import ConfigError
+
+
+def test_defaults_are_frozen():
+    c = load_config()
+    assert c == Config() and c.engine == "auto" and c.device == "cpu"
+    with pytest.raises(AttributeError):
+        c.seed = 3  # type: ignore[misc]
+
+
+def test_yaml_then_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("seed: 7\nattack:\n  steps: 11\n  enabled: false\nbab:\n  batch_size: 64\n")
+    c = load_config(f, {"attack": {"steps": 5}})
+    assert (c.seed, c.attack.steps, c.attack.enabled, c.bab.batch_size) == (7, 5, False, 64)
+
+
+def test_two_configs_do_not_interfere():
+    a = load_config(overrides={"seed": 1})
+    b = load_config(overrides={"seed": 2})
+    assert (a.seed, b.seed, Config().seed) == (1, 2, 0)
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("sede: 1\n", "unknown key(s) sede"),
+    ("attack:\n  stepz: 1\n", "attack: unknown key(s) stepz"),
+    ("engine: magic\n", "engine must be one of"),
+    ("seed: [1, 2]\n", "seed"),
+    ("attack: 3\n", "expected a mapping"),
+    ("a: [unclosed\n", "not valid YAML"),
+])
+def test_bad_config_files(tmp_path, text, fragment):
+    f = tmp_path / "bad.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=None) as info:
+        load_config(f)
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "nope.yaml")

@@ -1,0 +1,51 @@
+"""The case objective: row stacking, polytope margins, rounding of the box."""
+
+import numpy as np
+import torch
+
+from verifier.objective import case_objective, round_toward
+from vnnlib.spec import Case, Polytope
+
+
+def _case() -> Case:
+    # polytope 0: y0 <= y1 and y0 <= 1 ; polytope 1: y1 <= -2
+    p0 = Polytope(np.array([[1.0, -1.0], [1.0, 0.0]]), np.array([0.0, 1.0]))
+    p1 = Polytope(np.array([[0.0, 1.0]]), np.array([-2.0]))
+    return Case(np.array([-1.0, 0.1]), np.array([1.0, 0.3]), (p0, p1))
+
+
+def test_rows_and_groups():
+    obj = case_objective(_case(), torch.float64)
+    assert obj.C.shape == (3, 2) and obj.d.tolist() == [0.0, 1.0, -2.0]
+    assert obj.groups.tolist() == [[True, True, False], [False, False, True]]
+
+
+def test_violation_is_min_over_polytopes_of_max_over_rows():
+    obj = case_objective(_case(), torch.float64)
+    y = torch.tensor([[0.5, 2.0], [3.0, 0.0], [2.0, -5.0]], dtype=torch.float64)
+    # y=(0.5,2): p0 rows -1.5, -0.5 -> -0.5 ; p1 row 4 -> min -0.5 (unsafe)
+    # y=(3,0): p0 rows 3, 2 -> 3 ; p1 row 2 -> 2 (safe)
+    # y=(2,-5): p0 rows 7, 1 -> 7 ; p1 -3 -> -3 (unsafe)
+    assert obj.violation(y).tolist() == [-0.5, 2.0, -3.0]
+
+
+def test_ruled_out_needs_a_positive_row_in_every_polytope():
+    obj = case_objective(_case(), torch.float64)
+    lower = torch.tensor([[0.1, -5.0, 0.2], [-1.0, -1.0, 3.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    assert obj.ruled_out(lower).tolist() == [True, False, False]
+
+
+def test_empty_polytope_is_never_ruled_out():
+    case = Case(np.zeros(1), np.ones(1), (Polytope(np.zeros((0, 2)), np.zeros(0)),))
+    obj = case_objective(case, torch.float64)
+    assert obj.ruled_out(torch.zeros(1, 0, dtype=torch.float64)).tolist() == [False]
+    assert obj.violation(torch.zeros(1, 2, dtype=torch.float64)).tolist() == [-np.inf]
+
+
+def test_float32_box_is_widened_and_offsets_raised():
+    a = np.array([-0.30353115613746867, 0.1, 1.0 / 3.0, 5.0])
+    lo, hi = round_toward(a, torch.float32, -np.inf), round_toward(a, torch.float32, np.inf)
+    assert lo.dtype == np.float32 and np.all(lo.astype(np.float64) <= a) and np.all(hi.astype(np.float64) >= a)
+    assert lo[3] == hi[3] == 5.0  # exact values are kept
+    obj = case_objective(Case(a, a + 1, (Polytope(np.ones((1, 1)), np.array([0.1])),)), torch.float32)
+    assert float(obj.d[0]) >= 0.1 and np.all(obj.lower.double().numpy() <= a)

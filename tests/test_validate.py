@@ -1,0 +1,60 @@
+"""Strict counterexample validation through onnxruntime."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from verifier.validate import Replayer, snap_into_box, validate
+from vnnlib.spec import Case, Polytope, Spec
+
+
+def _model(path, dtype=np.float32):
+    """y = relu(W x + b) with W = [[1, 1], [1, -1]], b = 0: a two-input, two-output net."""
+    elem = TensorProto.FLOAT if dtype == np.float32 else TensorProto.DOUBLE
+    w = numpy_helper.from_array(np.array([[1.0, 1.0], [1.0, -1.0]], dtype=dtype), "W")
+    b = numpy_helper.from_array(np.zeros(2, dtype=dtype), "B")
+    nodes = [helper.make_node("Gemm", ["x", "W", "B"], ["h"], transB=1), helper.make_node("Relu", ["h"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", elem, [1, 2])],
+                              [helper.make_tensor_value_info("y", elem, [1, 2])], [w, b])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def _spec(strict=False):
+    # unsafe: y0 >= 1.5 (written -y0 <= -1.5), inputs in [0, 1]^2
+    poly = Polytope(np.array([[-1.0, 0.0]]), np.array([-1.5]), np.array([strict]))
+    return Spec((Case(np.zeros(2), np.ones(2), (poly,)),), 2, 2)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_true_counterexample_is_accepted_with_onnxruntime_outputs(tmp_path, dtype):
+    rep = Replayer(_model(tmp_path / "m.onnx", dtype))
+    cex = validate(rep, _spec(), np.array([0.9, 0.8]))
+    assert cex is not None and cex.x.dtype == dtype
+    np.testing.assert_allclose(cex.y, [1.7, 0.1], rtol=1e-6)
+
+
+def test_points_outside_the_unsafe_set_or_the_box_are_rejected(tmp_path):
+    rep = Replayer(_model(tmp_path / "m.onnx"))
+    assert validate(rep, _spec(), np.array([0.5, 0.5])) is None  # y0 = 1 < 1.5
+    assert validate(rep, _spec(), np.array([1.5, 0.5])) is None  # outside the box (not snapped)
+
+
+def test_strict_rows_are_checked_strictly(tmp_path):
+    rep = Replayer(_model(tmp_path / "m.onnx"))
+    x = np.array([0.75, 0.75])  # y0 = 1.5 exactly
+    assert validate(rep, _spec(strict=False), x) is not None
+    assert validate(rep, _spec(strict=True), x) is None
+
+
+def test_snap_moves_a_rounded_point_back_inside():
+    lo = np.array([-0.30353115613746867, 0.1])
+    case = Case(lo, lo + 1e-9, (Polytope(np.zeros((0, 1)), np.zeros(0)),))
+    x = snap_into_box(lo, case, np.float32)
+    assert x is None or (np.all(x.astype(np.float64) >= case.lower) and np.all(x.astype(np.float64) <= case.upper))
+    wide = Case(lo, lo + 1e-3, case.polytopes)
+    x = snap_into_box(lo, wide, np.float32)
+    assert x is not None and np.all(x.astype(np.float64) >= wide.lower)

@@ -1,0 +1,123 @@
+"""The ``verify`` command end to end, in a subprocess: verdicts, result files, bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from verifier.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_UNSUPPORTED
+from verifier.validate import validate_counterexample
+from vnnlib import read_spec
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = REPO / "models"
+
+
+def run_verify(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "verifier.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO)
+
+
+def parse_counterexample(text: str) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = {}, {}
+    for token in text.replace("(", " ").replace(")", " ").split("\n")[1:]:
+        parts = token.split()
+        for name, value in zip(parts[::2], parts[1::2]):
+            (xs if name.startswith("X_") else ys)[int(name[2:])] = float(value)
+    return np.array([xs[i] for i in range(len(xs))]), np.array([ys[i] for i in range(len(ys))])
+
+
+def test_sat_instance_writes_a_counterexample_that_replays(tmp_path):
+    out = tmp_path / "result.txt"
+    proc = run_verify(MODELS / "test_sat.onnx", MODELS / "test_prop.vnnlib", "--timeout", 60, "--out", out)
+    assert proc.returncode == EXIT_OK, proc.stderr
+    assert proc.stdout.splitlines()[0] == "sat"
+    assert out.read_text() == proc.stdout
+    x, y = parse_counterexample(out.read_text())
+    spec = read_spec(MODELS / "test_prop.vnnlib")
+    cex = validate_counterexample(MODELS / "test_sat.onnx", spec, x)
+    assert cex is not None
+    np.testing.assert_allclose(cex.y, y, rtol=1e-6, atol=1e-6)
+
+
+def test_json_record(tmp_path):
+    out = tmp_path / "r.json"
+    proc = run_verify(MODELS / "test_sat.onnx", MODELS / "test_prop.vnnlib", "--json", out, "-q")
+    import json
+
+    rec = json.loads(out.read_text())
+    assert proc.stdout.splitlines()[0] == rec["result"] == "sat" and len(rec["counterexample"]["x"]) == 5
+
+
+def test_timeout_is_honoured_within_a_second():
+    start = time.monotonic()
+    proc = run_verify(MODELS / "acasxu" / "ACASXU_run2a_1_1_batch_2000.onnx", MODELS / "acasxu" / "prop_1.vnnlib",
+                      "--timeout", "0.5")
+    elapsed = time.monotonic() - start
+    assert proc.returncode == EXIT_OK
+    assert proc.stdout.splitlines()[0] in ("timeout", "unsat")
+    assert elapsed < 0.5 + 1.0 + 0.5  # + interpreter start-up
+
+
+def _write(path: Path, data: bytes | str) -> Path:
+    path.write_bytes(data if isinstance(data, bytes) else data.encode())
+    return path
+
+
+def _sigmoid_model(path: Path) -> Path:
+    w = numpy_helper.from_array(np.ones((5, 5), dtype=np.float32), "W")
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"], name="mm"),
+             helper.make_node("Sigmoid", ["h"], ["y"], name="squash")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+MALFORMED = "(declare-const X_0 Real)\n(assert (<= X_0"
+BAD_INPUTS = {
+    "missing model": (lambda d: (d / "nope.onnx", MODELS / "test_prop.vnnlib"), EXIT_BAD_INPUT, "not found"),
+    "missing spec": (lambda d: (MODELS / "test_sat.onnx", d / "nope.vnnlib"), EXIT_BAD_INPUT, "not found"),
+    "text named onnx": (lambda d: (_write(d / "m.onnx", "hello, not a model\n"), MODELS / "test_prop.vnnlib"),
+                        EXIT_BAD_INPUT, "onnx"),
+    "truncated onnx": (lambda d: (_write(d / "t.onnx", (MODELS / "test_sat.onnx").read_bytes()[:700]),
+                                  MODELS / "test_prop.vnnlib"), EXIT_BAD_INPUT, "onnx"),
+    "empty spec": (lambda d: (MODELS / "test_sat.onnx", _write(d / "e.vnnlib", "")), EXIT_BAD_INPUT, "spec"),
+    "malformed spec": (lambda d: (MODELS / "test_sat.onnx", _write(d / "m.vnnlib", MALFORMED)), EXIT_BAD_INPUT,
+                       "spec"),
+    "wrong variable count": (lambda d: (MODELS / "test_sat.onnx", MODELS / "test_nano.vnnlib"), EXIT_BAD_INPUT,
+                             "input"),
+    "unsupported operator": (lambda d: (_sigmoid_model(d / "s.onnx"), MODELS / "test_prop.vnnlib"),
+                             EXIT_UNSUPPORTED, "Sigmoid"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INPUTS))
+def test_bad_input_gives_one_line_and_its_exit_code(tmp_path, name):
+    make, code, fragment = BAD_INPUTS[name]
+    model, spec = make(tmp_path)
+    out = tmp_path / "res.txt"
+    proc = run_verify(model, spec, "--out", out)
+    assert proc.returncode == code, (proc.stdout, proc.stderr)
+    assert proc.stdout == "error\n" and out.read_text() == "error\n"
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("verify: error:"), proc.stderr
+    assert fragment.lower() in lines[0].lower()
+
+
+def test_bad_config_and_usage(tmp_path):
+    cfg = _write(tmp_path / "c.yaml", "atack: {}\n")
+    proc = run_verify(MODELS / "test_sat.onnx", MODELS / "test_prop.vnnlib", "--config", cfg)
+    assert proc.returncode == EXIT_BAD_INPUT and "unknown key" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_verify(MODELS / "test_sat.onnx")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr

@@ -343,16 +343,14 @@ class _Reader:
                     "only bounds like (<= X_i c) are supported on inputs",
                     tok,
                 )
-            ((_, i), a), = coefs.items()
+            (((_, i), a),) = coefs.items()
             value = (0.0 - c) / a + 0.0  # + 0.0 turns -0.0 into 0.0
             self.strict_inputs = self.strict_inputs or strict
             if op == "=":
                 return _Bound(i, True, value, tok), _Bound(i, False, value, tok)
             return (_Bound(i, a > 0, value, tok),)
         if "X" in kinds:
-            raise _Located(
-                f"unsupported: atom mixes input and output variables ({_names(coefs)})", tok
-            )
+            raise _Located(f"unsupported: atom mixes input and output variables ({_names(coefs)})", tok)
         row = tuple(sorted((j, a) for (_, j), a in coefs.items()))
         b = 0.0 - c
         if op == "=":
@@ -451,9 +449,7 @@ def _declared_count(reader: _Reader, kind: str) -> int:
 def _check_model_count(declared: int, model: int | None, kind: str) -> None:
     if model is not None and model != declared:
         what = "inputs" if kind == "X" else "outputs"
-        raise SpecError(
-            f"spec declares {declared} {what} ({kind}_0..{kind}_{declared - 1}) but the model has {model}"
-        )
+        raise SpecError(f"spec declares {declared} {what} ({kind}_0..{kind}_{declared - 1}) but the model has {model}")
 
 
 def _common_box(bounds: list[_Bound], n_in: int) -> tuple[np.ndarray, np.ndarray]:
@@ -471,7 +467,8 @@ def _common_box(bounds: list[_Bound], n_in: int) -> tuple[np.ndarray, np.ndarray
         i = int(crossed[0])
         tok = max(a.tok for a in bounds if a.index == i)
         raise _Located(
-            f"empty input box: X_{i} has lower bound {lower[i]!r} > upper bound {upper[i]!r}", tok
+            f"empty input box: X_{i} has lower bound {float(lower[i])!r} > upper bound {float(upper[i])!r}",
+            tok,
         )
     return lower, upper
 
@@ -497,9 +494,7 @@ def _box_key(bounds: list[_Bound], lower: np.ndarray, upper: np.ndarray) -> tupl
             cur[0] = max(cur[0], bnd.value)
     if any(lo > hi for lo, hi in changed.values()):
         return None
-    return tuple(
-        sorted((i, lo, hi) for i, (lo, hi) in changed.items() if (lo, hi) != (lower[i], upper[i]))
-    )
+    return tuple(sorted((i, lo, hi) for i, (lo, hi) in changed.items() if (lo, hi) != (lower[i], upper[i])))
 
 
 def _bounded(lower: np.ndarray, upper: np.ndarray) -> None:
@@ -521,9 +516,7 @@ def _assemble(reader: _Reader, n_inputs: int | None, n_outputs: int | None) -> S
         return Spec((), n_in, n_out)
     total = math.prod(len(f) for f in reader.factors)
     if total > reader.max_conjuncts:
-        raise SpecError(
-            f"the asserts multiply out to {total} disjuncts, more than the limit {reader.max_conjuncts}"
-        )
+        raise SpecError(f"the asserts multiply out to {total} disjuncts, more than the limit {reader.max_conjuncts}")
     if reader.strict_inputs:
         logger.warning("strict input bounds are read as their closure (non-strict)")
     bounds = [a for a in reader.common if type(a) is _Bound]
@@ -572,9 +565,7 @@ def parse_spec(
     return spec
 
 
-def read_spec(
-    path: str | os.PathLike, n_inputs: int | None = None, n_outputs: int | None = None
-) -> Spec:
+def read_spec(path: str | os.PathLike, n_inputs: int | None = None, n_outputs: int | None = None) -> Spec:
     """Read a ``.vnnlib`` file (gzip-compressed files are recognised by content)."""
     try:
         data = Path(path).read_bytes()

@@ -1,6 +1,7 @@
 """Sound bounds on a network over batches of subdomains: IBP, CROWN, alpha- and beta-CROWN."""
 
+from verifier.bounds.crown import crown
 from verifier.bounds.ibp import ibp
 from verifier.bounds.types import Betas, BoundResult, Domains, IntermediateBounds, Slopes
 
-__all__ = ["Betas", "BoundResult", "Domains", "IntermediateBounds", "Slopes", "ibp"]
+__all__ = ["Betas", "BoundResult", "Domains", "IntermediateBounds", "Slopes", "crown", "ibp"]

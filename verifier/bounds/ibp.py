@@ -57,7 +57,12 @@ def sweep(
     refine: Refine | None = None,
 ) -> NodeBounds:
     """Propagate intervals node by node; at each node feeding a nonlinearity,
-    intersect with the known bounds, the splits and ``refine`` (if given)."""
+    intersect with the known bounds, ``refine`` (if given) and the split states.
+
+    A domain is marked empty only when a split contradicts the bounds by more than
+    a rounding margin (``split_conflict``); bounds that cross by less (rounding,
+    e.g. on a single-point box) are replaced by their hull.
+    """
     B = domains.batch
     need = set(bounded_nodes(net))
     layers_of = relu_layers_of(net)
@@ -69,30 +74,34 @@ def sweep(
         else:
             lo, hi = interval_node(node, [bounds[j] for j in node.inputs])
         if i in need:
-            for k in layers_of.get(i, []):
-                lo, hi = _intersect_layer(lo, hi, k, domains, known)
+            shape = lo.shape
+            lo, hi = lo.flatten(1), hi.flatten(1)  # (B, n_i)
+            if known is not None:
+                for k in layers_of.get(i, []):
+                    lo, hi = torch.maximum(lo, known.lower[k]), torch.minimum(hi, known.upper[k])
             if refine is not None:
-                rl, ru = refine(i, bounds, (lo, hi))
-                lo, hi = torch.maximum(lo, rl.reshape(lo.shape)), torch.minimum(hi, ru.reshape(hi.shape))
-            empty = empty | (lo > hi).flatten(1).any(1)
-            hi = torch.maximum(hi, lo)  # keep intervals well-formed in empty domains
+                rl, ru = refine(i, bounds, (lo.reshape(shape), hi.reshape(shape)))
+                lo, hi = torch.maximum(lo, rl.flatten(1)), torch.minimum(hi, ru.flatten(1))
+            if domains.splits is not None:
+                for k in layers_of.get(i, []):
+                    empty = empty | split_conflict(lo, hi, domains.splits[k])
+                    lo, hi = apply_split(lo, hi, domains.splits[k])
+            lo, hi = torch.minimum(lo, hi).reshape(shape), torch.maximum(lo, hi).reshape(shape)
         bounds.append((lo, hi))
     return NodeBounds(bounds, empty)
 
 
-def _intersect_layer(
-    lo: Tensor, hi: Tensor, k: int, domains: Domains, known: IntermediateBounds | None
-) -> Interval:
-    shape = lo.shape
-    lo, hi = lo.flatten(1), hi.flatten(1)  # (B, n_k)
-    if known is not None:
-        lo = torch.maximum(lo, known.lower[k])
-        hi = torch.minimum(hi, known.upper[k])
-    if domains.splits is not None:
-        s = domains.splits[k]
-        lo = torch.where(s > 0, lo.clamp(min=0), lo)
-        hi = torch.where(s < 0, hi.clamp(max=0), hi)
-    return lo.reshape(shape), hi.reshape(shape)
+def split_conflict(lo: Tensor, hi: Tensor, split: Tensor) -> Tensor:
+    """Domains ``(B,)`` where a neuron forced active has ``u < 0`` or one forced inactive has
+    ``l > 0``, by more than a rounding margin (relative ``2^10`` machine epsilons)."""
+    margin = 1024 * torch.finfo(lo.dtype).eps * (1 + lo.abs() + hi.abs())  # (B, n)
+    bad = ((split > 0) & (hi < -margin)) | ((split < 0) & (lo > margin))
+    return bad.any(1)
+
+
+def apply_split(lo: Tensor, hi: Tensor, split: Tensor) -> Interval:
+    """Intersect flat bounds ``(B, n)`` with the split states: active ``>= 0``, inactive ``<= 0``."""
+    return torch.where(split > 0, lo.clamp(min=0), lo), torch.where(split < 0, hi.clamp(max=0), hi)
 
 
 def interval_node(node: Node, args: list[Interval]) -> Interval:

@@ -1,0 +1,126 @@
+"""CROWN: soundness on sampled points, exactness on linear pieces, the backward
+operators as adjoints of the forward ones, known bounds and empty domains."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.nets import FAMILIES, all_ops_net, check_bounds, make_case, relu_pre
+from verifier.bounds import Domains, IntermediateBounds, crown, ibp
+from verifier.bounds.backward import linear_back
+from verifier.forward import apply_node, forward
+from verifier.network import Input, MaxPool, Relu
+
+RTOL = {torch.float32: 1e-5, torch.float64: 1e-9}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("with_splits", [False, True])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_crown_contains_samples(family: str, with_splits: bool, dtype: torch.dtype) -> None:
+    net, lo, hi, splits, C, d, xs = make_case(family, dtype, with_splits, seed=10 + sorted(FAMILIES).index(family))
+    res = crown(net, Domains(lo, hi, splits), C, d, need_upper=True)
+    assert res.lower.shape == res.upper.shape == (lo.shape[0], C.shape[1])
+    assert check_bounds(net, splits, res, C, d, xs, RTOL[dtype]) > 1000
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_crown_is_at_least_as_tight_as_ibp(family: str) -> None:
+    net, lo, hi, splits, C, d, _ = make_case(family, torch.float64, True, seed=3)
+    dom = Domains(lo, hi, splits)
+    a, b = ibp(net, dom, C, d), crown(net, dom, C, d, need_upper=True)
+    assert (b.lower >= a.lower - 1e-12).all() and (b.upper <= a.upper + 1e-12).all()
+    live = torch.isfinite(b.lower[:, 0])  # intermediate bounds of empty domains are meaningless
+    for k in range(len(net.relu_indices)):
+        assert (b.intermediate.lower[k][live] >= a.intermediate.lower[k][live] - 1e-12).all()
+        assert (b.intermediate.upper[k][live] <= a.intermediate.upper[k][live] + 1e-12).all()
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_crown_is_exact_on_a_point(family: str) -> None:
+    """On a single point every neuron is stable and every window decided: the bounds are
+    the value itself.  This checks each backward operator against the forward pass."""
+    gen = torch.Generator().manual_seed(5)
+    net = FAMILIES[family](gen)
+    x = torch.randn(3, net.n_inputs, generator=gen, dtype=torch.float64)
+    res = crown(net, Domains(x, x.clone()), need_upper=True)
+    y = forward(net, x).flatten(1)
+    torch.testing.assert_close(res.lower, y, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(res.upper, y, rtol=1e-9, atol=1e-9)
+
+
+def test_linear_backward_is_the_adjoint_of_forward() -> None:
+    """``<A, f(x)> = <A_in, x> + c`` for every linear node type, at random ``A`` and ``x``."""
+    gen = torch.Generator().manual_seed(0)
+    net = all_ops_net(gen)
+    seen = set()
+    for node in net.nodes:
+        if isinstance(node.op, (Input, Relu, MaxPool)):
+            continue
+        xs = [torch.randn(2, *net.nodes[j].shape, generator=gen, dtype=torch.float64) for j in node.inputs]
+        A = torch.randn(2, 3, *node.shape, generator=gen, dtype=torch.float64)  # (B, R, *shape)
+        grads, c = linear_back(node, [net.nodes[j].shape for j in node.inputs], A)
+        lhs = (A * apply_node(node, xs).unsqueeze(1)).flatten(2).sum(-1)
+        rhs = sum((g * x.unsqueeze(1)).flatten(2).sum(-1) for g, x in zip(grads, xs, strict=True))
+        rhs = rhs + (0 if c is None else c)
+        torch.testing.assert_close(lhs, rhs, rtol=1e-10, atol=1e-10)
+        seen.add(type(node.op).__name__)
+    assert seen >= {"Dense", "Conv", "Add", "Scale", "Reshape", "Transpose", "AvgPool", "Pad", "Concat"}
+
+
+def test_known_bounds_tighten_and_stay_sound() -> None:
+    """Bounds of a sub-box computed with the parent box's bounds as ``known``."""
+    net, lo, hi, _, C, d, _ = make_case("residual", torch.float64, False, seed=7, batch=3)
+    parent = crown(net, Domains(lo, hi), C, d)
+    mid = (lo + hi) / 2
+    child = Domains(lo, mid)
+    alone = crown(net, child, C, d)
+    with_known = crown(net, child, C, d, known=parent.intermediate)
+    assert (with_known.lower >= alone.lower - 1e-12).all()
+    gen = torch.Generator().manual_seed(1)
+    xs = lo[:, None] + torch.rand(3, 500, lo.shape[1], generator=gen, dtype=lo.dtype) * (mid - lo)[:, None]
+    check_bounds(net, None, with_known, C, d, xs, 1e-9)
+    # known bounds of batch 1 broadcast over the batch
+    one = IntermediateBounds(tuple(t[:1] for t in parent.intermediate.lower),
+                             tuple(t[:1] for t in parent.intermediate.upper))
+    res = crown(net, Domains(lo[:1].expand(3, -1), mid[:1].expand(3, -1)), C, d, known=one)
+    assert torch.isfinite(res.lower).all()
+
+
+def test_split_states_are_respected() -> None:
+    """Forcing every neuron to its sign at a point of the box keeps that point inside
+    and makes the network affine: the bound is then the exact minimum over the region."""
+    net, lo, hi, _, C, d, _ = make_case("dense", torch.float64, False, seed=2, batch=2)
+    x0 = (lo + hi) / 2
+    pre, _ = relu_pre(net, x0)
+    splits = tuple(torch.where(p >= 0, 1, -1).to(torch.int8) for p in pre)
+    res = crown(net, Domains(lo, hi, splits), C, d, need_upper=True)
+    y0 = torch.einsum("bso,bo->bs", C, forward(net, x0)) - d
+    assert (res.lower <= y0 + 1e-9).all() and (res.upper >= y0 - 1e-9).all()
+    for k, s in enumerate(splits):  # the split is applied to the intermediate bounds
+        assert (res.intermediate.lower[k][s > 0] >= 0).all()
+        assert (res.intermediate.upper[k][s < 0] <= 0).all()
+
+
+def test_contradictory_splits_give_an_empty_domain() -> None:
+    net, lo, hi, _, C, d, _ = make_case("dense", torch.float64, False, seed=4, batch=2)
+    base = crown(net, Domains(lo, hi), C, d)
+    stable_off = base.intermediate.upper[0][0] < 0
+    if not stable_off.any():
+        pytest.skip("no stable-inactive neuron in layer 0")
+    splits = [torch.zeros_like(t, dtype=torch.int8) for t in base.intermediate.lower]
+    splits[0][0, int(torch.nonzero(stable_off)[0])] = 1
+    res = crown(net, Domains(lo, hi, tuple(splits)), C, d, need_upper=True)
+    assert (res.lower[0] == float("inf")).all() and (res.upper[0] == float("-inf")).all()
+    torch.testing.assert_close(res.lower[1], base.lower[1])
+
+
+def test_bad_arguments_raise_one_line_errors() -> None:
+    net, lo, hi, _, C, d, _ = make_case("dense", torch.float64, False, seed=0, batch=2)
+    with pytest.raises(ValueError, match="domains need lower/upper"):
+        crown(net, Domains(lo[:, :1], hi[:, :1]), C, d)
+    with pytest.raises(ValueError, match="net.to"):
+        crown(net, Domains(lo.float(), hi.float()), C, d)
+    with pytest.raises(ValueError, match="C must be"):
+        crown(net, Domains(lo, hi), C[:, :, :1], d)

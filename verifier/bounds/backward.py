@@ -1,0 +1,193 @@
+"""Backward linear bound propagation (CROWN) through the DAG.
+
+Given rows ``A`` on some nodes and a constant, ``backward_lower`` returns a lower
+bound of ``sum_nodes <A_node, value_node> + const`` over the input box: linear
+nodes pass ``A`` to their inputs exactly (transposed convolution for Conv and
+AvgPool, never a dense matrix), nonlinear nodes through their relaxation, and
+the contributions of several consumers of a node are summed before it is passed
+on (residual Adds).  All rows of all domains are processed together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from verifier.bounds.relaxation import MaxPoolRelaxation, ReluRelaxation
+from verifier.bounds.types import Tensor
+from verifier.network import (
+    Add,
+    AvgPool,
+    Concat,
+    Conv,
+    Dense,
+    Input,
+    MaxPool,
+    Network,
+    Node,
+    Pad,
+    Relu,
+    Reshape,
+    Scale,
+    Transpose,
+)
+
+
+@dataclass(frozen=True, eq=False)
+class Relaxations:
+    """Relaxations of the nonlinear nodes, keyed by node index."""
+
+    relu: dict[int, ReluRelaxation]
+    maxpool: dict[int, MaxPoolRelaxation]
+
+
+def backward_lower(
+    net: Network,
+    start: Mapping[int, Tensor],
+    const: Tensor,
+    box: tuple[Tensor, Tensor],
+    relax: Relaxations,
+    lower_slopes: Mapping[int, Tensor] | None = None,
+    split_terms: Mapping[int, Tensor] | None = None,
+) -> Tensor:
+    """Lower bound ``(B, R)`` of ``sum <A_i, x_i> + const`` over the input box ``(B, n_in)``.
+
+    ``start[i]`` is ``(B, R, *shape_i)``.  ``lower_slopes[r]`` ``(B, R or 1, n_r)`` are the
+    ReLU lower-line slopes of Relu node ``r`` (CROWN's choice when absent);
+    ``split_terms[r]`` ``(B, R, n_r)`` is added to the coefficients of ``r``'s
+    pre-activation (beta-CROWN's split multipliers).
+    """
+    acc = dict(start)
+    lower_slopes = lower_slopes or {}
+    split_terms = split_terms or {}
+    for i in range(max(acc), 0, -1):
+        A = acc.pop(i, None)
+        if A is None:
+            continue
+        node = net.nodes[i]
+        ins = [net.nodes[j].shape for j in node.inputs]
+        if isinstance(node.op, Relu):
+            A_in, c = _relu_back(A, relax.relu[i], lower_slopes.get(i), split_terms.get(i))
+            grads = [A_in.reshape(*A.shape[:2], *ins[0])]
+        elif isinstance(node.op, MaxPool):
+            A_in, c = _maxpool_back(node.op, ins[0], A, relax.maxpool[i])
+            grads = [A_in]
+        else:
+            grads, c = linear_back(node, ins, A)
+        if c is not None:
+            const = const + c
+        for j, g in zip(node.inputs, grads, strict=True):
+            acc[j] = acc[j] + g if j in acc else g
+    A0 = acc.get(0)
+    if A0 is None:
+        return const
+    lo, hi = box
+    A0 = A0.flatten(2)  # (B, R, n_in)
+    mid, rad = ((hi + lo) / 2).unsqueeze(2), ((hi - lo) / 2).unsqueeze(2)
+    return const + (A0 @ mid).squeeze(2) - (A0.abs() @ rad).squeeze(2)
+
+
+def _relu_back(
+    A: Tensor, relax: ReluRelaxation, alpha: Tensor | None, split_term: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    A = A.flatten(2)  # (B, R, n)
+    pos, neg = A.clamp(min=0), A.clamp(max=0)
+    A_in = pos * relax.lower_slope(alpha) + neg * relax.upper_slope.unsqueeze(1)
+    c = (neg * relax.upper_bias.unsqueeze(1)).sum(-1)
+    if split_term is not None:
+        A_in = A_in + split_term
+    return A_in, c
+
+
+def _maxpool_back(
+    op: MaxPool, in_shape: tuple[int, ...], A: Tensor, relax: MaxPoolRelaxation
+) -> tuple[Tensor, Tensor]:
+    B, R, C = A.shape[:3]
+    Hp, Wp = relax.padded_hw
+    A = A.reshape(B, R, C, -1)  # (B, R, C, L)
+    decided = relax.decided.unsqueeze(1)
+    coef = torch.where(decided, A, A.clamp(min=0))
+    c = torch.where(decided, 0.0, A.clamp(max=0) * relax.upper_const.unsqueeze(1)).flatten(2).sum(-1)
+    idx = relax.argmax.unsqueeze(1).expand(B, R, C, -1)
+    plane = A.new_zeros(B, R, C, Hp * Wp).scatter_add(3, idx, coef).reshape(B, R, C, Hp, Wp)
+    top, left = op.padding[0], op.padding[1]
+    return plane[..., top:top + in_shape[1], left:left + in_shape[2]], c
+
+
+def linear_back(node: Node, ins: list[tuple[int, ...]], A: Tensor) -> tuple[list[Tensor], Tensor | None]:
+    """Rows on the inputs of a linear node, and the constant ``(B, R)`` it adds."""
+    op = node.op
+    B, R = A.shape[:2]
+    if isinstance(op, Dense):
+        A = A.flatten(2)
+        return [A @ op.weight], A @ op.bias
+    if isinstance(op, Conv):
+        return [_conv_back(op, ins[0], A)], A.sum((-2, -1)) @ op.bias
+    if isinstance(op, AvgPool):
+        return [_avgpool_back(op, ins[0], A)], None
+    if isinstance(op, Add):
+        return [A, A], None
+    if isinstance(op, Scale):
+        shift = op.shift.expand(node.shape)
+        return [A * op.scale], (A * shift).flatten(2).sum(-1)
+    if isinstance(op, Reshape):
+        return [A.reshape(B, R, *ins[0])], None
+    if isinstance(op, Transpose):
+        inverse = [op.perm.index(a) for a in range(len(op.perm))]
+        return [A.permute(0, 1, *(p + 2 for p in inverse))], None
+    if isinstance(op, Pad):
+        A_in = _pad_last(A, tuple(-p for p in op.pads))
+        c = op.value * (A.flatten(2).sum(-1) - A_in.flatten(2).sum(-1)) if op.value else None
+        return [A_in], c
+    if isinstance(op, Concat):
+        sizes = [s[op.axis] for s in ins]
+        return list(A.split(sizes, dim=op.axis + 2)), None
+    if isinstance(op, Input):
+        raise ValueError("the input node has no inputs")
+    raise TypeError(f"CROWN: unhandled node type {type(op).__name__}")
+
+
+def _transpose_conv(
+    A: Tensor, weight: Tensor, in_shape: tuple[int, ...], stride: tuple[int, int],
+    padding: tuple[int, int, int, int], dilation: tuple[int, int], groups: int,
+) -> Tensor:
+    """Adjoint of a convolution on the padded input, cropped to the unpadded input."""
+    B, R, Co, Ho, Wo = A.shape
+    C, H, W = in_shape
+    top, left, bottom, right = padding
+    kh, kw = weight.shape[-2:]
+    extra = (
+        H + top + bottom - ((Ho - 1) * stride[0] + dilation[0] * (kh - 1) + 1),
+        W + left + right - ((Wo - 1) * stride[1] + dilation[1] * (kw - 1) + 1),
+    )
+    x = F.conv_transpose2d(A.reshape(B * R, Co, Ho, Wo), weight, None, stride, 0, extra, groups, dilation)
+    return x[:, :, top:top + H, left:left + W].reshape(B, R, C, H, W)
+
+
+def _conv_back(op: Conv, in_shape: tuple[int, ...], A: Tensor) -> Tensor:
+    return _transpose_conv(A, op.weight, in_shape, op.stride, op.padding, op.dilation, op.groups)
+
+
+def _avgpool_back(op: AvgPool, in_shape: tuple[int, ...], A: Tensor) -> Tensor:
+    C, H, W = in_shape
+    kh, kw = op.kernel
+    ones = A.new_ones(C, 1, kh, kw)
+    if op.count_include_pad or not any(op.padding):
+        divisor: Tensor | float = float(kh * kw)
+    else:
+        top, left, bottom, right = op.padding
+        mask = F.pad(A.new_ones(1, 1, H, W), (left, right, top, bottom))
+        divisor = F.conv2d(mask, ones[:1], stride=op.stride)[0, 0]  # (Ho, Wo) window counts
+    return _transpose_conv(A / divisor, ones, in_shape, op.stride, op.padding, (1, 1), C)
+
+
+def _pad_last(x: Tensor, pads: tuple[int, ...]) -> Tensor:
+    """ONNX-style pads (begins, then ends) over the last ``len(pads) // 2`` axes; negative crops."""
+    d = len(pads) // 2
+    torch_pads: list[int] = []
+    for axis in reversed(range(d)):
+        torch_pads += [pads[axis], pads[axis + d]]
+    return F.pad(x, torch_pads)

@@ -1,0 +1,141 @@
+"""CROWN: backward linear bounds, layer by layer, over a batch of subdomains.
+
+The bounds of each node feeding a nonlinearity are computed in topological
+order: interval bounds first (intersected with the known bounds and the split
+states), then a backward pass only for the neurons that are still unstable,
+intersected again.  The spec rows ``C`` start the last backward pass, so they
+are folded into the output layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+
+from verifier.bounds.backward import Relaxations, backward_lower
+from verifier.bounds.ibp import Interval, NodeBounds, intermediate_of, mark_empty, spec_interval, sweep
+from verifier.bounds.prepare import check_domains, check_known, disable_tf32, spec_rows
+from verifier.bounds.relaxation import maxpool_relaxation, relu_relaxation
+from verifier.bounds.types import BoundResult, Domains, IntermediateBounds, Tensor
+from verifier.network import Dense, MaxPool, Network, Relu
+
+# rows_alpha(i, idx) -> lower slopes for the backward pass that bounds node i on rows idx (B, R):
+# {relu node r: (B, 2R or 1, n_r)} (the first R rows bound from below, the last R from above)
+RowSlopes = Callable[[int, Tensor], Mapping[int, Tensor]]
+
+
+@dataclass(frozen=True, eq=False)
+class CrownState:
+    """Bounds of every node and the relaxations of every nonlinear node."""
+
+    nodes: NodeBounds
+    relax: Relaxations
+
+
+def crown(
+    net: Network,
+    domains: Domains,
+    C: Tensor | None = None,
+    d: Tensor | None = None,
+    known: IntermediateBounds | None = None,
+    need_upper: bool = False,
+) -> BoundResult:
+    """CROWN bounds of ``C f(x) - d`` ``(B, S)`` over each domain (``None`` C: the outputs),
+    intersected with the interval bounds.  ``known`` pre-activation bounds (e.g. the
+    parent's) are intersected with the computed ones."""
+    check_domains(net, domains)
+    check_known(net, known, domains.batch)
+    disable_tf32(domains.lower.device)
+    C, d = spec_rows(net, domains.batch, C, d)
+    with torch.no_grad():
+        state = crown_sweep(net, domains, known)
+        lower, upper = final_bounds(net, domains, state, C, d, need_upper=need_upper)
+        ibp_lower, ibp_upper = spec_interval(net, state.nodes.bounds, C, d)
+        lower = torch.maximum(lower, ibp_lower)
+        upper = None if upper is None else torch.minimum(upper, ibp_upper)
+    lower, upper = mark_empty(lower, upper, state.nodes.empty)
+    return BoundResult(lower, upper, intermediate_of(net, state.nodes.bounds), None)
+
+
+def crown_sweep(
+    net: Network,
+    domains: Domains,
+    known: IntermediateBounds | None = None,
+    row_slopes: RowSlopes | None = None,
+) -> CrownState:
+    """Bounds of every node, CROWN-tightened at the inputs of the nonlinear nodes."""
+    relax = Relaxations({}, {})
+    box = (domains.lower, domains.upper)
+    maxpool_inputs = {n.inputs[0] for n in net.nodes if isinstance(n.op, MaxPool)}
+
+    def refine(i: int, bounds: list[Interval], current: Interval) -> Interval:
+        _relax_upto(net, i + 1, bounds, relax)
+        lo, hi = current[0].flatten(1), current[1].flatten(1)  # (B, n_i)
+        wanted = torch.ones_like(lo, dtype=torch.bool) if i in maxpool_inputs else (lo < 0) & (hi > 0)
+        R = int(wanted.sum(1).max()) if wanted.numel() else 0
+        if R == 0:
+            return current
+        idx = torch.sort(wanted.to(torch.int8), stable=True, dim=1, descending=True).indices[:, :R]  # (B, R)
+        start, const = _unit_rows(net, i, idx)
+        slopes = row_slopes(i, idx) if row_slopes is not None else None
+        bound = backward_lower(net, start, const, box, relax, slopes)  # (B, 2R)
+        new_lo = torch.full_like(lo, float("-inf")).scatter(1, idx, bound[:, :R])
+        new_hi = torch.full_like(hi, float("inf")).scatter(1, idx, -bound[:, R:])
+        return new_lo, new_hi
+
+    nodes = sweep(net, domains, known, refine)
+    _relax_upto(net, len(net.nodes), nodes.bounds, relax)
+    return CrownState(nodes, relax)
+
+
+def _relax_upto(net: Network, end: int, bounds: list[Interval], relax: Relaxations) -> None:
+    """Add the relaxations of the nonlinear nodes before ``end`` that are still missing."""
+    for r in range(end):
+        node = net.nodes[r]
+        if isinstance(node.op, Relu) and r not in relax.relu:
+            lo, hi = bounds[node.inputs[0]]
+            relax.relu[r] = relu_relaxation(lo.flatten(1), hi.flatten(1))
+        elif isinstance(node.op, MaxPool) and r not in relax.maxpool:
+            lo, hi = bounds[node.inputs[0]]
+            relax.maxpool[r] = maxpool_relaxation(node.op, lo, hi)
+
+
+def _unit_rows(net: Network, i: int, idx: Tensor) -> tuple[dict[int, Tensor], Tensor]:
+    """Rows ``+e_j`` then ``-e_j`` for the neurons ``idx`` ``(B, R)`` of node ``i``; a Dense
+    node's rows are taken straight from its weight (no one-hot matrix)."""
+    node = net.nodes[i]
+    if isinstance(node.op, Dense):
+        W = node.op.weight[idx]  # (B, R, n)
+        c = node.op.bias[idx]  # (B, R)
+        return {node.inputs[0]: torch.cat([W, -W], 1)}, torch.cat([c, -c], 1)
+    B, R = idx.shape
+    dtype, device = net.dtype, net.device
+    eye = torch.zeros(B, R, node.size, dtype=dtype, device=device).scatter_(2, idx.unsqueeze(2), 1.0)
+    A = torch.cat([eye, -eye], 1).reshape(B, 2 * R, *node.shape)
+    return {i: A}, torch.zeros(B, 2 * R, dtype=dtype, device=device)
+
+
+def final_bounds(
+    net: Network,
+    domains: Domains,
+    state: CrownState,
+    C: Tensor,
+    d: Tensor,
+    slopes: Mapping[int, Tensor] | None = None,
+    split_terms: Mapping[int, Tensor] | None = None,
+    need_upper: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """Lower (and upper) bounds ``(B, S)`` of ``C f(x) - d`` from the node bounds in ``state``."""
+    B, S = d.shape
+    out_shape = net.nodes[net.output].shape
+    A, const = C, -d
+    if need_upper:
+        A, const = torch.cat([C, -C], 1), torch.cat([-d, d], 1)
+    start = {net.output: A.reshape(B, A.shape[1], *out_shape)}
+    box = (domains.lower, domains.upper)
+    bound = backward_lower(net, start, const, box, state.relax, slopes, split_terms)
+    if need_upper:
+        return bound[:, :S], -bound[:, S:]
+    return bound, None

@@ -539,16 +539,23 @@ def _cv_matmul(ctx: _Context, node, args) -> list[_Value]:
     if isinstance(a, _Var):
         v, w = a, np.asarray(b, dtype=np.float64)
         if w.ndim == 2 and len(v.shape) == 1 and (v.batched or len(v.onnx_shape) == 1):
+            _check_inner(v.shape[0], w.shape[0], name)
             return [ctx.emit(Dense(weight=_t(w.T), bias=torch.zeros(w.shape[1], dtype=torch.float64)),
                              [v], (w.shape[1],), v.batched, name)]
         return [_linear(ctx, v, _right_matmul(_t(w), len(v.onnx_shape)), name)]
     w, v = np.asarray(a, dtype=np.float64), b
     if w.ndim == 2 and len(v.onnx_shape) == 1:
+        _check_inner(w.shape[1], v.shape[0], name)
         return [ctx.emit(Dense(weight=_t(w), bias=torch.zeros(w.shape[0], dtype=torch.float64)),
                          [v], (w.shape[0],), False, name)]
     if v.batched and len(v.shape) == 1:
         raise _Unsupported("the constant multiplies the batch axis")
     return [_linear(ctx, v, _left_matmul(_t(w), len(v.onnx_shape)), name)]
+
+
+def _check_inner(n_x: int, n_w: int, name: str) -> None:
+    if n_x != n_w:
+        raise ModelError(f"'{name}': inner dimensions {n_x} and {n_w} of the product differ")
 
 
 def _right_matmul(w: torch.Tensor, x_rank: int) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -591,6 +598,7 @@ def _cv_gemm(ctx: _Context, node, args) -> list[_Value]:
         if len(v.onnx_shape) != 2 or wb.ndim != 2:
             raise ModelError("Gemm needs 2-D operands")
         if v.batched and not ta:
+            _check_inner(v.shape[0], wb.shape[0], _name(node))
             full_bias = bias.expand(1, wb.shape[1])[0].contiguous()
             return [ctx.emit(Dense(weight=(alpha * wb.T).contiguous(), bias=full_bias), [v], (wb.shape[1],),
                              True, _name(node))]

@@ -124,9 +124,15 @@ def _locate(text: str, tok: int) -> tuple[int, int]:
 def _build(toks: list[str], start: int) -> tuple[_List, int]:
     """The list opened at ``toks[start]`` and the index just after its ')'."""
     stack: list[_List] = []
-    for i in range(start, len(toks)):
+    i, n = start, len(toks)
+    while i < n:
         t = toks[i]
         if t == "(":
+            if i + 4 < n and toks[i + 4] == ")" and toks[i + 2] not in _PARENS and toks[i + 3] not in _PARENS:
+                if toks[i + 1] not in _PARENS and stack:  # (op a b): the bulk of a spec, taken whole
+                    stack[-1].items.append(_List(i, [i + 1, i + 2, i + 3]))
+                    i += 5
+                    continue
             stack.append(_List(i, []))
         elif t == ")":
             done = stack.pop()
@@ -135,6 +141,7 @@ def _build(toks: list[str], start: int) -> tuple[_List, int]:
             stack[-1].items.append(done)
         else:
             stack[-1].items.append(i)
+        i += 1
     raise _Located("unbalanced parentheses: this '(' is never closed", stack[0].tok)
 
 
@@ -283,13 +290,7 @@ class _Reader:
             atoms = self._comparison(node, op, depth)
             return [] if atoms is None else [atoms]
         if op == "and":
-            result: list[tuple] = [()]
-            for child in node.items[1:]:
-                part = self._dnf(child, depth + 1)
-                if len(result) * len(part) > self.max_conjuncts:
-                    raise _Located(self._too_many(len(result) * len(part)), node.tok)
-                result = [a + b for a in result for b in part]
-            return result
+            return self._conjunction(node, depth)
         if op == "or":
             result = []
             for child in node.items[1:]:
@@ -300,6 +301,28 @@ class _Reader:
         if op == "not":
             raise _Located("unsupported operator 'not' (VNN-LIB 1.0 has no negation)", node.items[0])
         raise _Located(f"unknown operator {op!r} in a formula", node.items[0])
+
+    def _conjunction(self, node: _List, depth: int) -> list[tuple]:
+        """DNF of an ``and``: single-conjunct children are joined once, the rest multiplied out."""
+        fixed: list = []
+        multi: list[list[tuple]] = []
+        false = False
+        for child in node.items[1:]:
+            part = self._dnf(child, depth + 1)
+            if len(part) == 1:
+                fixed.extend(part[0])
+            elif part:
+                multi.append(part)
+            else:
+                false = True
+        if false:
+            return []
+        result = [tuple(fixed)]
+        for part in multi:
+            if len(result) * len(part) > self.max_conjuncts:
+                raise _Located(self._too_many(len(result) * len(part)), node.tok)
+            result = [a + b for a in result for b in part]
+        return result
 
     def _too_many(self, count: int) -> str:
         return f"formula has {count} disjuncts in normal form, more than the limit {self.max_conjuncts}"
@@ -316,6 +339,10 @@ class _Reader:
         args = node.items[1:]
         if len(args) < 2:
             raise _Located(f"wrong arity: {op!r} takes 2 arguments, got {len(args)}", node.tok)
+        if len(args) == 2 and isinstance(args[0], int) and isinstance(args[1], int):
+            bound = self._input_bound(op, args[0], node.tok)  # the leaves are adjacent tokens
+            if bound is not None:
+                return bound
         terms = [self._term(a, depth + 1) for a in args]
         atoms: tuple = ()
         false = False
@@ -411,22 +438,35 @@ class _Reader:
         return _scaled(varying[0], scale) if varying else ({}, scale)
 
 
+def _tighten(lower: np.ndarray, upper: np.ndarray, bounds: list[_Bound]) -> tuple[np.ndarray, np.ndarray]:
+    """Copies of the box ``lower <= x <= upper`` cut down by ``bounds``."""
+    lower, upper = lower.copy(), upper.copy()  # (n,), (n,)
+    if bounds:
+        idx = np.fromiter((a.index for a in bounds), dtype=np.int64, count=len(bounds))
+        val = np.fromiter((a.value for a in bounds), dtype=np.float64, count=len(bounds))
+        up = np.fromiter((a.upper for a in bounds), dtype=bool, count=len(bounds))
+        np.minimum.at(upper, idx[up], val[up])
+        np.maximum.at(lower, idx[~up], val[~up])
+    return lower, upper
+
+
+def _nonempty_box(bounds: list[_Bound], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The box of ``bounds`` over ``size`` inputs; raise, at the last bound involved, if it is empty."""
+    lower, upper = _tighten(np.full(size, -np.inf), np.full(size, np.inf), bounds)
+    crossed = np.nonzero(lower > upper)[0]
+    if crossed.size:
+        i = int(crossed[0])
+        raise _Located(
+            f"empty input box: X_{i} has lower bound {float(lower[i])!r} > upper bound {float(upper[i])!r}",
+            max(a.tok for a in bounds if a.index == i),
+        )
+    return lower, upper
+
+
 def _own_box_check(bounds: list[_Bound]) -> None:
     """Raise if these bounds (from one assert) cross on some input."""
-    lo: dict[int, _Bound] = {}
-    hi: dict[int, _Bound] = {}
-    for bnd in bounds:
-        side = hi if bnd.upper else lo
-        old = side.get(bnd.index)
-        if old is None or (bnd.value < old.value if bnd.upper else bnd.value > old.value):
-            side[bnd.index] = bnd
-    for i, low in lo.items():
-        up = hi.get(i)
-        if up is not None and low.value > up.value:
-            raise _Located(
-                f"empty input box: X_{i} has lower bound {low.value!r} > upper bound {up.value!r}",
-                max(low.tok, up.tok),
-            )
+    if bounds:
+        _nonempty_box(bounds, 1 + max(a.index for a in bounds))
 
 
 def _declared_count(reader: _Reader, kind: str) -> int:
@@ -452,27 +492,6 @@ def _check_model_count(declared: int, model: int | None, kind: str) -> None:
         raise SpecError(f"spec declares {declared} {what} ({kind}_0..{kind}_{declared - 1}) but the model has {model}")
 
 
-def _common_box(bounds: list[_Bound], n_in: int) -> tuple[np.ndarray, np.ndarray]:
-    """Box of the unconditional bounds; raise if it is empty."""
-    lower = np.full(n_in, -np.inf)  # (n_in,)
-    upper = np.full(n_in, np.inf)  # (n_in,)
-    if bounds:
-        idx = np.fromiter((a.index for a in bounds), dtype=np.int64, count=len(bounds))
-        val = np.fromiter((a.value for a in bounds), dtype=np.float64, count=len(bounds))
-        up = np.fromiter((a.upper for a in bounds), dtype=bool, count=len(bounds))
-        np.minimum.at(upper, idx[up], val[up])
-        np.maximum.at(lower, idx[~up], val[~up])
-    crossed = np.nonzero(lower > upper)[0]
-    if crossed.size:
-        i = int(crossed[0])
-        tok = max(a.tok for a in bounds if a.index == i)
-        raise _Located(
-            f"empty input box: X_{i} has lower bound {float(lower[i])!r} > upper bound {float(upper[i])!r}",
-            tok,
-        )
-    return lower, upper
-
-
 def _polytope(rows: list[_Row], n_out: int) -> Polytope:
     A = np.zeros((len(rows), n_out))  # (k, n_out)
     for r, row in enumerate(rows):
@@ -483,18 +502,10 @@ def _polytope(rows: list[_Row], n_out: int) -> Polytope:
     return Polytope(A, b, strict)
 
 
-def _box_key(bounds: list[_Bound], lower: np.ndarray, upper: np.ndarray) -> tuple | None:
-    """The conjunct's changes to the common box as a hashable key; None if it is empty."""
-    changed: dict[int, list[float]] = {}
-    for bnd in bounds:
-        cur = changed.setdefault(bnd.index, [float(lower[bnd.index]), float(upper[bnd.index])])
-        if bnd.upper:
-            cur[1] = min(cur[1], bnd.value)
-        else:
-            cur[0] = max(cur[0], bnd.value)
-    if any(lo > hi for lo, hi in changed.values()):
-        return None
-    return tuple(sorted((i, lo, hi) for i, (lo, hi) in changed.items() if (lo, hi) != (lower[i], upper[i])))
+def _box_key(lo: np.ndarray, hi: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> tuple:
+    """Hashable key of a conjunct's box: where and how it differs from the common box."""
+    changed = np.nonzero((lo != lower) | (hi != upper))[0]
+    return changed.tobytes(), lo[changed].tobytes(), hi[changed].tobytes()
 
 
 def _bounded(lower: np.ndarray, upper: np.ndarray) -> None:
@@ -521,18 +532,16 @@ def _assemble(reader: _Reader, n_inputs: int | None, n_outputs: int | None) -> S
         logger.warning("strict input bounds are read as their closure (non-strict)")
     bounds = [a for a in reader.common if type(a) is _Bound]
     rows = [a for a in reader.common if type(a) is _Row]
-    lower, upper = _common_box(bounds, n_in)
+    lower, upper = _nonempty_box(bounds, n_in)
     groups: dict[tuple, tuple[np.ndarray, np.ndarray, list[Polytope]]] = {}
     for combo in itertools.product(*reader.factors):
         atoms = [a for conj in combo for a in conj]
-        key = _box_key([a for a in atoms if type(a) is _Bound], lower, upper)
-        if key is None:
+        lo, hi = _tighten(lower, upper, [a for a in atoms if type(a) is _Bound])
+        if np.any(lo > hi):
             logger.debug("dropping a disjunct whose input box is empty")
             continue
+        key = _box_key(lo, hi, lower, upper)
         if key not in groups:
-            lo, hi = lower.copy(), upper.copy()
-            for i, low, up in key:
-                lo[i], hi[i] = low, up
             _bounded(lo, hi)
             groups[key] = (lo, hi, [])
         groups[key][2].append(_polytope(rows + [a for a in atoms if type(a) is _Row], n_out))
@@ -571,7 +580,7 @@ def read_spec(path: str | os.PathLike, n_inputs: int | None = None, n_outputs: i
         data = Path(path).read_bytes()
         if data[:2] == b"\x1f\x8b":
             data = gzip.decompress(data)
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")  # a byte-order mark is dropped
     except (OSError, EOFError, zlib.error) as err:
         reason = getattr(err, "strerror", None) or str(err)
         raise SpecError(f"cannot read spec file {os.fspath(path)}: {reason}") from None

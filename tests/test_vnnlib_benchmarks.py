@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import math
 from functools import cache
 from pathlib import Path
@@ -11,10 +12,11 @@ import numpy as np
 import onnx
 import pytest
 
+from benchmarks import parse_specs
 from vnnlib import read_spec, write_spec
 from vnnlib.reader import parse_spec
 
-pytestmark = pytest.mark.benchmarks
+MODELS = Path(__file__).resolve().parents[1] / "models"
 
 
 def _spec_files(root: Path) -> list[Path]:
@@ -41,6 +43,7 @@ def _model_io(path: Path) -> tuple[int, int]:
     return size(inp), size(graph.output[0])
 
 
+@pytest.mark.benchmarks
 def test_every_spec_parses(bench):
     files = _spec_files(bench)
     assert len(files) >= 70
@@ -54,6 +57,7 @@ def test_every_spec_parses(bench):
     assert not failures, "\n".join(failures)
 
 
+@pytest.mark.benchmarks
 def test_instances_match_their_models(bench):
     rows = []
     for listing in sorted(bench.glob("*/*_instances.csv")):
@@ -66,6 +70,7 @@ def test_instances_match_their_models(bench):
         assert (spec.n_inputs, spec.n_outputs) == (n_in, n_out), (onnx_name, spec_name)
 
 
+@pytest.mark.benchmarks
 @pytest.mark.parametrize(
     ("pattern", "n_in", "n_out", "polytopes"),
     [("acasxu/prop_6.vnnlib", 5, 5, [4, 4]), ("mnistfc/prop_0_0.03.vnnlib", 784, 10, [9])],
@@ -76,6 +81,7 @@ def test_known_shapes(bench, pattern, n_in, n_out, polytopes):
     assert [len(c.polytopes) for c in spec.cases] == polytopes
 
 
+@pytest.mark.benchmarks
 def test_oval21_specs_are_one_box_and_nine_polytopes(bench):
     for path in _spec_files(bench / "oval21"):
         spec = _read(path)
@@ -86,6 +92,7 @@ def test_oval21_specs_are_one_box_and_nine_polytopes(bench):
             assert poly.A.shape == (1, 10) and sorted(poly.A[0]) == [-1.0] + [0.0] * 8 + [1.0]
 
 
+@pytest.mark.benchmarks
 def test_benchmark_specs_round_trip_through_the_writer(bench):
     for path in _spec_files(bench / "acasxu") + _spec_files(bench / "test"):
         spec = read_spec(path)
@@ -94,3 +101,25 @@ def test_benchmark_specs_round_trip_through_the_writer(bench):
         for a, b in zip(spec.cases, back.cases):
             np.testing.assert_array_equal(a.lower, b.lower)
             assert [p.A.tolist() for p in a.polytopes] == [p.A.tolist() for p in b.polytopes]
+
+
+def test_parse_specs_script_table_and_csv(tmp_path, capsys):
+    bad = tmp_path / "specs" / "bad.vnnlib"
+    bad.parent.mkdir()
+    bad.write_text("(declare-const X_0 Real)\n(assert (<= X_0 1)")
+    good = tmp_path / "specs" / "sub" / "prop_6.vnnlib.gz"
+    good.parent.mkdir()
+    good.write_bytes(gzip.compress((MODELS / "acasxu" / "prop_6.vnnlib").read_bytes()))
+    out_csv = tmp_path / "t.csv"
+    assert parse_specs.main([str(tmp_path / "specs"), "--csv", str(out_csv), "--repeat", "2"]) == 1
+    table = capsys.readouterr().out
+    assert "sub/prop_6.vnnlib.gz" in table and "ERROR bad.vnnlib:2:1: unbalanced" in table
+    assert "total" in table and "(2 files)" in table
+    with open(out_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["file"], r["cases"], r["polytopes"]) for r in rows] == [
+        ("bad.vnnlib", "0", "0"),
+        ("sub/prop_6.vnnlib.gz", "2", "8"),
+    ]
+    assert float(rows[1]["ms"]) > 0 and rows[0]["error"]
+    assert parse_specs.main([str(tmp_path / "nowhere")]) == 2

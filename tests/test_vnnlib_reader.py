@@ -125,6 +125,23 @@ def test_fast_path_matches_general_path_on_random_bounds(value, op, number_first
     assert_specs_equal(fast, parse_spec(text + f"(assert (and {atom}))"))
 
 
+def test_same_meaning_in_every_layout():
+    n = 40
+    atoms = [f"(<= X_{i} {i + 0.5})" for i in range(n)] + [f"(>= X_{i} {i * 0.25})" for i in range(n)]
+    outs = " ".join(f"(and (>= Y_{j} Y_0))" for j in range(1, 3))
+    head = decls(n, 3)
+    layouts = [
+        head + "".join(f"(assert {a})" for a in atoms) + f"(assert (or {outs}))",
+        head + f"(assert (and {' '.join(atoms)}))" + f"(assert (or {outs}))",
+        head + f"(assert (or (and {' '.join(atoms)} (or {outs}))))",
+        head + "(assert (or " + " ".join(f"(and {' '.join(atoms)} (>= Y_{j} Y_0))" for j in (1, 2)) + "))",
+    ]
+    first = parse_spec(layouts[0])
+    assert len(first.cases) == 1 and len(first.cases[0].polytopes) == 2
+    for text in layouts[1:]:
+        assert_specs_equal(parse_spec(text), first)
+
+
 def test_comments_everywhere():
     text = (
         "; header (with parens) ((\n"
@@ -384,6 +401,12 @@ def test_read_spec_plain_and_gz(tmp_path):
         f.write(src)
     assert_specs_equal(read_spec(plain), read_spec(packed))
     assert_specs_equal(read_spec(str(packed), 5, 5), parse_spec(src))
+
+
+def test_read_spec_skips_a_byte_order_mark(tmp_path):
+    path = tmp_path / "bom.vnnlib"
+    path.write_bytes(b"\xef\xbb\xbf" + (MODELS / "test_small.vnnlib").read_bytes())
+    assert_specs_equal(read_spec(path), read_spec(MODELS / "test_small.vnnlib"))
 
 
 def test_read_spec_errors_name_the_file(tmp_path):

@@ -11,7 +11,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +121,11 @@ def cnn(
 
 def run_onnxruntime(model: onnx.ModelProto | str | Path, x: np.ndarray) -> np.ndarray:
     """onnxruntime's output for input ``x`` (given in the model's ONNX input shape)."""
+    return onnxruntime_runner(model)(x)
+
+
+def onnxruntime_runner(model: onnx.ModelProto | str | Path) -> Callable[[np.ndarray], np.ndarray]:
+    """One single-threaded onnxruntime session, as a function of the input (ONNX input shape)."""
     import onnxruntime as ort
 
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
@@ -128,7 +133,8 @@ def run_onnxruntime(model: onnx.ModelProto | str | Path, x: np.ndarray) -> np.nd
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
     session = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: x})[0]
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x})[0]
 
 
 def save(model: onnx.ModelProto, path: str | Path) -> Path:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.onnx_builders import GraphBuilder, cnn, mlp, run_onnxruntime, save
+from tests.onnx_builders import GraphBuilder, cnn, mlp, onnxruntime_runner, run_onnxruntime, save
 from verifier.errors import InputFileError, ModelError, UnsupportedModelError
 from verifier.fold import fold
 from verifier.forward import forward
@@ -29,7 +29,8 @@ def check(model, *, n: int = 6, seed: int = 0) -> Network:
         expected = run_onnxruntime(model, x).reshape(n, -1)
     else:
         x = rng.standard_normal((n, *dims)).astype(dtype)
-        expected = np.stack([run_onnxruntime(model, xi).reshape(-1) for xi in x])
+        run = onnxruntime_runner(model)
+        expected = np.stack([run(xi).reshape(-1) for xi in x])
     got = forward(net, torch.from_numpy(x).reshape(n, -1)).reshape(n, -1).numpy()
     assert got.shape == expected.shape
     tol = 1e-5 if dtype == np.float32 else 1e-10
@@ -471,3 +472,44 @@ def test_saved_model_round_trip(tmp_path):
     x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
     np.testing.assert_allclose(forward(net, torch.from_numpy(x).reshape(1, -1)).numpy(),
                                run_onnxruntime(model, x), rtol=1e-5, atol=1e-5)
+
+
+class _TorchNet(torch.nn.Module):
+    """Normalization, Conv+BatchNorm, a residual block, pooling, ``view(N, -1)`` and Linear layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.bn1 = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4)
+        self.c2, self.bn2 = torch.nn.Conv2d(4, 4, 3, padding=1, bias=False), torch.nn.BatchNorm2d(4)
+        self.fc1, self.fc2 = torch.nn.Linear(16, 6), torch.nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn1(self.c1((x - 0.5) / 0.25)))
+        h = torch.relu(h + self.bn2(self.c2(h)))
+        h = torch.nn.functional.max_pool2d(torch.nn.functional.avg_pool2d(h, 2), 2)
+        return self.fc2(torch.relu(self.fc1(h.view(h.size(0), -1))))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the legacy TorchScript exporter makes the Shape chain
+def test_pytorch_export_with_dynamic_batch():
+    import io
+
+    import onnx
+
+    torch.manual_seed(0)
+    module = _TorchNet().eval()
+    for bn in (module.bn1, module.bn2):
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+    buf = io.BytesIO()
+    try:
+        torch.onnx.export(module, torch.rand(1, 3, 8, 8), buf, input_names=["x"], opset_version=13, dynamo=False,
+                          do_constant_folding=False, dynamic_axes={"x": {0: "N"}})
+    except Exception as e:  # the legacy exporter may be missing from a torch build
+        pytest.skip(f"torch.onnx.export is unavailable: {e}")
+    model = onnx.load_model_from_string(buf.getvalue())
+    assert "Shape" in [n.op_type for n in model.graph.node]
+    net = check(model, n=4)
+    # the shift of the input normalization cannot enter the padded conv; BatchNorm is gone
+    assert kinds(net) == ["Input", "Scale", "Conv", "Relu", "Conv", "Add", "Relu", "AvgPool", "MaxPool",
+                          "Reshape", "Dense", "Relu", "Dense"]

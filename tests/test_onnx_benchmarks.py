@@ -1,0 +1,109 @@
+"""Every VNN-COMP 2021 model imports, has the expected folded IR, and matches onnxruntime.
+
+Each model is compared on 100 points drawn uniformly from the first input box of one of its
+specs (from the set's instances CSV), within ``1e-5 * (1 + |y|)``.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import BENCHMARKS, benchmarks_dir
+from tests.onnx_builders import onnxruntime_runner
+from verifier.forward import forward
+from verifier.onnx_import import load_onnx
+
+pytestmark = pytest.mark.benchmarks
+
+N_SAMPLES = 100
+SETS = ("acasxu", "mnistfc", "oval21", "test")
+HIDDEN = {"cifar_base_kw": 2, "cifar_wide_kw": 2, "cifar_deep_kw": 4}  # oval21 conv layers
+
+
+def _instances() -> list[tuple[str, Path, Path]]:
+    """(set, model, first spec of that model) for every model of every set's instances CSV."""
+    if not BENCHMARKS.is_dir():
+        return []
+    out, seen = [], set()
+    for name in SETS:
+        for csv_path in sorted((BENCHMARKS / name).glob("*_instances.csv")):
+            with open(csv_path, newline="") as f:
+                for row in csv.reader(f):
+                    if len(row) >= 2 and row[0].strip() not in seen:
+                        seen.add(row[0].strip())
+                        out.append((name, csv_path.parent / row[0].strip(), csv_path.parent / row[1].strip()))
+    return out
+
+
+def _first_box(spec_path: Path, n_inputs: int) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        from vnnlib.reader import read_spec
+    except ImportError:  # the reader is written by another engineer; a regex suffices for boxes
+        return _box_by_regex(spec_path.read_text(), n_inputs)
+    case = read_spec(spec_path, n_inputs=n_inputs).cases[0]
+    return case.lower, case.upper
+
+
+def _box_by_regex(text: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``(<= X_i c)`` and ``(>= X_i c)`` of every input: the first case's box."""
+    lo, hi = np.full(n, np.nan), np.full(n, np.nan)
+    for op, i, c in re.findall(r"\((<=|>=)\s+X_(\d+)\s+([-+0-9.eE]+)\)", text):
+        target = hi if op == "<=" else lo
+        if np.isnan(target[int(i)]):
+            target[int(i)] = float(c)
+    return lo, hi
+
+
+def _ids(items):
+    return [f"{s}/{m.stem}" for s, m, _ in items]
+
+
+INSTANCES = _instances()
+
+
+def test_benchmarks_are_found():
+    benchmarks_dir()
+    assert {s for s, _, _ in INSTANCES} == set(SETS)
+    assert sum(s == "acasxu" for s, _, _ in INSTANCES) == 45
+
+
+@pytest.mark.parametrize("bench_set,model,spec", INSTANCES, ids=_ids(INSTANCES))
+def test_model_matches_onnxruntime_in_its_box(bench_set, model, spec):
+    net = load_onnx(model)
+    lo, hi = _first_box(spec, net.n_inputs)
+    rng = np.random.default_rng(0)
+    x = (lo + (hi - lo) * rng.random((N_SAMPLES, net.n_inputs))).astype(np.float32)  # (S, n_in)
+    dims = [d if d > 0 else 1 for d in _input_dims(model)]
+    run = onnxruntime_runner(model)
+    expected = np.stack([run(xi.reshape(dims)).reshape(-1) for xi in x])
+    got = forward(net, torch.from_numpy(x)).reshape(N_SAMPLES, -1).numpy()
+    rel = np.abs(got - expected) / (1 + np.abs(expected))
+    assert rel.max() <= 1e-5, f"worst relative error {rel.max():.3g}"
+    _check_structure(bench_set, model.stem, [type(n.op).__name__ for n in net.nodes])
+
+
+def _input_dims(model: Path) -> list[int]:
+    import onnx
+
+    graph = onnx.load(str(model), load_external_data=False).graph
+    consts = {t.name for t in graph.initializer}
+    vi = next(i for i in graph.input if i.name not in consts)
+    return [d.dim_value for d in vi.type.tensor_type.shape.dim]
+
+
+def _check_structure(bench_set: str, stem: str, kinds: list[str]) -> None:
+    if bench_set == "acasxu" or stem in ("test_sat", "test_unsat"):
+        assert kinds == ["Input", "Reshape"] + ["Dense", "Relu"] * 6 + ["Dense"]
+    elif bench_set == "mnistfc":
+        k = int(stem.split("x")[-1])
+        assert kinds == ["Input", "Reshape"] + ["Dense", "Relu"] * k + ["Dense"]
+    elif bench_set == "oval21":
+        assert kinds == ["Input"] + ["Conv", "Relu"] * HIDDEN[stem] + ["Reshape", "Dense", "Relu", "Dense"]
+    else:
+        assert set(kinds) <= {"Input", "Dense", "Relu"}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import logging
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -520,3 +522,13 @@ def assert_specs_equal(a, b) -> None:
             np.testing.assert_array_equal(pa.A, pb.A)
             np.testing.assert_array_equal(pa.b, pb.b)
             np.testing.assert_array_equal(pa.strict, pb.strict)
+
+
+def test_vnnlib_needs_only_numpy():
+    code = (
+        "import sys, vnnlib; from vnnlib import parse_spec, read_spec, write_spec; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'verifier', 'onnx', 'scipy')); "
+        "sys.exit(' '.join(bad) or None)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

@@ -169,6 +169,26 @@ def test_dropout_is_identity(opset):
     assert kinds(net) == ["Input", "Dense"]
 
 
+def test_operators_that_mix_in_the_size_one_batch_axis():
+    g = GraphBuilder([1, 4])
+    check(g.build(g.op("MatMul", g.const(g.random(3, 1)), g.input)))  # (3, 4): an outer product
+    g = GraphBuilder([1, 4])
+    check(g.build(g.op("Gemm", g.const(g.random(3, 1)), g.input, g.const(g.random(4)))))
+    g = GraphBuilder([1, 4])
+    check(g.build(g.op("Concat", g.op("Relu", g.input), g.op("Neg", g.input), axis=0)))
+    g = GraphBuilder([1, 4])
+    check(g.build(g.op("Pad", g.input, g.ints([1, 0, 0, 2]))))
+    g = GraphBuilder([1, 5])
+    back = g.op("Transpose", g.op("Transpose", g.op("Relu", g.input), perm=[1, 0]), perm=[1, 0])
+    check(g.build(g.op("Add", g.input, back)))
+
+
+def test_cast_to_float_is_identity():
+    g = GraphBuilder([1, 4])
+    net = check(g.build(g.dense(g.op("Cast", g.input, to=1), 4, 2)))
+    assert kinds(net) == ["Input", "Dense"]
+
+
 # ---------------------------------------------------------------- convolution, normalization, pooling
 
 
@@ -420,6 +440,31 @@ def test_unsupported_attributes_and_constructs(build, needle):
     with pytest.raises(UnsupportedModelError) as e:
         load_onnx_model(g.build(build(g)))
     assert needle in one_line(e)
+
+
+def test_many_unsupported_nodes_are_capped_in_the_message():
+    g = GraphBuilder([1, 4])
+    h = g.input
+    for _ in range(25):
+        h = g.op("Tanh", h)
+    with pytest.raises(UnsupportedModelError) as e:
+        load_onnx_model(g.build(h))
+    msg = one_line(e)
+    assert msg.count("Tanh (node") == 20 and "and 5 more" in msg
+
+
+def test_cast_of_computed_tensor_to_integer_is_unsupported():
+    g = GraphBuilder([1, 4])
+    with pytest.raises(UnsupportedModelError) as e:
+        load_onnx_model(g.build(g.op("Cast", g.input, to=7, name="c")))
+    assert "Cast (node 'c'" in one_line(e)
+
+
+def test_non_finite_constants_are_a_model_error():
+    g = GraphBuilder([1, 4])
+    with pytest.raises(ModelError) as e:
+        load_onnx_model(g.build(g.op("Mul", g.input, g.const(np.array([1.0, np.inf, 1.0, 1.0])))))
+    assert "non-finite" in one_line(e)
 
 
 def test_two_inputs_or_two_outputs():

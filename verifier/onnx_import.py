@@ -52,6 +52,7 @@ _FLOAT_TYPES = {TensorProto.FLOAT: torch.float32, TensorProto.DOUBLE: torch.floa
 _RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
 _MIXED_INPUTS = {"Add", "Sub", "Mul", "Div", "MatMul", "Gemm", "Concat"}  # the others read a computed input 0
 _MAX_EXPANDED = 1 << 26  # entries of a dense matrix built for a general linear node
+_MAX_LISTED = 20  # unsupported nodes named in the error message
 
 
 def load_onnx(path: str | os.PathLike) -> Network:
@@ -91,13 +92,15 @@ def load_onnx_model(model: onnx.ModelProto) -> Network:
     env[in_name] = _Var(0, in_shape, batched)
     problems = _convert_all(ctx, order, env)
     if problems:
-        raise UnsupportedModelError("unsupported ONNX operators: " + ", ".join(problems))
+        more = f", and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
+        raise UnsupportedModelError("unsupported ONNX operators: " + ", ".join(problems[:_MAX_LISTED]) + more)
     out = env[out_name]
     if not isinstance(out, _Var):
         raise UnsupportedModelError("unsupported ONNX model: its output does not depend on its input")
     _check_declared_output(graph.output[0], out)
     raw = Network(nodes=tuple(ctx.nodes), output=out.index)
     net = fold(raw)
+    _check_finite(net)
     log.debug("imported %d ONNX nodes as %d IR nodes, %d after folding", len(order), len(raw.nodes), len(net.nodes))
     return net.to(dtype=dtype)
 
@@ -237,6 +240,13 @@ def _check_declared_output(vi: onnx.ValueInfoProto, out: _Var) -> None:
         )
 
 
+def _check_finite(net: Network) -> None:
+    for node in net.nodes:
+        for key, value in vars(node.op).items():
+            if isinstance(value, torch.Tensor) and not bool(torch.isfinite(value).all()):
+                raise ModelError(f"ONNX model has non-finite constants ({key} of node '{node.name}')")
+
+
 def _convert_all(ctx: _Context, order: list, env: dict[str, _Value]) -> list[str]:
     """Convert the nodes in order, filling ``env``; the list of unsupported-node descriptions."""
     problems: list[str] = []
@@ -291,14 +301,13 @@ def _fold_constant(ctx: _Context, node: onnx.NodeProto, args: list) -> list[_Val
         return [args[0]]
     from onnx.reference import ReferenceEvaluator  # imported only for models that need it
 
-    names = [x for x in node.input if x]
     feeds = {x: a for x, a in zip(node.input, args) if x}
-    inputs = [helper.make_tensor_value_info(x, helper.np_dtype_to_tensor_dtype(feeds[x].dtype), None) for x in names]
-    outputs = [helper.make_tensor_value_info(y, TensorProto.UNDEFINED, None) for y in node.output if y]
-    model = helper.make_model(
-        helper.make_graph([node], "fold", inputs, outputs), opset_imports=list(ctx.opset_imports)
-    )
     try:
+        elem = {x: helper.np_dtype_to_tensor_dtype(a.dtype) for x, a in feeds.items()}
+        inputs = [helper.make_tensor_value_info(x, elem[x], None) for x in feeds]
+        outputs = [helper.make_tensor_value_info(y, TensorProto.UNDEFINED, None) for y in node.output if y]
+        graph = helper.make_graph([node], "fold", inputs, outputs)
+        model = helper.make_model(graph, opset_imports=list(ctx.opset_imports))
         values = ReferenceEvaluator(model).run(None, feeds)
     except Exception as e:  # the reference implementation raises anything
         raise _Unsupported(f"cannot evaluate it on constants: {_one_line(e)}") from None
@@ -379,6 +388,11 @@ def _with_batch(ctx: _Context, v: _Var, name: str) -> _Var:
     if len(v.shape) >= 2 and v.shape[0] == 1:
         return ctx.emit(Reshape(), [v], v.shape[1:], True, name)
     raise _Unsupported(f"its input of shape {list(v.shape)} has no leading batch axis")
+
+
+def _unbatched(ctx: _Context, v: _Var, name: str) -> _Var:
+    """``v`` with its size-1 batch axis kept as a per-sample axis (for operators that mix it in)."""
+    return ctx.emit(Reshape(), [v], v.onnx_shape, False, name) if v.batched else v
 
 
 def _linear(ctx: _Context, v: _Var, fn: Callable[[torch.Tensor], torch.Tensor], name: str) -> _Var:
@@ -523,8 +537,10 @@ def _cv_arith(ctx: _Context, node, args) -> list[_Value]:
 def _add_vars(ctx: _Context, a: _Var, b: _Var, op: str, name: str) -> _Var:
     if op not in ("Add", "Sub"):
         raise _Unsupported(f"{op} of two computed tensors")
-    if a.onnx_shape != b.onnx_shape or a.batched != b.batched:
+    if a.onnx_shape != b.onnx_shape:
         raise _Unsupported(f"{op} broadcasts computed tensors {list(a.onnx_shape)} and {list(b.onnx_shape)}")
+    if a.batched != b.batched:
+        a, b = _unbatched(ctx, a, name), _unbatched(ctx, b, name)
     if op == "Sub":
         ones = torch.ones((1,) * len(b.shape), dtype=torch.float64)
         b = _emit_scale(ctx, b, -ones, 0 * ones, name + "/neg")
@@ -549,7 +565,7 @@ def _cv_matmul(ctx: _Context, node, args) -> list[_Value]:
         return [ctx.emit(Dense(weight=_t(w), bias=torch.zeros(w.shape[0], dtype=torch.float64)),
                          [v], (w.shape[0],), False, name)]
     if v.batched and len(v.shape) == 1:
-        raise _Unsupported("the constant multiplies the batch axis")
+        v = _unbatched(ctx, v, name)  # the constant multiplies the (size-1) batch axis
     return [_linear(ctx, v, _left_matmul(_t(w), len(v.onnx_shape)), name)]
 
 
@@ -607,8 +623,7 @@ def _cv_gemm(ctx: _Context, node, args) -> list[_Value]:
     wa = wa.T if ta else wa  # (M, K)
     if len(v.onnx_shape) != 2 or wa.ndim != 2:
         raise ModelError("Gemm needs 2-D operands")
-    if v.batched:
-        raise _Unsupported("the constant multiplies the batch axis")
+    v = _unbatched(ctx, v, _name(node))  # the constant multiplies the (size-1) batch axis
     return [_linear(ctx, v, lambda e: alpha * (wa @ (e.transpose(1, 2) if tb else e)) + bias, _name(node))]
 
 
@@ -819,9 +834,9 @@ def _cv_pad(ctx: _Context, node, args) -> list[_Value]:
         raise ModelError(f"Pad '{_name(node)}': {len(pads)} pads for a rank-{r} tensor")
     if min(pads) < 0:
         raise _Unsupported("negative pads (cropping)")
+    if v.batched and (pads[0] or pads[r]):
+        v = _unbatched(ctx, v, _name(node))
     if v.batched:
-        if pads[0] or pads[r]:
-            raise _Unsupported("padding of the batch axis")
         pads = pads[1:r] + pads[r + 1:]
     if not any(pads):
         return [v]
@@ -843,14 +858,14 @@ def _cv_concat(ctx: _Context, node, args) -> list[_Value]:
     name = _name(node)
     if any(not isinstance(a, _Var) for a in args):
         raise _Unsupported("concatenation of a computed tensor with a constant")
-    if len({a.batched for a in args}) != 1 or len({len(a.shape) for a in args}) != 1:
-        raise _Unsupported("concatenation of tensors of different ranks or batch layouts")
-    first = args[0]
-    r = len(first.onnx_shape)
+    r = len(args[0].onnx_shape)
     axis = int(_attrs(node)["axis"])
     axis = axis + r if axis < 0 else axis
-    if first.batched and axis == 0:
-        raise _Unsupported("concatenation along the batch axis")
+    if len({len(a.onnx_shape) for a in args}) != 1:
+        raise ModelError(f"Concat '{name}' of tensors of different ranks")
+    if axis == 0 or len({a.batched for a in args}) != 1:
+        args = [_unbatched(ctx, a, name) for a in args]
+    first = args[0]
     axis -= 1 if first.batched else 0
     rest = [tuple(d for i, d in enumerate(a.shape) if i != axis) for a in args]
     if len(set(rest)) != 1 or not 0 <= axis < len(first.shape):

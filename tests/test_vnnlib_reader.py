@@ -323,6 +323,7 @@ ERRORS = [
     ("(assert (<= X_0 1e))", 3, 17, "bad number '1e'"),
     ("(assert (<= X_0 --1))", 3, 17, "bad number '--1'"),
     ("(assert (<= X_0 nan))", 3, 17, "unknown symbol 'nan'"),
+    ("(assert (<= X_0 \u0661))", 3, 17, "unknown symbol"),  # a non-ASCII digit is no number
     ("(assert (<= X_0 1e999))", 3, 17, "out of the float64 range"),
     ("(assert (<= X_0))", 3, 9, "wrong arity: '<=' takes 2 arguments, got 1"),
     ("(assert)", 3, 1, "wrong arity: 'assert' takes 1 argument(s), got 0"),

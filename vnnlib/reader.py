@@ -70,7 +70,7 @@ MAX_DEPTH = 200  # deepest nesting of formulas and terms
 
 _TOKEN = re.compile(r";[^\n]*|[()]|[^\s();]+")  # used to locate tokens for error messages
 _COMMENT = re.compile(r";[^\n]*")
-_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\Z")
+_NUMBER = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?\Z")
 _VAR = re.compile(r"([XY])_(0|[1-9][0-9]*)\Z")
 _CMP = frozenset({"<=", ">=", "<", ">", "="})
 _PARENS = frozenset({"(", ")"})

@@ -501,6 +501,26 @@ def test_malformed_graphs(build):
     one_line(e)
 
 
+def test_malformed_initializer_is_a_model_error():
+    model = mlp([4, 3, 2])
+    model.graph.initializer[0].raw_data = model.graph.initializer[0].raw_data[:5]
+    with pytest.raises(ModelError) as e:
+        load_onnx_model(model)
+    assert "initializer" in one_line(e)
+
+
+def test_missing_external_data_is_an_input_file_error(tmp_path):
+    import onnx
+
+    path = tmp_path / "big.onnx"
+    onnx.save(mlp([40, 30, 2]), str(path), save_as_external_data=True, location="big.data", size_threshold=0)
+    assert load_onnx(path).n_inputs == 40
+    (tmp_path / "big.data").unlink()
+    with pytest.raises(InputFileError) as e:
+        load_onnx(path)
+    assert "external data" in one_line(e)
+
+
 def test_cycle_is_a_model_error():
     g = GraphBuilder([1, 4])
     a = g.fresh()

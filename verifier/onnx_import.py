@@ -72,7 +72,7 @@ def load_onnx(path: str | os.PathLike) -> Network:
         raise InputFileError(f"{path} is not an ONNX model (it has no graph)")
     try:
         onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
-    except OSError as e:
+    except Exception as e:  # OSError, or onnx's ValidationError for a missing or unsafe location
         raise InputFileError(f"cannot read external data of {path}: {_one_line(e)}") from None
     return load_onnx_model(model)
 
@@ -85,7 +85,7 @@ def load_onnx_model(model: onnx.ModelProto) -> Network:
     opset = _default_opset(model)
     in_name, in_shape, batched, dtype = _graph_input(graph)
     out_name = _graph_output(graph)
-    env: dict[str, _Value] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    env: dict[str, _Value] = dict(_initializers(graph))
     order, needed = _needed_nodes(graph, out_name, set(env) | {in_name})
     ctx = _Context(opset=opset, opset_imports=tuple(model.opset_import), needed=needed)
     ctx.nodes.append(Node(op=Input(), inputs=(), shape=in_shape, name=in_name))
@@ -150,8 +150,20 @@ class _Context:
 def _default_opset(model: onnx.ModelProto) -> int:
     for o in model.opset_import:
         if o.domain in ("", "ai.onnx"):
+            if not 8 <= o.version <= 17:
+                log.info("ONNX opset %d is outside the tested range 8 to 17", o.version)
             return int(o.version)
     raise ModelError("ONNX model declares no opset for the default domain")
+
+
+def _initializers(graph: onnx.GraphProto) -> list[tuple[str, np.ndarray]]:
+    out = []
+    for t in graph.initializer:
+        try:
+            out.append((t.name, numpy_helper.to_array(t)))
+        except Exception as e:  # onnx raises ValueError, TypeError or its own errors on bad tensors
+            raise ModelError(f"ONNX initializer '{t.name}' is malformed: {_one_line(e)}") from None
+    return out
 
 
 def _graph_input(graph: onnx.GraphProto) -> tuple[str, tuple[int, ...], bool, torch.dtype]:

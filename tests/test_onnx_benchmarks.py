@@ -1,7 +1,8 @@
 """Every VNN-COMP 2021 model imports, has the expected folded IR, and matches onnxruntime.
 
 Each model is compared on 100 points drawn uniformly from the first input box of one of its
-specs (from the set's instances CSV), within ``1e-5 * (1 + |y|)``.
+specs (from the set's instances CSV), within ``1e-5 * (1 + |y|)``.  The models shipped in the
+repository (``models/``) are checked the same way, so this runs without the benchmarks folder.
 """
 
 from __future__ import annotations
@@ -14,31 +15,33 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import BENCHMARKS, benchmarks_dir
+from tests.conftest import BENCHMARKS, REPO, benchmarks_dir
 from tests.onnx_builders import onnxruntime_runner
 from verifier.forward import forward
 from verifier.onnx_import import load_onnx
-
-pytestmark = pytest.mark.benchmarks
 
 N_SAMPLES = 100
 SETS = ("acasxu", "mnistfc", "oval21", "test")
 HIDDEN = {"cifar_base_kw": 2, "cifar_wide_kw": 2, "cifar_deep_kw": 4}  # oval21 conv layers
 
 
-def _instances() -> list[tuple[str, Path, Path]]:
-    """(set, model, first spec of that model) for every model of every set's instances CSV."""
+def _instances(csv_paths: list[tuple[str, Path]]) -> list[tuple[str, Path, Path]]:
+    """(set, model, first spec of that model) for every model named in the instances CSVs."""
+    out, seen = [], set()
+    for name, csv_path in csv_paths:
+        with open(csv_path, newline="") as f:
+            for row in csv.reader(f):
+                model = csv_path.parent / row[0].strip() if len(row) >= 2 else None
+                if model is not None and model not in seen:
+                    seen.add(model)
+                    out.append((name, model, csv_path.parent / row[1].strip()))
+    return out
+
+
+def _benchmark_csvs() -> list[tuple[str, Path]]:
     if not BENCHMARKS.is_dir():
         return []
-    out, seen = [], set()
-    for name in SETS:
-        for csv_path in sorted((BENCHMARKS / name).glob("*_instances.csv")):
-            with open(csv_path, newline="") as f:
-                for row in csv.reader(f):
-                    if len(row) >= 2 and row[0].strip() not in seen:
-                        seen.add(row[0].strip())
-                        out.append((name, csv_path.parent / row[0].strip(), csv_path.parent / row[1].strip()))
-    return out
+    return [(name, p) for name in SETS for p in sorted((BENCHMARKS / name).glob("*_instances.csv"))]
 
 
 def _first_box(spec_path: Path, n_inputs: int) -> tuple[np.ndarray, np.ndarray]:
@@ -64,17 +67,38 @@ def _ids(items):
     return [f"{s}/{m.stem}" for s, m, _ in items]
 
 
-INSTANCES = _instances()
+INSTANCES = _instances(_benchmark_csvs())
+SHIPPED = _instances([("test", REPO / "models" / "test_instances.csv")]) + [
+    ("acasxu", p, p.parent / "prop_1.vnnlib") for p in sorted((REPO / "models" / "acasxu").glob("*.onnx"))
+]
+_NO_BENCHMARKS = [pytest.param(
+    "", Path(), Path(), marks=pytest.mark.skip(reason=f"VNN-COMP benchmarks not found at {BENCHMARKS}"),
+)]
 
 
+@pytest.mark.benchmarks
 def test_benchmarks_are_found():
     benchmarks_dir()
     assert {s for s, _, _ in INSTANCES} == set(SETS)
     assert sum(s == "acasxu" for s, _, _ in INSTANCES) == 45
 
 
-@pytest.mark.parametrize("bench_set,model,spec", INSTANCES, ids=_ids(INSTANCES))
+@pytest.mark.benchmarks
+@pytest.mark.parametrize("bench_set,model,spec", INSTANCES or _NO_BENCHMARKS, ids=_ids(INSTANCES) or None)
 def test_model_matches_onnxruntime_in_its_box(bench_set, model, spec):
+    _check_model(bench_set, model, spec)
+
+
+@pytest.mark.parametrize("bench_set,model,spec", SHIPPED, ids=_ids(SHIPPED))
+def test_shipped_model_matches_onnxruntime_in_its_box(bench_set, model, spec):
+    _check_model(bench_set, model, spec)
+
+
+def test_shipped_models_are_found():
+    assert len(SHIPPED) >= 8
+
+
+def _check_model(bench_set: str, model: Path, spec: Path) -> None:
     net = load_onnx(model)
     lo, hi = _first_box(spec, net.n_inputs)
     rng = np.random.default_rng(0)

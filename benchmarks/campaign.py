@@ -84,7 +84,7 @@ def make_task(job: Job, opts: CampaignOptions, onnx: Path, vnnlib: Path) -> Task
             (logs / f"{job.stem}.json").unlink(missing_ok=True)  # never read a stale one
             extra = (*extra, "--json", str(logs / f"{job.stem}.json"))
         args = child.verify_args(onnx, vnnlib, timeout, extra)
-        return Task(job, child.Launch(args, opts.threads, stderr), timeout)
+        return Task(job, child.Launch(args, opts.threads, stderr, inputs=_inputs(onnx, vnnlib, opts)), timeout)
     results = (logs or opts.cache_dir) / f"{job.stem}.result"
     results.parent.mkdir(parents=True, exist_ok=True)
     results.unlink(missing_ok=True)
@@ -97,7 +97,14 @@ def make_task(job: Job, opts: CampaignOptions, onnx: Path, vnnlib: Path) -> Task
     }
     command = child.command_from_template(opts.command, fields)
     results_path = results if "{results}" in opts.command else None
-    return Task(job, child.Launch((), opts.threads, stderr, command, results_path), timeout)
+    launch = child.Launch((), opts.threads, stderr, command, results_path, _inputs(onnx, vnnlib, opts))
+    return Task(job, launch, timeout)
+
+
+def _inputs(onnx: Path, vnnlib: Path, opts: CampaignOptions) -> tuple[str, ...]:
+    """The files a run reads: model, spec, and any file named in the extra CLI arguments (a config)."""
+    extra = [a for a in opts.verify_args if not a.startswith("-") and Path(a).is_file()]
+    return (str(onnx), str(vnnlib), *extra)
 
 
 def run_campaign(

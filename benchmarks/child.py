@@ -37,6 +37,7 @@ class Launch:
     stderr_path: Path | None  # None: discard
     command: tuple[str, ...] | None = None  # a foreign command line, run instead of the CLI (spawned)
     results_path: Path | None = None  # where that command writes its verdict, if it does
+    inputs: tuple[str, ...] = ()  # the files it reads (model, spec, config), for runs on other machines
 
 
 @dataclass

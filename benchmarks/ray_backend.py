@@ -39,6 +39,9 @@ def _ray():
 
 def connect(address: str) -> None:
     """Join the Ray cluster at ``address`` (``local`` starts a private one on loopback)."""
+    if address == "local":
+        # Ray binds a node's public address unless clusters are "disabled" (then: loopback only)
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray = _ray()
     if ray.is_initialized():
         return
@@ -50,12 +53,6 @@ def connect(address: str) -> None:
             ray.init(address=address, **kwargs)
     except Exception as exc:  # Ray raises many types (ConnectionError, RuntimeError, ...)
         raise RayUnavailable(f"cannot join the Ray cluster at {address!r}: {exc}") from exc
-
-
-def _files_in(launch: child.Launch) -> list[str]:
-    """The arguments of a launch that name existing local files (model, spec, config)."""
-    args = (*launch.argv, *(launch.command or ()))
-    return sorted({a for a in args if not a.startswith("-") and os.path.isfile(a)})
 
 
 def run_on_worker(
@@ -110,7 +107,7 @@ def ray_executor(limits: Limits, threads: int, trust_exit_code: bool = True, max
                     if task is None:
                         exhausted = True
                         break
-                    paths = tuple(_files_in(task.launch))
+                    paths = tuple(dict.fromkeys(task.launch.inputs))
                     for path in paths:
                         if path not in refs:
                             refs[path] = ray.put(Path(path).read_bytes())
@@ -133,8 +130,9 @@ def _collect(ray, ref, task: Task) -> Outcome:
     """The outcome of a finished Ray task; its stderr goes to the task's log file."""
     try:
         outcome, err = ray.get(ref)
-    except Exception as exc:  # a lost worker or node: record it, keep the campaign going
-        return Outcome("error", 0.0, -1, -1.0, -1.0, -1.0, "", f"ray task failed: {exc}", False)
+    except Exception as exc:  # a lost worker or node, or a bug: record it, keep the campaign going
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        return Outcome("error", 0.0, -1, -1.0, -1.0, -1.0, "", f"ray task failed: {lines[-1] if lines else exc}", False)
     if task.launch.stderr_path is not None:
         task.launch.stderr_path.write_text(err)
     return outcome

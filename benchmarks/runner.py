@@ -147,7 +147,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     truth = read_truth(truth_path) if truth_path else None
     out: Path = args.out
     opts = CampaignOptions(
-        mode=args.mode,
+        mode="spawn" if args.ray else args.mode,  # Ray workers always spawn the CLI
         threads=threads,
         timeout_cap=args.timeout_cap,
         verify_args=tuple(shlex.split(args.verify_args)),
@@ -155,6 +155,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         category=args.category,
         cache_dir=args.cache_dir or default_cache_dir(),
         log_dir=args.log_dir or out.with_name(out.name + ".logs"),
+        stats=not args.ray,  # the CLI's --json file would be written on the worker's disk
     )
     limits = Limits(grace=args.grace)
     trust = args.command is None
@@ -166,7 +167,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         execute = ray_backend.ray_executor(limits, threads, trust)
     else:
         if args.mode == "fork" and args.command is None:
-            note += f", pre-import {child.preimport():.2f}s"
+            note += f", pre-import {_preimport():.2f}s"
         execute = lambda tasks: supervise(tasks, args.mode, args.workers, limits, trust_exit_code=trust)  # noqa: E731
 
     def progress(n: int) -> Progress:
@@ -179,6 +180,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     for line in report.wrong:
         print(f"verify-bench: WRONG ANSWER: {line}", file=sys.stderr)
     return EXIT_WRONG if report.wrong else 0
+
+
+def _preimport() -> float:
+    try:
+        return child.preimport()
+    except ImportError as exc:
+        raise UsageError(f"--mode fork needs the verifier importable here ({exc}); try --mode spawn") from None
 
 
 def _note(args: argparse.Namespace, threads: int, truth: Path | None) -> str:

@@ -347,6 +347,12 @@ def test_scale_before_conv_folds_only_when_padding_cannot_see_the_shift(op, pads
     assert kinds(net) == expected
 
 
+def test_relu_of_relu_is_one_relu():
+    g = GraphBuilder([1, 4])
+    net = check(g.build(g.dense(g.op("Relu", g.op("Relu", g.dense(g.input, 4, 4))), 4, 2)))
+    assert kinds(net) == ["Input", "Dense", "Relu", "Dense"]
+
+
 def test_scale_read_twice_is_not_folded():
     g = GraphBuilder([1, 4])
     s = g.op("Mul", g.input, g.const(g.random(4)))
@@ -375,6 +381,39 @@ def test_fold_keeps_a_spatially_varying_scale_after_a_conv():
         assert kinds(folded) == expected
         x = torch.randn(7, 16, dtype=dt)
         torch.testing.assert_close(forward(folded, x), forward(net, x))
+
+
+def _random_cnn(seed: int):
+    """A random chain of conv-net operators and affine constants, to exercise folding interactions."""
+    g = GraphBuilder([1, 2, 6, 6], seed=seed)
+    rng, h, c, hw = g.rng, g.input, 2, 6
+    for _ in range(int(rng.integers(3, 7))):
+        kind = rng.choice(["affine", "conv", "bn", "relu", "pad", "pool"])
+        if kind == "affine":
+            shape = [(), (c, 1, 1), (1, c, 1, 1), (c, hw, hw)][int(rng.integers(4))]
+            h = g.op(str(rng.choice(["Add", "Sub", "Mul", "Div"])), h, g.const(np.abs(g.random(*shape)) + 0.5))
+        elif kind == "conv":
+            c_out, pad = int(rng.integers(1, 4)), int(rng.integers(0, 2))
+            h = g.op("Conv", h, g.const(g.random(c_out, c, 3, 3)), g.const(g.random(c_out)), pads=[pad] * 4)
+            c, hw = c_out, hw + 2 * pad - 2
+        elif kind == "bn":
+            stats = [g.const(g.random(c)) for _ in range(3)] + [g.const(np.abs(g.random(c)) + 0.1)]
+            h = g.op("BatchNormalization", h, *stats)
+        elif kind == "relu":
+            h = g.op("Relu", h)
+        elif kind == "pad":
+            h, hw = g.op("Pad", h, g.ints([0, 0, 1, 1, 0, 0, 1, 1])), hw + 2
+        elif hw >= 2:
+            h, hw = g.op("AveragePool", h, kernel_shape=[2, 2], strides=[1, 1]), hw - 1
+    h = g.op("Flatten", h)
+    if rng.random() < 0.5:
+        h = g.op("Sub", h, g.const(g.random(c * hw * hw)))
+    return g.build(g.dense(h, c * hw * hw, 3))
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_random_conv_chains(seed):
+    check(_random_cnn(seed), n=3)
 
 
 # ---------------------------------------------------------------- bad input

@@ -6,7 +6,7 @@ Each rewrite is exact in real arithmetic (only floating-point rounding changes):
 * a ``Scale`` (normalization, BatchNorm, Sub/Mul/Div by constants) is folded into the
   ``Dense``/``Conv`` before it, or else into the ``Dense``/``Conv`` after it, moving it past a
   ``Reshape`` when a ``Dense`` follows; two ``Scale``\\ s in a row become one;
-* two ``Dense`` in a row (no nonlinearity between) become one;
+* two ``Dense`` in a row (no nonlinearity between) become one; ``Relu`` of ``Relu`` is one ``Relu``;
 * a zero ``Pad`` of the spatial axes before a ``Conv`` becomes the conv's padding.
 
 A node is absorbed only when its single consumer is the node that absorbs it (so nothing is
@@ -21,7 +21,7 @@ from dataclasses import replace
 
 import torch
 
-from verifier.network import Conv, Dense, Network, Node, Pad, Reshape, Scale, Tensor
+from verifier.network import Conv, Dense, Network, Node, Pad, Relu, Reshape, Scale, Tensor
 
 _Rewrite = Callable[[Network, int, list[list[int]]], "Network | None"]
 
@@ -30,7 +30,8 @@ def fold(net: Network) -> Network:
     """The same function with identity reshapes removed and affine neighbours merged."""
     rewrites: tuple[_Rewrite, ...] = (
         _drop_identity_reshape, _merge_reshapes, _drop_identity_scale, _merge_scales,
-        _scale_into_producer, _scale_into_consumer, _scale_past_reshape, _merge_dense, _pad_into_conv,
+        _scale_into_producer, _scale_into_consumer, _scale_past_reshape, _merge_dense, _merge_relus,
+        _pad_into_conv,
     )
     net = prune(net)
     changed = True
@@ -216,6 +217,13 @@ def _merge_dense(net: Network, i: int, cons: list[list[int]]) -> Network | None:
     w2 = node.op.weight
     op = Dense(weight=w2 @ src.op.weight, bias=w2 @ src.op.bias + node.op.bias)
     return _with_node(net, i, replace(node, op=op, inputs=src.inputs))
+
+
+def _merge_relus(net: Network, i: int, cons: list[list[int]]) -> Network | None:
+    node = net.nodes[i]
+    if isinstance(node.op, Relu) and isinstance(net.nodes[node.inputs[0]].op, Relu):
+        return _bypass(net, i)
+    return None
 
 
 def _pad_into_conv(net: Network, i: int, cons: list[list[int]]) -> Network | None:

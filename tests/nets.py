@@ -284,3 +284,93 @@ def make_case(family: str, dtype: torch.dtype, with_splits: bool, seed: int, bat
     d = torch.randn(batch, spec_rows, generator=gen, dtype=torch.float64).to(dtype)
     xs = sample_box(gen, lo.double(), hi.double(), points)
     return net, lo, hi, splits, C, d, xs
+
+
+def _chain(net: Network) -> list[Node]:
+    ops = [n for n in net.nodes[1:]]
+    for i, n in enumerate(ops):
+        if not isinstance(n.op, (Dense, Relu)) or n.inputs != (i,):
+            raise ValueError("LP reference handles Dense/Relu chains only")
+    return ops
+
+
+def dense_lp_bound(net: Network, lower: list[Tensor], upper: list[Tensor], x_lo: Tensor, x_hi: Tensor,
+                   c: Tensor, d: float, pattern: dict[tuple[int, int], bool] | None = None) -> float:
+    """Minimum of ``c . f(x) - d`` over the triangle LP relaxation of a Dense/ReLU chain with
+    pre-activation bounds ``lower[k], upper[k]`` ``(n_k,)``; ``pattern`` fixes neurons
+    (layer, index) to active (True) or inactive (False).  ``inf`` when infeasible.
+    Solved with scipy's HiGHS (float64)."""
+    import numpy as np
+    from scipy.optimize import linprog
+
+    nodes = _chain(net)
+    pattern = pattern or {}
+    bounds = [(float(a), float(b)) for a, b in zip(x_lo, x_hi, strict=True)]
+    prev = list(range(len(bounds)))
+    eq, ub = [], []  # rows as (dict var -> coef, rhs)
+    k = 0
+    for n in nodes:
+        if isinstance(n.op, Dense):
+            W, b = n.op.weight.double().numpy(), n.op.bias.double().numpy()
+            cur = list(range(len(bounds), len(bounds) + W.shape[0]))
+            bounds += [(-np.inf, np.inf)] * W.shape[0]
+            for r, v in enumerate(cur):
+                eq.append(({v: 1.0, **{p: -W[r, j] for j, p in enumerate(prev)}}, b[r]))
+        else:
+            lo, hi = lower[k].double().numpy(), upper[k].double().numpy()
+            cur = list(range(len(bounds), len(bounds) + len(prev)))
+            for j, (z, h) in enumerate(zip(prev, cur, strict=True)):
+                l_, u_ = float(lo[j]), float(hi[j])
+                fixed = pattern.get((k, j))
+                if fixed is True:
+                    l_ = max(l_, 0.0)
+                elif fixed is False:
+                    u_ = min(u_, 0.0)
+                if l_ > u_:
+                    return float("inf")
+                bounds[z] = (l_, u_)
+                if u_ <= 0:
+                    bounds.append((0.0, 0.0))
+                elif l_ >= 0:
+                    bounds.append((0.0, np.inf))
+                    eq.append(({h: 1.0, z: -1.0}, 0.0))
+                else:
+                    bounds.append((0.0, np.inf))
+                    s = u_ / (u_ - l_)
+                    ub.append(({z: 1.0, h: -1.0}, 0.0))  # h >= z
+                    ub.append(({h: 1.0, z: -s}, -s * l_))  # h <= s (z - l)
+            k += 1
+        prev = cur
+    nv = len(bounds)
+
+    def mat(rows):
+        A = np.zeros((len(rows), nv))
+        for r, (coefs, _) in enumerate(rows):
+            for v, a in coefs.items():
+                A[r, v] += a
+        return (A, np.array([rhs for _, rhs in rows])) if rows else (None, None)
+
+    obj = np.zeros(nv)
+    obj[prev] = c.double().numpy()
+    A_eq, b_eq = mat(eq)
+    A_ub, b_ub = mat(ub)
+    res = linprog(obj, A_ub=A_ub, b_ub=b_ub, A_eq=A_eq, b_eq=b_eq, bounds=bounds, method="highs")
+    if res.status == 2:
+        return float("inf")
+    assert res.status == 0, res.message
+    return float(res.fun) - d
+
+
+def dense_exact_bound(net: Network, lower: list[Tensor], upper: list[Tensor], x_lo: Tensor,
+                      x_hi: Tensor, c: Tensor, d: float) -> float:
+    """Exact minimum of ``c . f(x) - d``: one LP per activation pattern of the unstable neurons."""
+    import itertools
+
+    unstable = [(k, j) for k in range(len(lower)) for j in range(lower[k].shape[0])
+                if lower[k][j] < 0 < upper[k][j]]
+    if len(unstable) > 12:
+        raise ValueError(f"{len(unstable)} unstable neurons: too many patterns")
+    best = float("inf")
+    for signs in itertools.product([True, False], repeat=len(unstable)):
+        best = min(best, dense_lp_bound(net, lower, upper, x_lo, x_hi, c, d, dict(zip(unstable, signs, strict=True))))
+    return best

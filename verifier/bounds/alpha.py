@@ -1,0 +1,262 @@
+"""alpha-CROWN (Xu et al. 2021): CROWN with optimized ReLU lower-relaxation slopes.
+
+Each unstable neuron's lower line ``alpha x`` may use any ``alpha`` in [0, 1] and
+every choice gives a sound bound, so the slopes are optimized by projected Adam
+on the sum of the lower bounds.  The final spec rows have their own slopes; the
+bounds of the intermediate layers use slopes per bounded neuron ("per_row") or
+one set per bounded node ("shared").  The best bound seen is kept per element,
+and the intermediate bounds are intersected across iterations.
+
+The same loop optimizes beta-CROWN's split multipliers (see ``beta.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from verifier.bounds.crown import CrownState, crown_sweep, final_bounds
+from verifier.bounds.graph import bounded_nodes
+from verifier.bounds.ibp import intermediate_of, mark_empty, spec_interval
+from verifier.bounds.prepare import check_domains, check_known, disable_tf32, spec_rows
+from verifier.bounds.types import Betas, BoundResult, Domains, IntermediateBounds, Slopes, Tensor
+from verifier.deadline import Deadline
+from verifier.network import Network
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AlphaOptions:
+    """Options of the slope (and split multiplier) optimization."""
+
+    iterations: int = 20
+    lr: float = 0.1  # Adam step for the slopes
+    lr_beta: float = 0.05  # Adam step for beta-CROWN's multipliers
+    lr_decay: float = 0.98  # per iteration
+    early_stop: bool = True  # stop once every row of every domain is > 0
+    optimize_intermediate: bool = True  # also optimize the slopes of the intermediate bounds
+    intermediate_slopes: Literal["auto", "per_row", "shared"] = "auto"
+    per_row_budget: int = 2**24  # "auto": per-row slopes while B * elements stays below this
+
+    def __post_init__(self) -> None:
+        if self.iterations < 0 or self.lr <= 0 or self.lr_beta <= 0 or not 0 < self.lr_decay <= 1:
+            raise ValueError("AlphaOptions: iterations >= 0, lr > 0, lr_beta > 0, 0 < lr_decay <= 1")
+        if self.intermediate_slopes not in ("auto", "per_row", "shared"):
+            raise ValueError(f"AlphaOptions: unknown intermediate_slopes {self.intermediate_slopes!r}")
+
+
+def alpha_crown(
+    net: Network,
+    domains: Domains,
+    C: Tensor | None = None,
+    d: Tensor | None = None,
+    options: AlphaOptions = AlphaOptions(),
+    known: IntermediateBounds | None = None,
+    slopes: Slopes | None = None,
+    deadline: Deadline | None = None,
+) -> BoundResult:
+    """alpha-CROWN bounds of ``C f(x) - d`` ``(B, S)``, never looser than CROWN's.
+
+    ``slopes`` warm-starts the optimization (e.g. a parent's, via ``Slopes.select`` and
+    ``Slopes.repeat``); the result carries the best slopes found.
+    """
+    return optimize(net, domains, C, d, options, known, slopes, None, deadline)
+
+
+def optimize(
+    net: Network,
+    domains: Domains,
+    C: Tensor | None,
+    d: Tensor | None,
+    options: AlphaOptions,
+    known: IntermediateBounds | None,
+    slopes: Slopes | None,
+    betas: Betas | None | bool,
+    deadline: Deadline | None,
+) -> BoundResult:
+    """The shared optimization loop; ``betas`` is ``None`` for alpha-CROWN, else the
+    warm-start multipliers (``True``: start from zero)."""
+    check_domains(net, domains)
+    check_known(net, known, domains.batch)
+    disable_tf32(domains.lower.device)
+    C, d = spec_rows(net, domains.batch, C, d)
+    deadline = deadline or Deadline()
+    relus = net.relu_indices
+    with torch.no_grad():
+        base = crown_sweep(net, domains, known)
+    per_row = _use_per_row(net, domains.batch, options)
+    init = initial_slopes(net, base, C.shape[1], per_row)
+    alpha = _warm(init, slopes)
+    use_beta = betas is not None and betas is not False and domains.splits is not None
+    beta = _initial_betas(domains, C.shape[1], betas if isinstance(betas, Betas) else None) if use_beta else None
+    params = [torch.nn.Parameter(t) for t in alpha.final]
+    inter = [[torch.nn.Parameter(t) for t in row] for row in alpha.intermediate]
+    beta_params = [torch.nn.Parameter(t) for t in beta.values] if beta is not None else []
+    groups = [{"params": params + ([p for row in inter for p in row] if options.optimize_intermediate else [])}]
+    if beta_params:
+        groups.append({"params": beta_params, "lr": options.lr_beta})
+    opt = torch.optim.Adam(groups, lr=options.lr)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, options.lr_decay)
+
+    with torch.no_grad():
+        # iteration "-1": CROWN itself, so the result is never looser than CROWN's
+        best = _final(net, domains, base, C, d, list(init.final), [], relus)
+        best_final = [t.clone() for t in init.final]
+        state, empty = base, base.nodes.empty
+        if slopes is not None:
+            if slopes.intermediate:
+                state = crown_sweep(net, domains, _known_of(net, base, known), _row_slopes(net, alpha.intermediate))
+                empty = empty | state.nodes.empty
+            warm = _final(net, domains, state, C, d, params, beta_params, relus)
+            _keep(best_final, params, (warm > best)[:, :, None])
+            best = torch.maximum(best, warm)
+        best_known = _known_of(net, state, _known_of(net, base, known))
+    best_inter = [[p.detach().clone() for p in row] for row in inter]
+    best_beta = [p.detach().clone() for p in beta_params]
+
+    for it in range(options.iterations):
+        if deadline.expired() or (options.early_stop and bool((best > 0).all())):
+            log.debug("alpha-crown stops after %d iterations", it)
+            break
+        if options.optimize_intermediate:
+            state = crown_sweep(net, domains, best_known, _row_slopes(net, inter))
+            empty = empty | state.nodes.empty
+        lower = _final(net, domains, state, C, d, params, beta_params, relus)  # (B, S)
+        loss = -torch.where(empty[:, None], 0.0, lower).sum()
+        with torch.no_grad():
+            better = lower > best  # (B, S)
+            better_dom = lower.sum(1) > best.sum(1)  # (B,)
+            best = torch.maximum(best, lower)
+            _keep(best_final, params, better[:, :, None])
+            _keep(best_beta, beta_params, better[:, :, None])
+            for row_best, row in zip(best_inter, inter, strict=True):
+                _keep(row_best, row, better_dom.reshape(-1, 1, 1, 1))
+            if options.optimize_intermediate:
+                best_known = _known_of(net, state, best_known)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            for p in params + [p for row in inter for p in row]:
+                p.clamp_(0.0, 1.0)
+            for p in beta_params:
+                p.clamp_(min=0.0)
+
+    lower, _ = mark_empty(best, None, empty)
+    out_slopes = Slopes(tuple(best_final), tuple(tuple(r) for r in best_inter))
+    out_betas = Betas(tuple(best_beta)) if beta is not None else None
+    return BoundResult(lower, None, best_known, out_slopes, out_betas)
+
+
+def _final(net: Network, domains: Domains, state: CrownState, C: Tensor, d: Tensor,
+           params: list[Tensor], beta_params: list[Tensor], relus: tuple[int, ...]) -> Tensor:
+    """Lower bound ``(B, S)`` of the spec rows from the current slopes (and betas),
+    intersected with the interval bound."""
+    slopes = dict(zip(relus, params, strict=True))
+    terms = None
+    if beta_params:
+        terms = {r: -b * s.to(b.dtype).unsqueeze(1)
+                 for r, b, s in zip(relus, beta_params, domains.splits, strict=True)}
+    lower, _ = final_bounds(net, domains, state, C, d, slopes, terms)
+    return torch.maximum(lower, spec_interval(net, state.nodes.bounds, C, d)[0])
+
+
+def _keep(best: list[Tensor], current: list[Tensor], mask: Tensor) -> None:
+    for b, c in zip(best, current, strict=True):
+        b.copy_(torch.where(mask, c.detach(), b))
+
+
+def _known_of(net: Network, state: CrownState, known: IntermediateBounds | None) -> IntermediateBounds:
+    """The pre-activation bounds of ``state`` intersected with ``known`` (detached)."""
+    cur = intermediate_of(net, state.nodes.bounds)
+    if known is None:
+        return IntermediateBounds(tuple(t.detach() for t in cur.lower), tuple(t.detach() for t in cur.upper))
+    return IntermediateBounds(
+        tuple(torch.maximum(a.detach(), b) for a, b in zip(cur.lower, known.lower, strict=True)),
+        tuple(torch.minimum(a.detach(), b) for a, b in zip(cur.upper, known.upper, strict=True)),
+    )
+
+
+def _use_per_row(net: Network, batch: int, options: AlphaOptions) -> bool:
+    if options.intermediate_slopes != "auto":
+        return options.intermediate_slopes == "per_row"
+    sizes = {i: net.nodes[i].size for i in range(len(net.nodes))}
+    relus = net.relu_indices
+    elements = sum(2 * sizes[i] * sizes[r] for i in bounded_nodes(net) for r in relus if r < i)
+    return batch * elements <= options.per_row_budget
+
+
+def initial_slopes(net: Network, state: CrownState, S: int, per_row: bool) -> Slopes:
+    """CROWN's adaptive slopes, laid out for every spec row and bounded node."""
+    relus = net.relu_indices
+    default = [state.relax.relu[r].default_slope for r in relus]  # (B, n_j)
+    final = tuple(t.unsqueeze(1).repeat(1, S, 1) for t in default)
+    inter = []
+    for i in bounded_nodes(net):
+        rows = net.nodes[i].size if per_row else 1
+        inter.append(tuple(t[:, None, None, :].repeat(1, 2, rows, 1)
+                           for r, t in zip(relus, default, strict=True) if r < i))
+    return Slopes(final, tuple(inter))
+
+
+def _warm(init: Slopes, given: Slopes | None) -> Slopes:
+    """``given`` where its tensors have the expected shapes, ``init`` elsewhere."""
+    if given is None:
+        return init
+
+    def pick(a: Tensor, b: Tensor | None) -> Tensor:
+        if b is None or b.dim() != a.dim():
+            return a
+        if b.shape == a.shape:
+            return b.detach().to(a.dtype).clone().clamp_(0, 1)
+        if b.dim() == 4 and b.shape[2] == 1 and b.shape[:2] == a.shape[:2] and b.shape[3] == a.shape[3]:
+            return b.detach().to(a.dtype).expand_as(a).clone().clamp_(0, 1)  # shared -> per row
+        if b.dim() == 4 and a.shape[2] == 1 and b.shape[:2] == a.shape[:2] and b.shape[3] == a.shape[3]:
+            return b.detach().to(a.dtype).mean(2, keepdim=True).clamp_(0, 1)  # per row -> shared
+        return a
+
+    final = tuple(pick(a, b) for a, b in zip(init.final, _pad(given.final, len(init.final)), strict=True))
+    rows = _pad(given.intermediate, len(init.intermediate))
+    inter = tuple(
+        tuple(pick(a, b) for a, b in zip(ra, _pad(rb or (), len(ra)), strict=True))
+        for ra, rb in zip(init.intermediate, rows, strict=True)
+    )
+    return Slopes(final, inter)
+
+
+def _pad(items: tuple, n: int) -> tuple:
+    return tuple(items[:n]) + (None,) * max(0, n - len(items))
+
+
+def _row_slopes(net: Network, inter: list[list[Tensor]]):
+    """The ``RowSlopes`` callback of ``crown_sweep`` for the given intermediate slopes."""
+    position = {i: k for k, i in enumerate(bounded_nodes(net))}
+    relus = net.relu_indices
+
+    def row_slopes(i: int, idx: Tensor) -> dict[int, Tensor]:
+        B, R = idx.shape
+        out = {}
+        for r, a in zip(relus, inter[position[i]], strict=False):  # relus before node i
+            if a.shape[2] == 1:
+                rows = a.expand(B, 2, R, a.shape[3])
+            else:
+                rows = a.gather(2, idx[:, None, :, None].expand(B, 2, R, a.shape[3]))
+            out[r] = rows.reshape(B, 2 * R, a.shape[3])
+        return out
+
+    return row_slopes
+
+
+def _initial_betas(domains: Domains, S: int, given: Betas | None) -> Betas:
+    assert domains.splits is not None
+    init = [torch.zeros(s.shape[0], S, s.shape[1], dtype=domains.lower.dtype, device=domains.lower.device)
+            for s in domains.splits]
+    if given is not None and len(given.values) == len(init):
+        init = [g.detach().to(z.dtype).clone().clamp_(min=0) if g.shape == z.shape else z
+                for z, g in zip(init, given.values, strict=True)]
+    return Betas(tuple(init))

@@ -15,6 +15,7 @@ import argparse
 import os
 import shlex
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from benchmarks import child
@@ -29,6 +30,7 @@ EXIT_INTERRUPTED = 130
 
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = ("run", "summary", "plot", "startup")
+BEST_LABEL = "best known"  # the ground truth's best_time_raw column: the fastest tool per instance
 
 
 class UsageError(Exception):
@@ -81,6 +83,8 @@ def _add_summary(sub) -> None:
     p.add_argument("results", type=Path)
     p.add_argument("--truth", type=Path, default=None, help="ground-truth CSV")
     p.add_argument("--compare", type=Path, nargs="*", default=[], help="other tools' results CSVs")
+    p.add_argument("--best", action="store_true",
+                   help=f"also score the ground truth's best time per instance as a tool ({BEST_LABEL!r})")
     p.add_argument("--tolerance", type=float, default=0.0,
                    help="seconds an answer may exceed its time limit and still count (default 0)")
     p.add_argument("--json", type=Path, default=None, help="also write the summary as JSON")
@@ -93,6 +97,8 @@ def _add_plot(sub) -> None:
     p.add_argument("-o", "--out", type=Path, default=Path("cactus.png"))
     p.add_argument("--truth", type=Path, default=None, help="drop answers the ground truth refutes")
     p.add_argument("--label", action="append", default=None, help="legend label per CSV, in order")
+    p.add_argument("--best", action="store_true",
+                   help="also plot the ground truth's best time per instance of the first CSV (needs --truth)")
     p.add_argument("--title", default="")
 
 
@@ -197,13 +203,17 @@ def _note(args: argparse.Namespace, threads: int, truth: Path | None) -> str:
 
 def cmd_summary(args: argparse.Namespace) -> int:
     from benchmarks import summary as sm
-    from benchmarks.truth import read_truth
+    from benchmarks.truth import best_known_rows, read_truth
 
     paths = [args.results, *args.compare]
     labels = sm.unique_labels(paths)
     tools = [sm.load_tool(p, label) for p, label in zip(paths, labels)]
     if not tools[0].rows:
         raise UsageError(f"{args.results} has no results")
+    if args.best:
+        if not args.truth:
+            raise UsageError("--best needs --truth")
+        tools.append(sm.tool_from_rows(BEST_LABEL, best_known_rows(args.truth)))
     truth = read_truth(args.truth) if args.truth else None
     result = sm.summarize(tools, truth, sm.truth_limits(args.truth), args.tolerance)
     findings = sm.format_findings(result)
@@ -226,13 +236,19 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from benchmarks import plot
     from benchmarks.results import read_results
     from benchmarks.summary import unique_labels
-    from benchmarks.truth import read_truth
+    from benchmarks.truth import best_known_rows, match_key, read_truth
 
     labels = args.label or unique_labels(args.results)
     if len(labels) != len(args.results):
         raise UsageError(f"{len(labels)} --label for {len(args.results)} results files")
     truth = read_truth(args.truth) if args.truth else None
     rows = {label: read_results(p) for label, p in zip(labels, args.results)}
+    if args.best:
+        if not args.truth:
+            raise UsageError("--best needs --truth")
+        ours = {match_key(*r.key): r for r in rows[labels[0]]}
+        best = [r for r in best_known_rows(args.truth) if match_key(*r.key) in ours]
+        rows[BEST_LABEL] = [replace(r, timeout=ours[match_key(*r.key)].timeout or r.timeout) for r in best]
     series = {label: plot.solved_times(r, truth) for label, r in rows.items()}
     total = max(len(r) for r in rows.values())
     limit = max((r.timeout for rs in rows.values() for r in rs), default=0.0) or None

@@ -79,8 +79,11 @@ class Summary:
 
 def load_tool(path: Path, label: str | None = None) -> Tool:
     """A results CSV keyed for matching (later rows for the same instance win)."""
-    rows = {match_key(*r.key): r for r in read_results(path)}
-    return Tool(label or Path(path).stem, rows)
+    return tool_from_rows(label or Path(path).stem, read_results(path))
+
+
+def tool_from_rows(label: str, rows: list[ResultRow]) -> Tool:
+    return Tool(label, {match_key(*r.key): r for r in rows})
 
 
 def unique_labels(paths: list[Path]) -> list[str]:

@@ -11,7 +11,7 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.results import normalize_verdict
+from benchmarks.results import ResultRow, normalize_verdict
 
 
 def base_name(path: str) -> str:
@@ -79,3 +79,19 @@ def find_truth(instance_paths: list[Path]) -> Path | None:
             if (candidate / "ground_truth.csv").is_file():
                 return candidate / "ground_truth.csv"
     return None
+
+
+def best_known_rows(path: Path) -> list[ResultRow]:
+    """The ground truth's best time per known instance, as results of a virtual best tool."""
+    rows = []
+    with open(path, newline="") as fh:
+        for row in csv.DictReader(fh):
+            verdict = normalize_verdict(row.get("result") or "")
+            try:
+                seconds = float(row.get("best_time_raw") or "")
+                limit = float(row.get("timeout") or 0)
+            except ValueError:
+                continue
+            if verdict in ("sat", "unsat"):
+                rows.append(ResultRow(row["benchmark"], row["onnx"], row["vnnlib"], 0.0, verdict, seconds, limit))
+    return rows

@@ -80,7 +80,7 @@ def test_test_set_runs_resumes_scores_and_plots(bench: Path, tmp_path: Path) -> 
     assert metrics["unsolved"] == 5 - decided
 
     png = tmp_path / "cactus.png"
-    plot = bench_cli("plot", str(out), "-o", str(png), "--truth", str(bench / "ground_truth.csv"))
+    plot = bench_cli("plot", str(out), "-o", str(png), "--truth", str(bench / "ground_truth.csv"), "--best")
     assert plot.returncode == 0, plot.stderr
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
@@ -246,7 +246,7 @@ def test_summary_scores_wrong_first_par2_and_compare(tmp_path: Path) -> None:
         "s,x/n.onnx,x/p1.vnnlib,0,holds,5", "s,x/n.onnx,x/p4.vnnlib,0,holds,1",
     ])
     truth = _csv(tmp_path / "gt.csv", "benchmark,onnx,vnnlib,result,best_time_raw,best_raw_tool,timeout", [
-        "s,n.onnx,p1.vnnlib,unsat,,,10", "s,n.onnx,p2.vnnlib,sat,,,10", "s,n.onnx,p3.vnnlib,unknown,,,10",
+        "s,n.onnx,p1.vnnlib,unsat,1.5,X,10", "s,n.onnx,p2.vnnlib,sat,30,Y,10", "s,n.onnx,p3.vnnlib,unknown,,,10",
     ])
     result = summarize([load_tool(ours), load_tool(other)], read_truth(truth))
     m_ours, m_other = result.metrics
@@ -259,11 +259,13 @@ def test_summary_scores_wrong_first_par2_and_compare(tmp_path: Path) -> None:
     assert text.startswith("!" * 72) and "1 WRONG ANSWER" in text
     kinds = [f.kind for f in result.findings]
     assert kinds == ["wrong", "disagree", "disagree", "late"]
-    cli = bench_cli("summary", str(ours), "--truth", str(truth), "--compare", str(other),
+    cli = bench_cli("summary", str(ours), "--truth", str(truth), "--compare", str(other), "--best",
                     "--csv", str(tmp_path / "s.csv"))
     assert cli.returncode == 1  # a wrong answer fails the summary
     assert cli.stdout.index("WRONG") < cli.stdout.index("score")
-    assert [r["tool"] for r in rows_of(tmp_path / "s.csv")] == ["ours", "other"]
+    table = rows_of(tmp_path / "s.csv")
+    assert [r["tool"] for r in table] == ["ours", "other", "best known"]
+    assert (table[2]["decided"], table[2]["late"], table[2]["missing"]) == ("1", "1", "3")  # p2 took 30 s > 10
 
 
 def test_progress_lines_when_not_a_terminal() -> None:

@@ -67,7 +67,8 @@ class Progress:
             return
         width = shutil.get_terminal_size((100, 20)).columns
         eta = self.eta()
-        head = f"{self.done}/{self.total} ETA {'?' if eta is None else fmt_seconds(eta)} | {self.tally_text()}"
+        spent = fmt_seconds(time.monotonic() - self.started)
+        head = f"{self.done}/{self.total} {spent} ETA {'?' if eta is None else fmt_seconds(eta)} | {self.tally_text()}"
         bar_width = max(10, min(40, width - len(head) - 4))
         filled = int(bar_width * self.done / max(1, self.total))
         line = f"[{'#' * filled}{'.' * (bar_width - filled)}] {head}"

@@ -166,6 +166,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     limits = Limits(grace=args.grace)
     trust = args.command is None
     note = _note(args, threads, truth_path)
+    shown: list[Progress] = []  # the display, once run_campaign has made it (redrawn every second)
     if args.ray:
         from benchmarks import ray_backend
 
@@ -174,13 +175,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         if args.mode == "fork" and args.command is None:
             note += f", pre-import {_preimport():.2f}s"
-        execute = lambda tasks: supervise(tasks, args.mode, args.workers, limits, trust_exit_code=trust)  # noqa: E731
+        execute = lambda tasks: supervise(  # noqa: E731
+            tasks, args.mode, args.workers, limits, tick=lambda: shown and shown[0].draw(), trust_exit_code=trust
+        )
 
     def progress(n: int) -> Progress:
-        shown = Progress(n, quiet=args.quiet)
+        shown.append(Progress(n, quiet=args.quiet))
         if not args.quiet:
             print(f"verify-bench: {n} to run, {len(instances) - n} already in {out} ({note})", file=sys.stderr)
-        return shown
+        return shown[0]
 
     report = run_campaign(instances, out, opts, execute, progress, truth)
     for line in report.wrong:
@@ -196,8 +199,8 @@ def _preimport() -> float:
 
 
 def _note(args: argparse.Namespace, threads: int, truth: Path | None) -> str:
-    where = f"ray {args.ray}" if args.ray else f"{args.workers} worker(s), mode {args.mode}"
-    what = "command" if args.command else "verify"
+    where = f"ray {args.ray}" if args.ray else f"{args.workers} worker(s)"
+    what = "command (spawned)" if args.command else "verify (spawned)" if args.ray else f"verify ({args.mode})"
     return f"{what}, {where}, {threads} thread(s) each, truth: {truth or 'none'}"
 
 

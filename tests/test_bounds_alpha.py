@@ -14,6 +14,7 @@ from tests.nets import (
     dense_lp_bound,
     dense_net,
     make_case,
+    one_thread,  # noqa: F401  (autouse fixture)
     random_box,
     random_splits,
     sample_box,
@@ -24,15 +25,6 @@ from verifier.network import OP_TYPES, Add, Dense, Input, Network, Node, Relu
 
 RTOL = {torch.float32: 1e-5, torch.float64: 1e-9}
 FAST = AlphaOptions(iterations=8, early_stop=False)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The machine's cores are shared: one intra-op thread is much faster for tiny tensors."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

@@ -6,7 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.nets import FAMILIES, all_ops_net, check_bounds, make_case, relu_pre
+from tests.nets import (
+    FAMILIES,
+    all_ops_net,
+    check_bounds,
+    make_case,
+    one_thread,  # noqa: F401  (autouse fixture)
+    relu_pre,
+)
 from verifier.bounds import Domains, IntermediateBounds, crown, ibp
 from verifier.bounds.backward import linear_back
 from verifier.forward import apply_node, forward

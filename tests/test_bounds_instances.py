@@ -12,7 +12,10 @@ import pytest
 import torch
 
 from tests.conftest import REPO, benchmarks_dir
-from tests.nets import sample_box
+from tests.nets import (
+    one_thread,  # noqa: F401  (autouse fixture)
+    sample_box,
+)
 from verifier.bounds import AlphaOptions, Domains, alpha_crown, crown
 from verifier.objective import case_objective
 from verifier.onnx_import import load_onnx
@@ -29,14 +32,6 @@ SHIPPED = [
     ("acasxu", f"acasxu/ACASXU_run2a_{n}_batch_2000.onnx", f"acasxu/prop_{p}.vnnlib")
     for n, p in [("1_1", 1), ("1_9", 1), ("3_3", 1), ("1_9", 3), ("1_9", 4), ("1_1", 2), ("3_3", 4), ("1_1", 6)]
 ]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def ground_truth() -> dict[tuple[str, str, str], str]:

@@ -69,6 +69,7 @@ def cactus(series: dict[str, np.ndarray], out: Path, title: str = "", total: int
     ax.set_ylim(0, max(1, top) * 1.05)
     if total:
         ax.axhline(total, color="grey", linestyle=":", linewidth=1, label=f"{total} instances")
+    ax.yaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("time per instance (s, log scale)")
     ax.set_ylabel("instances solved")
     ax.set_title(title or "Instances solved within a time")

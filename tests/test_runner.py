@@ -284,7 +284,7 @@ def test_progress_lines_when_not_a_terminal() -> None:
     live = io.StringIO()
     bar = Progress(4, stream=live, live=True)
     bar.add("x", "sat", 1.0)
-    assert "1/4 ETA" in live.getvalue() and "\r" in live.getvalue()
+    assert "] 1/4 0s ETA 0s | sat 1" in live.getvalue() and live.getvalue().startswith("\r")
 
 
 def test_plot_without_matplotlib_is_a_clear_error(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from benchmarks import child
+from benchmarks.cexcheck import check_counterexample
 from benchmarks.instances import Instance, InstanceError, materialize
 from benchmarks.progress import Progress
 from benchmarks.results import ResultRow, ResultsWriter, read_results
@@ -37,6 +38,7 @@ class CampaignOptions:
     cache_dir: Path = Path(".cache")
     log_dir: Path | None = None
     stats: bool = True  # ask the CLI for its statistics (``--json`` into the log folder)
+    check_cex: bool = True  # replay every sat answer's counterexample through onnxruntime
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,8 @@ class Job:
     instance: Instance
     prepare_time: float
     stem: str
+    onnx_file: Path | None = None  # unpacked
+    vnnlib_file: Path | None = None
 
 
 @dataclass
@@ -135,11 +139,12 @@ def run_campaign(
         def record(job: Job, row: ResultRow, seconds: float) -> None:
             writer.write(row)
             known = truth.get(*row.key) if truth else None
-            wrong = contradicts(row.result, known)
+            wrong = contradicts(row.result, known) or row.cex_check.startswith("bad")
             if wrong:
-                report.wrong.append(f"{display_name(job.instance)}: answered {row.result}, ground truth {known}")
+                why = row.cex_check if row.cex_check.startswith("bad") else f"ground truth {known}"
+                report.wrong.append(f"{display_name(job.instance)}: answered {row.result}, {why}")
             report.ran += 1
-            note = row.message if row.result == "error" else ""
+            note = row.message if row.result == "error" else row.cex_check if wrong else ""
             shown.add(display_name(job.instance), row.result, seconds, wrong, note)
 
         def tasks() -> Iterator[Task]:
@@ -152,7 +157,7 @@ def run_campaign(
                     job = Job(index, inst, 0.0, stem)
                     record(job, _error_row(inst, opts, str(exc), host), 0.0)
                     continue
-                yield make_task(Job(index, inst, t1 + t2, stem), opts, onnx, vnnlib)
+                yield make_task(Job(index, inst, t1 + t2, stem, onnx, vnnlib), opts, onnx, vnnlib)
 
         try:
             for task, outcome in execute(tasks()):
@@ -162,6 +167,8 @@ def run_campaign(
                 stats, note = _cli_stats(opts, job)
                 row = _row(job, task, outcome, opts, host)
                 row = replace(row, stats=stats, message=row.message or note)
+                if row.result == "sat" and opts.check_cex:
+                    row = replace(row, cex_check=check_counterexample(job.onnx_file, job.vnnlib_file, outcome.answer))
                 record(job, row, outcome.run_time)
         finally:
             shown.close()

@@ -52,6 +52,7 @@ class ResultRow:
     host: str = ""
     message: str = ""
     stats: str = ""  # the CLI's statistics as compact JSON (from ``verify --json``), when kept
+    cex_check: str = ""  # for sat: ok | bad: why | unchecked: why (onnxruntime replay in the runner)
 
     @property
     def key(self) -> tuple[str, str, str]:

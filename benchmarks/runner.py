@@ -70,6 +70,8 @@ def _add_run(sub) -> None:
                    help="run another tool instead: a command line with {onnx} {vnnlib} {timeout} "
                         "{results} {category} fields; the verdict is read from {results} if used, else stdout")
     p.add_argument("--category", default="", help="{category} for --command (default: benchmark name)")
+    p.add_argument("--no-cex-check", action="store_true",
+                   help="do not replay sat counterexamples through onnxruntime (cex_check column)")
     p.add_argument("--cache-dir", type=Path, default=None, help="where .gz files are unpacked")
     p.add_argument("--log-dir", type=Path, default=None,
                    help="per-instance stdout/stderr (default: OUT's name + '.logs' beside it)")
@@ -162,6 +164,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir or default_cache_dir(),
         log_dir=args.log_dir or out.with_name(out.name + ".logs"),
         stats=not args.ray,  # the CLI's --json file would be written on the worker's disk
+        check_cex=not args.no_cex_check,
     )
     limits = Limits(grace=args.grace)
     trust = args.command is None

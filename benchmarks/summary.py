@@ -5,7 +5,8 @@ that instance's time limit as the primary run recorded it (its ``timeout``
 column, else the ground truth's, else none).  An answer counts when it is
 ``sat``/``unsat``, within the limit (plus ``tolerance``) and not refuted by the
 ground truth; one without known truth counts too but is listed as unconfirmed.
-A refuted answer is *wrong*, whatever its time.
+A refuted answer is *wrong*, whatever its time; so is a ``sat`` whose counterexample
+the runner's onnxruntime replay rejected (``cex_check`` column starting with ``bad``).
 VNN-COMP score: +10 per counted answer, -150 per wrong one.  PAR-2: mean time
 per instance with 2x the limit for each one not counted.
 """
@@ -105,7 +106,7 @@ def _verdict_class(row: ResultRow | None, known: str | None, limit: float, toler
         return "missing"
     if row.result not in ("sat", "unsat"):
         return row.result
-    if contradicts(row.result, known):
+    if contradicts(row.result, known) or (row.result == "sat" and row.cex_check.startswith("bad")):
         return "wrong"
     if row.run_time > limit + tolerance:
         return "late"
@@ -184,7 +185,9 @@ def _findings(tool: Tool, keys: list[Key], classes: dict[Key, str], known: dict[
     for k in keys:
         row = tool.rows.get(k)
         if classes[k] == "wrong":
-            out.append(Finding("wrong", tool.label, k, f"answered {row.result}, ground truth is {known[k]}"))
+            refuted = contradicts(row.result, known[k])
+            why = f"ground truth is {known[k]}" if refuted else f"counterexample {row.cex_check}"
+            out.append(Finding("wrong", tool.label, k, f"answered {row.result}, {why}"))
         elif classes[k] == "late":
             out.append(Finding("late", tool.label, k,
                                f"answered {row.result} after {row.run_time:.1f}s, limit {limits[k]:g}s"))

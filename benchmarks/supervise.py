@@ -54,6 +54,7 @@ class Outcome:
     message: str
     killed: bool
     host: str = ""  # where it ran, when not here
+    answer: str = ""  # the text the verdict was read from (stdout, or the command's results file)
 
 
 @dataclass
@@ -220,7 +221,7 @@ def _finish(slot: _Slot, sel: selectors.BaseSelector, limits: Limits, trust_exit
     result, message = classify(first_word(text), code, killed, trust_exit_code)
     if result == "error" and not message:
         message = f"{last_line(slot.task.launch.stderr_path) or 'no verdict printed'} (exit code {code})"
-    return Outcome(result, elapsed, code, slot.first, cpu, rss, out, message, killed)
+    return Outcome(result, elapsed, code, slot.first, cpu, rss, out, message, killed, answer=text)
 
 
 def first_word(text: str) -> str:

@@ -7,6 +7,7 @@ import gzip
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.cexcheck import check_counterexample
 from benchmarks.child import Launch
 from benchmarks.instances import InstanceError, benchmark_name, load_instances, materialize
 from benchmarks.progress import Progress
@@ -65,8 +67,19 @@ def test_test_set_runs_resumes_scores_and_plots(bench: Path, tmp_path: Path) -> 
     for r in rows:
         assert r["benchmark"] == "test" and r["mode"] == "fork" and r["exit_code"] == "0"
         assert 0 < float(r["first_output"]) <= float(r["run_time"]) < 5 + 5
+    assert [r["cex_check"] for r in rows] == ["", "", "", "ok", ""]  # replayed through onnxruntime
     sat_log = out.with_name("results.csv.logs") / "0003_test_test_sat.onnx_test_prop.vnnlib.out"
-    assert sat_log.read_text().startswith("sat\n((X_0 ")
+    sat_text = sat_log.read_text()
+    assert sat_text.startswith("sat\n((X_0 ")
+    assert check_counterexample(MODELS / "test_sat.onnx", MODELS / "test_prop.vnnlib", sat_text) == "ok"
+    # the same input on the net that is safe everywhere, or moved out of the box, is rejected
+    assert check_counterexample(MODELS / "test_unsat.onnx", MODELS / "test_prop.vnnlib", sat_text) == (
+        "bad: onnxruntime outputs on X are not in an unsafe region")
+    outside = re.sub(r"\(X_0 [^)]+\)", "(X_0 5.0)", sat_text)
+    assert check_counterexample(MODELS / "test_sat.onnx", MODELS / "test_prop.vnnlib", outside) == (
+        "bad: X lies outside every input box of the spec")
+    assert check_counterexample(MODELS / "test_sat.onnx", MODELS / "test_prop.vnnlib", "sat\n") == (
+        "bad: no X_i values after sat")
 
     summary_json = tmp_path / "summary.json"
     summary = bench_cli("summary", str(out), "--truth", str(bench / "ground_truth.csv"),
@@ -259,6 +272,9 @@ def test_summary_scores_wrong_first_par2_and_compare(tmp_path: Path) -> None:
     assert text.startswith("!" * 72) and "1 WRONG ANSWER" in text
     kinds = [f.kind for f in result.findings]
     assert kinds == ["wrong", "disagree", "disagree", "late"]
+    rejected = _csv(tmp_path / "rejected.csv", head + ",cex_check", ["s,n.onnx,p4.vnnlib,0,sat,4,10,bad: why"])
+    (bad,) = summarize([load_tool(rejected)], read_truth(truth)).findings
+    assert (bad.kind, bad.text) == ("wrong", "answered sat, counterexample bad: why")
     cli = bench_cli("summary", str(ours), "--truth", str(truth), "--compare", str(other), "--best",
                     "--csv", str(tmp_path / "s.csv"))
     assert cli.returncode == 1  # a wrong answer fails the summary

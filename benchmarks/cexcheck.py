@@ -1,0 +1,76 @@
+"""Independent replay of a reported counterexample through onnxruntime, with no tolerance.
+
+A ``sat`` answer is only as good as its counterexample: the input must lie in
+an input box of the spec, in the model's own input dtype, and the onnxruntime
+outputs on it must lie in one of that box's unsafe polytopes (strict rows
+strictly).  This re-checks what any tool printed, after the fact, in the runner.
+Sessions use one thread and no torch, so a forking parent can run it safely.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+_ENTRY = re.compile(r"\(\s*([XY])_(\d+)\s+([^\s()]+)\s*\)")
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16}
+
+
+def parse_assignment(text: str) -> tuple[np.ndarray, np.ndarray]:
+    """``x`` and ``y`` (float64) from VNN-COMP output ``sat ((X_0 v) ... (Y_0 v) ...)``."""
+    values: dict[str, dict[int, float]] = {"X": {}, "Y": {}}
+    for kind, index, number in _ENTRY.findall(text):
+        values[kind][int(index)] = float(number)
+    out = []
+    for kind in ("X", "Y"):
+        got = values[kind]
+        missing = sorted(set(range(len(got))) - set(got))
+        if missing:
+            raise ValueError(f"{kind}_{missing[0]} missing from the counterexample")
+        out.append(np.array([got[i] for i in range(len(got))], dtype=np.float64))
+    if out[0].size == 0:
+        raise ValueError("no X_i values after sat")
+    return out[0], out[1]
+
+
+def check_counterexample(onnx_path: Path, vnnlib_path: Path, text: str) -> str:
+    """``'ok'`` if the counterexample in ``text`` is valid, else ``'bad: <why>'``.
+
+    ``'unchecked: <why>'`` when the replay itself is impossible (model or spec unreadable here).
+    """
+    try:
+        return _check(onnx_path, vnnlib_path, text)
+    except Exception as exc:  # onnxruntime and the reader raise many types; none is a verdict
+        return f"unchecked: {type(exc).__name__}: {exc}"
+
+
+def _check(onnx_path: Path, vnnlib_path: Path, text: str) -> str:
+    import onnxruntime as ort
+
+    from vnnlib.reader import read_spec
+
+    try:
+        x, _ = parse_assignment(text)
+    except ValueError as exc:
+        return f"bad: {exc}"
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
+    inp = session.get_inputs()[0]
+    dtype = _ORT_TYPES.get(inp.type, np.float32)
+    shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
+    if x.size != int(np.prod(shape)):
+        return f"bad: {x.size} X values for a model input of {int(np.prod(shape))}"
+    x_model = x.astype(dtype)  # (n_in,) what the model actually sees; checked as such, not as printed
+    y = np.asarray(session.run(None, {inp.name: x_model.reshape(shape)})[0], dtype=np.float64).reshape(-1)
+    seen = x_model.astype(np.float64)
+    spec = read_spec(vnnlib_path)
+    if not any(np.all(seen >= c.lower) and np.all(seen <= c.upper) for c in spec.cases):
+        return "bad: X lies outside every input box of the spec"
+    if not spec.is_violated_by(seen, y):
+        return "bad: onnxruntime outputs on X are not in an unsafe region"
+    return "ok"

@@ -135,13 +135,23 @@ class ResultsWriter:
 
 
 def _check_header(path: Path) -> None:
+    """Accept our header; rewrite an older version's (a subset of our columns) to the current one."""
     with open(path, newline="") as fh:
-        header = next(csv.reader(fh), [])
-    if tuple(c.strip() for c in header) != COLUMNS:
+        rows = list(csv.reader(fh))
+    header = tuple(c.strip() for c in rows[0]) if rows else ()
+    if header == COLUMNS:
+        return
+    if not header or header[:6] != COLUMNS[:6] or not set(header) <= set(COLUMNS):
         raise ValueError(
-            f"{path} exists but is not a results CSV of this version (header {','.join(header)!r}); "
+            f"{path} exists but is not a results CSV of this tool (header {','.join(header)!r}); "
             "pick another --out or delete it"
         )
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(dict(zip(header, r)) for r in rows[1:])
+    os.replace(tmp, path)
 
 
 def _fmt(value: object) -> object:

@@ -236,9 +236,14 @@ def test_results_csv_appends_and_reads_foreign_csvs(tmp_path: Path) -> None:
                        "acasxu,./benchmarks/acasxu/n.onnx,./benchmarks/acasxu/q.vnnlib,.01,violated,1\n")
     assert [(r.result, r.run_time) for r in read_results(foreign)] == [("unsat", 3.2), ("sat", 1.0)]
     assert normalize_verdict("run_instance_timeout") == "timeout" and normalize_verdict("???") == "error"
-    (tmp_path / "old.csv").write_text("benchmark,onnx\n")
+    (tmp_path / "alien.csv").write_text("benchmark,onnx\n")
     with pytest.raises(ValueError, match="not a results CSV"):
-        ResultsWriter(tmp_path / "old.csv")
+        ResultsWriter(tmp_path / "alien.csv")
+    older = tmp_path / "older.csv"  # an earlier version's columns: upgraded in place, rows kept
+    older.write_text("benchmark,onnx,vnnlib,prepare_time,result,run_time,host\nb,n,p,0,unsat,1.5,h1\n")
+    with ResultsWriter(older) as w:
+        w.write(ResultRow("b", "n", "q", 0.0, "sat", 2.0, host="h2"))
+    assert [(r.vnnlib, r.result, r.host) for r in read_results(older)] == [("p", "unsat", "h1"), ("q", "sat", "h2")]
 
 
 def _csv(path: Path, header: str, lines: list[str]) -> Path:

@@ -10,9 +10,12 @@ from tests.nets import (
     FAMILIES,
     all_ops_net,
     check_bounds,
+    dense_net,
     make_case,
     one_thread,  # noqa: F401  (autouse fixture)
+    random_box,
     relu_pre,
+    sample_box,
 )
 from verifier.bounds import Domains, IntermediateBounds, crown, ibp
 from verifier.bounds.backward import linear_back
@@ -131,3 +134,29 @@ def test_bad_arguments_raise_one_line_errors() -> None:
         crown(net, Domains(lo.float(), hi.float()), C, d)
     with pytest.raises(ValueError, match="C must be"):
         crown(net, Domains(lo, hi), C[:, :, :1], d)
+
+
+def test_reuse_known_after_a_split_matches_recomputing() -> None:
+    """After splitting a neuron of layer 1, layers 0 and 1 are unchanged: reusing the
+    parent's bounds for them gives the same bounds as recomputing, and stays sound."""
+    gen = torch.Generator().manual_seed(11)
+    net = dense_net(gen, (3, 8, 8, 8, 2))
+    lo, hi = random_box(gen, 3, 4, width=2.0)
+    C = torch.randn(4, 2, 2, generator=gen, dtype=torch.float64)
+    d = torch.zeros(4, 2, dtype=torch.float64)
+    parent = crown(net, Domains(lo, hi), C, d)
+    score = torch.where(parent.intermediate.unstable()[1], 1.0, 0.0)
+    j = score.argmax(1)  # an unstable neuron of layer 1 per domain (if any)
+    splits = [torch.zeros(8, 8, dtype=torch.int8) for _ in range(3)]
+    splits[1][torch.arange(4), j] = 1
+    splits[1][torch.arange(4, 8), j] = -1
+    kids = Domains(lo, hi).repeat(2)
+    kids = Domains(kids.lower, kids.upper, tuple(splits))
+    known = parent.intermediate.repeat(2)
+    fresh = crown(net, kids, C.repeat(2, 1, 1), d.repeat(2, 1), known=known)
+    reused = crown(net, kids, C.repeat(2, 1, 1), d.repeat(2, 1), known=known, reuse_known=2)
+    torch.testing.assert_close(reused.lower, fresh.lower, rtol=1e-9, atol=1e-9)
+    xs = sample_box(gen, kids.lower, kids.upper, 400)
+    check_bounds(net, kids.splits, reused, C.repeat(2, 1, 1), d.repeat(2, 1), xs, 1e-9)
+    with pytest.raises(ValueError, match="reuse_known needs known"):
+        crown(net, kids, C.repeat(2, 1, 1), d.repeat(2, 1), reuse_known=1)

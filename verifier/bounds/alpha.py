@@ -58,13 +58,15 @@ def alpha_crown(
     known: IntermediateBounds | None = None,
     slopes: Slopes | None = None,
     deadline: Deadline | None = None,
+    reuse_known: int = 0,
 ) -> BoundResult:
     """alpha-CROWN bounds of ``C f(x) - d`` ``(B, S)``, never looser than CROWN's.
 
     ``slopes`` warm-starts the optimization (e.g. a parent's, via ``Slopes.select`` and
-    ``Slopes.repeat``); the result carries the best slopes found.
+    ``Slopes.repeat``); the result carries the best slopes found.  ``known`` and
+    ``reuse_known`` are as in ``crown``.
     """
-    return optimize(net, domains, C, d, options, known, slopes, None, deadline)
+    return optimize(net, domains, C, d, options, known, slopes, None, deadline, reuse_known)
 
 
 def optimize(
@@ -77,17 +79,18 @@ def optimize(
     slopes: Slopes | None,
     betas: Betas | None | bool,
     deadline: Deadline | None,
+    reuse_known: int = 0,
 ) -> BoundResult:
     """The shared optimization loop; ``betas`` is ``None`` for alpha-CROWN, else the
     warm-start multipliers (``True``: start from zero)."""
     check_domains(net, domains)
-    check_known(net, known, domains.batch)
+    check_known(net, known, domains.batch, reuse_known)
     disable_tf32(domains.lower.device)
     C, d = spec_rows(net, domains.batch, C, d)
     deadline = deadline or Deadline()
     relus = net.relu_indices
     with torch.no_grad():
-        base = crown_sweep(net, domains, known)
+        base = crown_sweep(net, domains, known, reuse_known=reuse_known)
     per_row = _use_per_row(net, domains.batch, options)
     init = initial_slopes(net, base, C.shape[1], per_row)
     alpha = _warm(init, slopes)
@@ -109,7 +112,8 @@ def optimize(
         state, empty = base, base.nodes.empty
         if slopes is not None:
             if slopes.intermediate:
-                state = crown_sweep(net, domains, _known_of(net, base, known), _row_slopes(net, alpha.intermediate))
+                state = crown_sweep(net, domains, _known_of(net, base, known), _row_slopes(net, alpha.intermediate),
+                                    reuse_known)
                 empty = empty | state.nodes.empty
             warm = _final(net, domains, state, C, d, params, beta_params, relus)
             _keep(best_final, params, (warm > best)[:, :, None])
@@ -123,7 +127,7 @@ def optimize(
             log.debug("alpha-crown stops after %d iterations", it)
             break
         if options.optimize_intermediate:
-            state = crown_sweep(net, domains, best_known, _row_slopes(net, inter))
+            state = crown_sweep(net, domains, best_known, _row_slopes(net, inter), reuse_known)
             empty = empty | state.nodes.empty
         lower = _final(net, domains, state, C, d, params, beta_params, relus)  # (B, S)
         loss = -torch.where(empty[:, None], 0.0, lower).sum()

@@ -32,11 +32,14 @@ def beta_crown(
     slopes: Slopes | None = None,
     betas: Betas | None = None,
     deadline: Deadline | None = None,
+    reuse_known: int = 0,
 ) -> BoundResult:
     """beta-CROWN bounds of ``C f(x) - d`` ``(B, S)``: alpha-CROWN plus optimized split
     multipliers (``result.betas``, one per spec row and neuron; zero where unsplit).
 
     ``slopes`` and ``betas`` warm-start the optimization (e.g. the parent's, selected
-    and repeated for its children).  Without split states this is alpha-CROWN.
+    and repeated for its children).  ``known`` and ``reuse_known`` are as in ``crown``.
+    Without split states this is alpha-CROWN.
     """
-    return optimize(net, domains, C, d, options, known, slopes, betas if betas is not None else True, deadline)
+    return optimize(net, domains, C, d, options, known, slopes, True if betas is None else betas, deadline,
+                    reuse_known)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from verifier.bounds.backward import Relaxations, backward_lower
+from verifier.bounds.graph import relu_inputs
 from verifier.bounds.ibp import Interval, NodeBounds, intermediate_of, mark_empty, spec_interval, sweep
 from verifier.bounds.prepare import check_domains, check_known, disable_tf32, spec_rows
 from verifier.bounds.relaxation import maxpool_relaxation, relu_relaxation
@@ -41,16 +42,19 @@ def crown(
     d: Tensor | None = None,
     known: IntermediateBounds | None = None,
     need_upper: bool = False,
+    reuse_known: int = 0,
 ) -> BoundResult:
     """CROWN bounds of ``C f(x) - d`` ``(B, S)`` over each domain (``None`` C: the outputs),
     intersected with the interval bounds.  ``known`` pre-activation bounds (e.g. the
-    parent's) are intersected with the computed ones."""
+    parent's) are intersected with the computed ones; the ReLU layers below
+    ``reuse_known`` take them as they are, without a backward pass (after a split at
+    layer ``k``, layers ``0..k`` are unchanged, so branch-and-bound can pass ``k + 1``)."""
     check_domains(net, domains)
-    check_known(net, known, domains.batch)
+    check_known(net, known, domains.batch, reuse_known)
     disable_tf32(domains.lower.device)
     C, d = spec_rows(net, domains.batch, C, d)
     with torch.no_grad():
-        state = crown_sweep(net, domains, known)
+        state = crown_sweep(net, domains, known, reuse_known=reuse_known)
         lower, upper = final_bounds(net, domains, state, C, d, need_upper=need_upper)
         ibp_lower, ibp_upper = spec_interval(net, state.nodes.bounds, C, d)
         lower = torch.maximum(lower, ibp_lower)
@@ -64,13 +68,18 @@ def crown_sweep(
     domains: Domains,
     known: IntermediateBounds | None = None,
     row_slopes: RowSlopes | None = None,
+    reuse_known: int = 0,
 ) -> CrownState:
-    """Bounds of every node, CROWN-tightened at the inputs of the nonlinear nodes."""
+    """Bounds of every node, CROWN-tightened at the inputs of the nonlinear nodes
+    (except the pre-activations of ReLU layers below ``reuse_known``, taken from ``known``)."""
     relax = Relaxations({}, {})
     box = (domains.lower, domains.upper)
     maxpool_inputs = {n.inputs[0] for n in net.nodes if isinstance(n.op, MaxPool)}
+    reused = {p for k, p in enumerate(relu_inputs(net)) if k < reuse_known} - maxpool_inputs
 
     def refine(i: int, bounds: list[Interval], current: Interval) -> Interval:
+        if i in reused:
+            return current
         _relax_upto(net, i + 1, bounds, relax)
         lo, hi = current[0].flatten(1), current[1].flatten(1)  # (B, n_i)
         wanted = torch.ones_like(lo, dtype=torch.bool) if i in maxpool_inputs else (lo < 0) & (hi > 0)

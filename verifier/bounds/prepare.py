@@ -38,8 +38,10 @@ def check_domains(net: Network, domains: Domains) -> None:
                                  f"({lo.shape[0]}, {net.nodes[r].size})")
 
 
-def check_known(net: Network, known: IntermediateBounds | None, batch: int) -> None:
+def check_known(net: Network, known: IntermediateBounds | None, batch: int, reuse: int = 0) -> None:
     """Raise ``ValueError`` when ``known`` does not fit ``net`` and the batch."""
+    if reuse and known is None:
+        raise ValueError("reuse_known needs known bounds")
     if known is None:
         return
     relus = net.relu_indices

@@ -140,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    cores = os.cpu_count() or 1
+    threads = args.threads or max(1, cores // args.workers)
+    # before numpy/torch load here: forked children inherit thread pools sized by these
+    os.environ.update(child.thread_env(threads, {}))
     from benchmarks.campaign import CampaignOptions, run_campaign
     from benchmarks.supervise import supervise
     from benchmarks.truth import find_truth, read_truth
@@ -149,8 +153,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         instances = instances[: args.limit]
     if not instances:
         raise UsageError("no instances to run")
-    cores = os.cpu_count() or 1
-    threads = args.threads or max(1, cores // args.workers)
     truth_path = None if args.truth == "none" else Path(args.truth) if args.truth else find_truth(args.instances)
     truth = read_truth(truth_path) if truth_path else None
     out: Path = args.out

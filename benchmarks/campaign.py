@@ -11,6 +11,7 @@ import json
 import re
 import socket
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -160,19 +161,25 @@ def run_campaign(
                 yield make_task(Job(index, inst, t1 + t2, stem, onnx, vnnlib), opts, onnx, vnnlib)
 
         try:
-            for task, outcome in execute(tasks()):
-                job = task.tag
-                if opts.log_dir:
-                    (opts.log_dir / f"{job.stem}.out").write_text(outcome.stdout)
-                stats, note = _cli_stats(opts, job)
-                row = _row(job, task, outcome, opts, host)
-                row = replace(row, stats=stats, message=row.message or note)
-                if row.result == "sat" and opts.check_cex:
-                    row = replace(row, cex_check=check_counterexample(job.onnx_file, job.vnnlib_file, outcome.answer))
-                record(job, row, outcome.run_time)
+            with closing(execute(tasks())) as finished:  # closing it kills what still runs
+                for task, outcome in finished:
+                    record(task.tag, _finished_row(task, outcome, opts, host), outcome.run_time)
         finally:
             shown.close()
     return report
+
+
+def _finished_row(task: Task, outcome: Outcome, opts: CampaignOptions, host: str) -> ResultRow:
+    """The results row of a finished instance; keeps its output and replays a counterexample."""
+    job: Job = task.tag
+    if opts.log_dir:
+        (opts.log_dir / f"{job.stem}.out").write_text(outcome.stdout)
+    stats, note = _cli_stats(opts, job)
+    row = replace(_row(job, task, outcome, opts, host), stats=stats)
+    row = replace(row, message=row.message or note)
+    if row.result == "sat" and opts.check_cex:
+        row = replace(row, cex_check=check_counterexample(job.onnx_file, job.vnnlib_file, outcome.answer))
+    return row
 
 
 def _cli_stats(opts: CampaignOptions, job: Job) -> tuple[str, str]:

@@ -18,6 +18,7 @@ from typing import Literal
 
 import torch
 
+from verifier.bounds.adam import Adam
 from verifier.bounds.crown import CrownState, crown_sweep, final_bounds
 from verifier.bounds.graph import bounded_nodes
 from verifier.bounds.ibp import intermediate_of, mark_empty, spec_interval
@@ -91,19 +92,16 @@ def optimize(
     relus = net.relu_indices
     with torch.no_grad():
         base = crown_sweep(net, domains, known, reuse_known=reuse_known)
-    per_row = _use_per_row(net, domains.batch, options)
+    per_row = options.optimize_intermediate and _use_per_row(net, domains.batch, options)
     init = initial_slopes(net, base, C.shape[1], per_row)
     alpha = _warm(init, slopes)
     use_beta = betas is not None and betas is not False and domains.splits is not None
     beta = _initial_betas(domains, C.shape[1], betas if isinstance(betas, Betas) else None) if use_beta else None
-    params = [torch.nn.Parameter(t) for t in alpha.final]
-    inter = [[torch.nn.Parameter(t) for t in row] for row in alpha.intermediate]
-    beta_params = [torch.nn.Parameter(t) for t in beta.values] if beta is not None else []
-    groups = [{"params": params + ([p for row in inter for p in row] if options.optimize_intermediate else [])}]
-    if beta_params:
-        groups.append({"params": beta_params, "lr": options.lr_beta})
-    opt = torch.optim.Adam(groups, lr=options.lr)
-    sched = torch.optim.lr_scheduler.ExponentialLR(opt, options.lr_decay)
+    params = [t.requires_grad_() for t in alpha.final]
+    inter = [[t.requires_grad_() for t in row] for row in alpha.intermediate]
+    beta_params = [t.requires_grad_() for t in beta.values] if beta is not None else []
+    slope_params = params + ([p for row in inter for p in row] if options.optimize_intermediate else [])
+    opt = Adam([(slope_params, options.lr), (beta_params, options.lr_beta)], options.lr_decay)
 
     with torch.no_grad():
         # iteration "-1": CROWN itself, so the result is never looser than CROWN's
@@ -123,7 +121,7 @@ def optimize(
     best_beta = [p.detach().clone() for p in beta_params]
 
     for it in range(options.iterations):
-        if deadline.expired() or (options.early_stop and bool((best > 0).all())):
+        if deadline.expired() or (options.early_stop and bool(((best > 0) | empty[:, None]).all())):
             log.debug("alpha-crown stops after %d iterations", it)
             break
         if options.optimize_intermediate:
@@ -141,10 +139,11 @@ def optimize(
                 _keep(row_best, row, better_dom.reshape(-1, 1, 1, 1))
             if options.optimize_intermediate:
                 best_known = _known_of(net, state, best_known)
-        opt.zero_grad(set_to_none=True)
+        if it == options.iterations - 1:
+            break  # a last step would never be evaluated
+        opt.zero_grad()
         loss.backward()
         opt.step()
-        sched.step()
         with torch.no_grad():
             for p in params + [p for row in inter for p in row]:
                 p.clamp_(0.0, 1.0)
@@ -152,7 +151,11 @@ def optimize(
                 p.clamp_(min=0.0)
 
     lower, _ = mark_empty(best, None, empty)
-    out_slopes = Slopes(tuple(best_final), tuple(tuple(r) for r in best_inter))
+    if options.optimize_intermediate:
+        out_inter = tuple(tuple(r) for r in best_inter)
+    else:  # unchanged: hand back what was given (nothing when CROWN's defaults were used)
+        out_inter = slopes.intermediate if slopes is not None else ()
+    out_slopes = Slopes(tuple(best_final), out_inter)
     out_betas = Betas(tuple(best_beta)) if beta is not None else None
     return BoundResult(lower, None, best_known, out_slopes, out_betas)
 

@@ -19,7 +19,7 @@ from tests.nets import (
     random_splits,
     sample_box,
 )
-from verifier.bounds import AlphaOptions, Domains, alpha_crown, crown, ibp
+from verifier.bounds import AlphaOptions, Domains, alpha_crown, beta_crown, crown, ibp
 from verifier.deadline import Deadline
 from verifier.network import OP_TYPES, Add, Dense, Input, Network, Node, Relu
 
@@ -146,6 +146,7 @@ def test_early_stop_keeps_positive_rows() -> None:
 
 
 def test_every_node_type_is_handled_by_every_analysis() -> None:
+    """IBP, CROWN, alpha- and beta-CROWN on a network using every IR node type, with and without splits."""
     gen = torch.Generator().manual_seed(0)
     net = all_ops_net(gen)
     assert {type(n.op) for n in net.nodes} == set(OP_TYPES)
@@ -153,7 +154,9 @@ def test_every_node_type_is_handled_by_every_analysis() -> None:
     xs = sample_box(gen, lo, hi, 300)
     C = torch.randn(2, 2, net.n_outputs, generator=gen, dtype=torch.float64)
     d = torch.zeros(2, 2, dtype=torch.float64)
-    dom = Domains(lo, hi)
-    for res in (ibp(net, dom, C, d), crown(net, dom, C, d, need_upper=True), alpha_crown(net, dom, C, d, FAST)):
-        assert torch.isfinite(res.lower).all()
-        check_bounds(net, None, res, C, d, xs, 1e-9)
+    splits = random_splits(gen, net, lo, hi, count=4, flip_last=False)
+    for dom in (Domains(lo, hi), Domains(lo, hi, splits)):
+        for res in (ibp(net, dom, C, d), crown(net, dom, C, d, need_upper=True), alpha_crown(net, dom, C, d, FAST),
+                    beta_crown(net, dom, C, d, FAST)):
+            assert torch.isfinite(res.lower).all()
+            check_bounds(net, dom.splits, res, C, d, xs, 1e-9)

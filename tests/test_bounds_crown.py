@@ -134,6 +134,8 @@ def test_bad_arguments_raise_one_line_errors() -> None:
         crown(net, Domains(lo.float(), hi.float()), C, d)
     with pytest.raises(ValueError, match="C must be"):
         crown(net, Domains(lo, hi), C[:, :, :1], d)
+    with pytest.raises(ValueError, match="lower > upper"):
+        crown(net, Domains(hi, lo), C, d)
 
 
 def test_reuse_known_after_a_split_matches_recomputing() -> None:

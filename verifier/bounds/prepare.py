@@ -28,6 +28,8 @@ def check_domains(net: Network, domains: Domains) -> None:
             f"domains are {lo.dtype} on {lo.device} but the network is {net.dtype} on {net.device}; "
             "use net.to(...)"
         )
+    if bool((~(lo <= hi)).any()):  # also catches NaN
+        raise ValueError("domains have an input with lower > upper (or NaN)")
     if domains.splits is not None:
         relus = net.relu_indices
         if len(domains.splits) != len(relus):

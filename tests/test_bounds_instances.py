@@ -69,3 +69,39 @@ def test_bounds_agree_with_onnxruntime_and_ground_truth(bench_name: str, onnx: s
             assert (rows >= lower - 1e-4 * (1 + lower.abs())).all(), "a sampled output is below the lower bound"
             if truth == "sat":
                 assert not bool(obj.ruled_out(res.lower)), "bounds rule out a case that has a counterexample"
+
+
+VNNCOMP = [
+    ("mnistfc", "mnist-net_256x2.onnx", "prop_7_0.03.vnnlib"),
+    ("mnistfc", "mnist-net_256x4.onnx", "prop_2_0.03.vnnlib"),
+    ("mnistfc", "mnist-net_256x6.onnx", "prop_1_0.05.vnnlib"),
+    ("mnistfc", "mnist-net_256x2.onnx", "prop_0_0.03.vnnlib"),
+    ("oval21", "cifar_base_kw.onnx", "cifar_base_kw-img1697-eps0.0014379084967320263.vnnlib"),
+    ("oval21", "cifar_base_kw.onnx", "cifar_base_kw-img1598-eps0.0026143790849673205.vnnlib"),
+    ("oval21", "cifar_base_kw.onnx", "cifar_base_kw-img4549-eps0.00392156862745098.vnnlib"),
+]
+
+
+@pytest.mark.benchmarks
+@pytest.mark.parametrize("bench_name,onnx,vnnlib", VNNCOMP, ids=[f"{o}:{v[:24]}" for _, o, v in VNNCOMP])
+def test_vnncomp_bounds_agree_with_onnxruntime_and_ground_truth(bench_name: str, onnx: str, vnnlib: str) -> None:
+    folder = benchmarks_dir() / bench_name
+    truth = ground_truth()[(bench_name, onnx, vnnlib)]
+    sub = "nets/" if bench_name == "oval21" else ""
+    spec_sub = "vnnlib/" if bench_name == "oval21" else ""
+    net = load_onnx(folder / f"{sub}{onnx}")
+    spec = read_spec(folder / f"{spec_sub}{vnnlib}", net.n_inputs, net.n_outputs)
+    gen = torch.Generator().manual_seed(0)
+    case = spec.cases[0]
+    obj = case_objective(case, net.dtype)
+    dom = Domains(obj.lower[None], obj.upper[None])
+    C, d = obj.C[None], obj.d[None]
+    results = [crown(net, dom, C, d), alpha_crown(net, dom, C, d, AlphaOptions(iterations=5))]
+    xs = sample_box(gen, obj.lower[None].double(), obj.upper[None].double(), 100)[0]
+    rows = torch.as_tensor(_run_onnx(folder / f"{sub}{onnx}", xs.numpy()), dtype=torch.float64)
+    rows = rows @ obj.C.double().T - obj.d.double()
+    for res in results:
+        lower = res.lower[0].double()
+        assert (rows >= lower - 1e-4 * (1 + lower.abs())).all()
+        if truth == "sat":
+            assert not bool(obj.ruled_out(res.lower))

@@ -1,0 +1,433 @@
+"""The SMT engine: an exact encoding in linear real arithmetic, solved by z3.
+
+Every weight enters as the exact rational value of its float, and a ReLU is
+the disjunction ``(x <= 0 and y = 0) or (x > 0 and y = x)``, so the answer is
+exact for the network's real-arithmetic semantics.  The formula is written as
+SMT-LIB text (one named term per neuron, which z3 shares), parsed by z3 in C++.
+
+Sound pre-activation bounds (optional) fix the stable ReLUs and add the
+triangle relaxation of the unstable ones as implied lemmas (Ehlers, ATVA 2017);
+this removes only branches that hold no input.  On low-dimensional inputs the
+box is bisected until few ReLUs are unstable, and boxes that the certified LP
+bound rules out are closed without z3.  The check runs in-process for a short
+first attempt and then in a forked child that is killed at the deadline (z3's
+own timeout can overrun by seconds on large rational pivots).
+
+This is the only module that imports ``z3``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import numpy as np
+import z3
+
+from verifier.deadline import Deadline
+from verifier.exact.encoding import EncodingOptions, ReluBounds, encode_network, margin_problem
+from verifier.exact.highs import LpSession
+from verifier.exact.linear_ops import INDEX_OPS, LINEAR_OPS, index_map, linear_map, maxpool_windows
+from verifier.exact.milp import case_bounds, crown_bounds
+from verifier.exact.outcome import ExactOutcome
+from verifier.exact.witness import confirmed
+from verifier.network import Add, Input, MaxPool, Network, Relu
+from vnnlib.spec import Case, Polytope, Spec
+
+log = logging.getLogger(__name__)
+
+_SHRINK = 1e-6  # a witness that fails the float check is looked for again with b - _SHRINK * (1 + |b|)
+_IN_PROCESS = 0.5  # seconds of a check run in-process before it moves to a killable child
+
+
+@dataclass(frozen=True)
+class SmtOptions:
+    """Options of the SMT engine."""
+
+    bounds: str = "lp"  # "none" (pure exact encoding), "interval", "crown", or "lp" (CROWN, then LP tightening)
+    split_unstable: int = 12  # bisect the input box while more ReLUs than this are unstable (0: never)
+    split_max_inputs: int = 10  # only split boxes of at most this many inputs
+    split_max_depth: int = 24
+    lp_prune: bool = True  # close boxes on which the certified LP bound rules a polytope out
+    problem_time_limit: float | None = None  # seconds per z3 check; the deadline always applies
+    fork: bool = field(default=hasattr(os, "fork"))  # run long checks in a killable child process
+
+    def __post_init__(self) -> None:
+        if self.bounds not in ("none", "interval", "crown", "lp"):
+            raise ValueError(f"bounds must be none, interval, crown or lp, not {self.bounds!r}")
+
+
+@dataclass
+class _Tally:
+    """Counters of one run (private, mutable)."""
+
+    checks: int = 0
+    disjunctions: int = 0
+    boxes: int = 0
+
+
+def smt_verify(net: Network, spec: Spec, deadline: Deadline, options: SmtOptions = SmtOptions()) -> ExactOutcome:
+    """Decide ``spec`` on ``net`` with z3, case by case, polytope by polytope."""
+    start = time.monotonic()
+    tally = _Tally()
+    pending: list[str] = []
+    for case in spec.cases:
+        verdict, x = _decide_case(net, case, list(case.polytopes), deadline, options, tally)
+        if verdict == "sat":
+            return ExactOutcome("sat", x, time.monotonic() - start, tally.checks, tally.disjunctions)
+        if verdict != "unsat":
+            pending.append(verdict)
+            if deadline.expired():
+                break
+    verdict = "unsat" if not pending else ("timeout" if "timeout" in pending else "unknown")
+    message = f"{tally.boxes} boxes"
+    return ExactOutcome(verdict, None, time.monotonic() - start, tally.checks, tally.disjunctions, message)
+
+
+def smt_check(
+    net: Network,
+    lower,
+    upper,
+    polytope_A: np.ndarray,
+    polytope_b: np.ndarray,
+    deadline: Deadline,
+    options: SmtOptions = SmtOptions(),
+    strict: np.ndarray | None = None,
+) -> ExactOutcome:
+    """Decide one polytope on one box."""
+    case = Case(np.asarray(lower, dtype=np.float64), np.asarray(upper, dtype=np.float64),
+                (Polytope(polytope_A, polytope_b, strict),))
+    return smt_verify(net, Spec((case,), net.n_inputs, net.n_outputs), deadline, options)
+
+
+def _decide_case(net: Network, case: Case, polys: list[Polytope], deadline: Deadline, options: SmtOptions,
+                 tally: _Tally) -> tuple[str, np.ndarray | None]:
+    """Depth-first over sub-boxes of the case's box; ``(verdict, witness)``."""
+    pending: list[str] = []
+    stack = [(case.lower, case.upper, 0)]
+    while stack:
+        lower, upper, depth = stack.pop()
+        if deadline.expired():
+            return "timeout", None
+        tally.boxes += 1
+        bounds = _bounds(net, lower, upper, deadline, options, leaf=False)
+        live = _live(net, lower, upper, bounds, polys, options)
+        if not live:
+            continue
+        if _should_split(bounds, lower, depth, options):
+            dim = int(np.argmax((upper - lower) / np.maximum(case.upper - case.lower, 1e-300)))
+            mid = 0.5 * (lower[dim] + upper[dim])
+            stack.append((_with(lower, dim, mid), upper, depth + 1))
+            stack.append((lower, _with(upper, dim, mid), depth + 1))
+            continue
+        if options.bounds == "lp":
+            bounds = _bounds(net, lower, upper, deadline, options, leaf=True, given=bounds)
+        verdict, x = _decide_box(net, case, lower, upper, bounds, live, deadline, options, tally)
+        if verdict == "sat":
+            return verdict, x
+        if verdict != "unsat":
+            pending.append(verdict)
+    return ("unsat" if not pending else ("timeout" if "timeout" in pending else "unknown")), None
+
+
+def _decide_box(net, case: Case, lower, upper, bounds, polys, deadline, options, tally):
+    """z3 on one box: the network once, then each polytope in a push/pop scope."""
+    text, inputs, n_or = _formula(net, lower, upper, bounds)
+    tally.disjunctions = max(tally.disjunctions, n_or)
+    ctx = z3.Context()
+    solver = z3.SolverFor("QF_LRA", ctx=ctx)
+    solver.from_string(text)
+    pending = []
+    sub = Case(lower, upper, ())
+    for poly in polys:
+        verdict, x = _decide_polytope(net, solver, inputs, sub, poly, deadline, options, tally)
+        if verdict == "sat":
+            return verdict, x
+        if verdict != "unsat":
+            pending.append(verdict)
+            if deadline.expired():
+                break
+    return ("unsat" if not pending else ("timeout" if "timeout" in pending else "unknown")), None
+
+
+def _decide_polytope(net, solver, inputs, box: Case, poly: Polytope, deadline, options, tally):
+    """One polytope; a witness that fails the float check is looked for again slightly inside."""
+    for shrink in (0.0, _SHRINK):
+        b = poly.b - shrink * (1.0 + np.abs(poly.b))
+        solver.push()
+        solver.from_string(_polytope_text(poly.A, b))
+        status, values = _check(solver, inputs, deadline, options)
+        tally.checks += 1
+        solver.pop()
+        if status == "unsat":
+            # with shrink 0 the closure of the polytope is empty on the box; with a shrink only
+            # points within the shrink margin remain, and one of them failed the float check
+            return ("unsat" if shrink == 0.0 else "unknown"), None
+        if status != "sat":
+            return status, None
+        x = confirmed(net, np.array([float(v) for v in values]), box, poly)
+        if x is not None:
+            return "sat", x
+        log.debug("smt witness failed the float check (shrink %g)", shrink)
+    return "unknown", None
+
+
+def _check(solver: z3.Solver, inputs: list[str], deadline: Deadline, options: SmtOptions):
+    """``(status, input values)``: a short in-process attempt, then a killable child."""
+    remaining = deadline.remaining()
+    if options.problem_time_limit is not None:
+        remaining = min(remaining, options.problem_time_limit)
+    if remaining <= 0:
+        return "timeout", None
+    first = min(remaining, _IN_PROCESS) if options.fork else remaining
+    status, values = _check_here(solver, inputs, first)
+    if status != "timeout" or first >= remaining:
+        return status, values
+    return _check_forked(solver, inputs, remaining - first)
+
+
+def _check_here(solver: z3.Solver, inputs: list[str], seconds: float):
+    timer = None
+    if np.isfinite(seconds):
+        solver.set("timeout", max(1, int(seconds * 1000)))
+        timer = threading.Timer(seconds + 0.05, solver.ctx.interrupt)
+        timer.daemon = True
+        timer.start()
+    try:
+        status = solver.check()
+    finally:
+        if timer is not None:
+            timer.cancel()
+    return _read(solver, status, inputs)
+
+
+def _check_forked(solver: z3.Solver, inputs: list[str], seconds: float):
+    """The check in a forked child, killed when ``seconds`` have passed."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: solve, report, exit without running the parent's cleanup
+        code = 1
+        try:
+            os.close(read_fd)
+            solver.set("timeout", max(1, int(seconds * 1000)) if np.isfinite(seconds) else 4294967295)
+            status, values = _read(solver, solver.check(), inputs)
+            os.write(write_fd, "\n".join([status, *(str(v) for v in values or [])]).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    try:
+        data = _read_until(read_fd, time.monotonic() + seconds + 0.1)
+    finally:
+        os.close(read_fd)
+        _reap(pid)
+    if data is None:
+        return "timeout", None
+    lines = data.decode().split("\n")
+    if lines[0] != "sat":
+        return (lines[0] if lines[0] in ("unsat", "timeout", "unknown") else "unknown"), None
+    return "sat", [Fraction(v) for v in lines[1:]]
+
+
+def _read_until(fd: int, until: float) -> bytes | None:
+    chunks = []
+    while True:
+        wait = until - time.monotonic()
+        if wait <= 0:
+            return None
+        ready, _, _ = select.select([fd], [], [], wait)
+        if not ready:
+            return None
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            return b"".join(chunks) if chunks else None
+        chunks.append(chunk)
+
+
+def _reap(pid: int) -> None:
+    done, _ = os.waitpid(pid, os.WNOHANG)
+    if done == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
+def _read(solver: z3.Solver, status, inputs: list[str]):
+    if status == z3.sat:
+        model = solver.model()
+        ctx = solver.ctx
+        return "sat", [_fraction(model.eval(z3.Real(name, ctx), model_completion=True)) for name in inputs]
+    if status == z3.unsat:
+        return "unsat", None
+    reason = solver.reason_unknown()
+    log.debug("z3 unknown: %s", reason)
+    return ("timeout" if ("timeout" in reason or "canceled" in reason) else "unknown"), None
+
+
+def _fraction(value) -> Fraction:
+    if z3.is_rational_value(value):
+        return Fraction(value.numerator_as_long(), value.denominator_as_long())
+    return Fraction(value.as_decimal(30).rstrip("?"))
+
+
+def _bounds(net, lower, upper, deadline, options: SmtOptions, leaf: bool, given=None) -> ReluBounds | None:
+    """Sound pre-activation bounds (as widened by the encoding), or None for the pure encoding."""
+    if options.bounds == "none":
+        return None
+    if leaf:  # LP tightening, seeded with the CROWN bounds
+        pre = case_bounds(net, lower, upper, deadline) if given is None else _lp(net, lower, upper, given, deadline)
+    else:
+        pre = crown_bounds(net, lower, upper) if options.bounds in ("crown", "lp") else None
+    return encode_network(net, lower, upper, pre, options=EncodingOptions(relax=True)).bounds
+
+
+def _lp(net, lower, upper, given, deadline):
+    from verifier.exact.lp_relaxation import lp_tighten
+
+    return lp_tighten(net, lower, upper, given, deadline=deadline)
+
+
+def _live(net, lower, upper, bounds, polys: list[Polytope], options: SmtOptions) -> list[Polytope]:
+    """The polytopes that the certified LP bound does not rule out on the box."""
+    if not options.lp_prune or bounds is None:
+        return polys
+    enc = encode_network(net, lower, upper, bounds, options=EncodingOptions(relax=True, margin_abs=0, margin_rel=0))
+    if enc.empty:
+        return []
+    live = []
+    for poly in polys:
+        problem = margin_problem(enc, poly.A, poly.b)
+        cost = np.zeros(problem.n_cols)
+        cost[-1] = 1.0
+        if not LpSession(problem).minimize(cost) > 0:
+            live.append(poly)
+    return live
+
+
+def _should_split(bounds: ReluBounds | None, lower: np.ndarray, depth: int, options: SmtOptions) -> bool:
+    return (
+        bounds is not None
+        and options.split_unstable > 0
+        and lower.size <= options.split_max_inputs
+        and depth < options.split_max_depth
+        and bounds.unstable() > options.split_unstable
+    )
+
+
+def _with(a: np.ndarray, i: int, v: float) -> np.ndarray:
+    out = a.copy()
+    out[i] = v
+    return out
+
+
+def _formula(net: Network, lower, upper, bounds: ReluBounds | None) -> tuple[str, list[str], int]:
+    """SMT-LIB text of the network on the box; the input names; the number of ReLU disjunctions.
+
+    Every node value gets a name ``v{node}_{index}`` (``define-fun``, so z3 shares the term);
+    the outputs are ``out_{index}``."""
+    lines: list[str] = []
+    names: list[list[str]] = []
+    n_or = 0
+    relu_k = 0
+    for i, node in enumerate(net.nodes):
+        op = node.op
+        args = [names[j] for j in node.inputs]
+        if isinstance(op, Input):
+            out = [f"x{j}" for j in range(node.size)]
+            lines += [f"(declare-fun {v} () Real)" for v in out]
+            lines += [f"(assert (<= {_rat(lo)} {v} {_rat(hi)}))" for v, lo, hi in zip(out, lower, upper)]
+        elif isinstance(op, Relu):
+            k_bounds = None if bounds is None else (bounds.lower[relu_k], bounds.upper[relu_k])
+            out, n = _relu_text(lines, args[0], i, k_bounds)
+            relu_k += 1
+            n_or += n
+        elif isinstance(op, MaxPool):
+            out = _maxpool_text(lines, args[0], i, maxpool_windows(op, net.nodes[node.inputs[0]].shape, node.shape))
+        elif isinstance(op, Add):
+            out = _define(lines, i, [f"(+ {a} {b})" for a, b in zip(args[0], args[1])])
+        elif isinstance(op, LINEAR_OPS):
+            matrix, offset = linear_map(node, net.nodes[node.inputs[0]].shape)
+            out = _define(lines, i, _affine_terms(matrix, offset, args[0]))
+        elif isinstance(op, INDEX_OPS):
+            idx, fill = index_map(node, [net.nodes[j].shape for j in node.inputs])
+            flat = [v for a in args for v in a]
+            out = [flat[j] if j >= 0 else _rat(fill) for j in idx]
+        else:
+            raise TypeError(f"smt: unhandled node type {type(op).__name__}")
+        names.append(out)
+    _define_outputs(lines, names[net.output])
+    return "\n".join(lines), names[0], n_or
+
+
+def _define(lines: list[str], node: int, terms: list[str]) -> list[str]:
+    out = [f"v{node}_{j}" for j in range(len(terms))]
+    lines += [f"(define-fun {v} () Real {t})" for v, t in zip(out, terms)]
+    return out
+
+
+def _define_outputs(lines: list[str], values: list[str]) -> None:
+    lines += [f"(define-fun out_{j} () Real {v})" for j, v in enumerate(values)]
+
+
+def _affine_terms(matrix, offset: np.ndarray, args: list[str]) -> list[str]:
+    terms = []
+    for i in range(matrix.shape[0]):
+        lo, hi = matrix.indptr[i], matrix.indptr[i + 1]
+        parts = [f"(* {_rat(w)} {args[j]})" for w, j in zip(matrix.data[lo:hi], matrix.indices[lo:hi]) if w != 0]
+        terms.append(f"(+ {' '.join(parts)} {_rat(offset[i])})" if parts else _rat(offset[i]))
+    return terms
+
+
+def _relu_text(lines: list[str], pre: list[str], node: int, bounds) -> tuple[list[str], int]:
+    out = []
+    fresh = 0
+    for j, x in enumerate(pre):
+        if bounds is not None and bounds[1][j] <= 0:
+            out.append("0.0")
+        elif bounds is not None and bounds[0][j] >= 0:
+            out.append(x)
+        else:
+            y = f"r{node}_{j}"
+            lines.append(f"(declare-fun {y} () Real)")
+            lines.append(f"(assert (or (and (<= {x} 0.0) (= {y} 0.0)) (and (> {x} 0.0) (= {y} {x}))))")
+            if bounds is not None:  # implied by the bounds: the triangle relaxation
+                lo, hi = _rat(bounds[0][j]), _rat(bounds[1][j])
+                lines.append(f"(assert (and (<= {lo} {x} {hi}) (>= {y} 0.0) (>= {y} {x}) "
+                             f"(<= (* {y} (- {hi} {lo})) (* {hi} (- {x} {lo})))))")
+            out.append(y)
+            fresh += 1
+    return out, fresh
+
+
+def _maxpool_text(lines: list[str], pre: list[str], node: int, windows: np.ndarray) -> list[str]:
+    out = []
+    for o, window in enumerate(windows):
+        xs = [pre[j] for j in window if j >= 0]
+        m = f"m{node}_{o}"
+        lines.append(f"(declare-fun {m} () Real)")
+        above = " ".join(f"(>= {m} {x})" for x in xs)
+        equal = " ".join(f"(= {m} {x})" for x in xs)
+        lines.append(f"(assert (and {above} (or {equal})))")
+        out.append(m)
+    return out
+
+
+def _polytope_text(A: np.ndarray, b: np.ndarray) -> str:
+    rows = []
+    for a_row, bj in zip(np.atleast_2d(A), b):
+        parts = [f"(* {_rat(a)} out_{j})" for j, a in enumerate(a_row) if a != 0]
+        lhs = f"(+ {' '.join(parts)})" if len(parts) > 1 else (parts[0] if parts else "0.0")
+        rows.append(f"(assert (<= {lhs} {_rat(bj)}))")
+    return "\n".join(rows)
+
+
+def _rat(value: float) -> str:
+    """The exact rational value of a float as an SMT-LIB real term."""
+    num, den = float(value).as_integer_ratio()
+    text = f"{abs(num)}.0" if den == 1 else f"(/ {abs(num)}.0 {den}.0)"
+    return f"(- {text})" if num < 0 else text

@@ -1,0 +1,26 @@
+"""Candidate inputs from a solver: snapped into the box and checked with our forward pass."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from verifier.forward import forward
+from verifier.network import Network
+from verifier.validate import snap_into_box
+from vnnlib.spec import Case, Polytope
+
+
+def confirmed(net: Network, x: np.ndarray, case: Case, poly: Polytope) -> np.ndarray | None:
+    """``x`` in the network's dtype and inside the box, if ``f(x)`` lies in ``poly``; else None.
+
+    This is a filter only: the caller still replays the candidate through onnxruntime.
+    """
+    np_dtype = np.float64 if net.dtype == torch.float64 else np.float32
+    snapped = snap_into_box(x, case, np_dtype)
+    if snapped is None:
+        return None
+    with torch.no_grad():
+        y = forward(net, torch.as_tensor(snapped, dtype=net.dtype, device=net.device)[None])
+    y = y.reshape(-1).double().cpu().numpy()
+    return snapped.astype(np.float64) if poly.contains(y) else None

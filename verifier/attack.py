@@ -29,10 +29,10 @@ class AttackOptions:
     """Budget of the attack; all counts are per input box."""
 
     enabled: bool = True
-    samples: int = 2048  # uniform random samples before PGD
-    restarts: int = 64  # PGD starting points
-    steps: int = 100  # PGD steps per round
-    rounds: int = 3  # rounds of fresh restarts
+    samples: int = 1024  # uniform random samples before PGD
+    restarts: int = 32  # PGD starting points
+    steps: int = 50  # PGD steps per round
+    rounds: int = 1  # rounds of fresh restarts (branch and bound attacks again later)
     step_start: float = 0.1  # first step, as a fraction of the box width
     step_end: float = 0.002  # last step, as a fraction of the box width
     candidates: int = 8  # best candidates handed to validation per round

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from verifier.attack import AttackOptions
+from verifier.bab.search import BabOptions
+from verifier.bounds.alpha import AlphaOptions
 from verifier.errors import ConfigError
 
 ENGINES = ("auto", "bab", "milp", "smt")
@@ -28,9 +30,12 @@ class Config:
     device: str = "cpu"
     dtype: str = "float32"  # float32 (TF32 off) or float64
     seed: int = 0
+    threads: int = 0  # torch CPU threads; 0 = automatic (1 for small networks, where more only add overhead)
     engine: str = "auto"  # auto | bab | milp | smt
     stop_after: str = "complete"  # attack | ibp | crown | alpha | complete (incomplete modes answer unknown)
     attack: AttackOptions = field(default_factory=AttackOptions)
+    alpha: AlphaOptions = field(default_factory=AlphaOptions)
+    bab: BabOptions = field(default_factory=BabOptions)
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -70,6 +75,10 @@ def merge(obj: Any, updates: dict[str, Any], where: str = "config") -> Any:
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     """``value`` converted to the field type ``hint`` (bool, int, float, str, optional of these)."""
     args = typing.get_args(hint)
+    if typing.get_origin(hint) is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None

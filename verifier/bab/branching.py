@@ -1,0 +1,137 @@
+"""Branching rules: bisect an input dimension, or split an unstable ReLU.
+
+Each rule takes a batch of parents and returns ``2 B`` children, the first
+``B`` of which are the "low" (or active) halves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from verifier.bab.subproblems import SubproblemBatch
+from verifier.bounds.types import IntermediateBounds
+from verifier.forward import forward
+from verifier.network import Network
+from verifier.objective import CaseObjective
+
+Tensor = torch.Tensor
+
+
+def target_rows(obj: CaseObjective, bound: Tensor) -> Tensor:
+    """Per domain, a weight over spec rows ``(B, S)`` selecting the row to improve.
+
+    The polytope with the lowest margin is the one keeping the domain open; its
+    row with the highest lower bound is the cheapest to push above 0.
+    """
+    margins = obj.polytope_margins(bound)  # (B, P)
+    worst = margins.argmin(dim=-1)  # (B,)
+    in_worst = obj.groups[worst]  # (B, S)
+    masked = torch.where(in_worst, bound, torch.full_like(bound, -torch.inf))
+    row = masked.argmax(dim=-1)
+    return torch.nn.functional.one_hot(row, bound.shape[1]).to(bound.dtype)
+
+
+def input_split_dims(net: Network, obj: CaseObjective, parents: SubproblemBatch) -> Tensor:
+    """Gradient-times-width score of each input dimension at the box centres: ``(B,)`` dims."""
+    width = parents.upper - parents.lower  # (B, n)
+    centre = ((parents.lower + parents.upper) / 2).detach().requires_grad_(True)
+    with torch.enable_grad():
+        rows = forward(net, centre).reshape(centre.shape[0], -1) @ obj.C.T  # (B, S)
+        weight = target_rows(obj, parents.bound)
+        (grad,) = torch.autograd.grad((rows * weight).sum(), centre)
+    score = grad.abs() * width
+    # a dimension of zero width cannot be split; fall back to the widest one where all scores vanish
+    score = torch.where(width > 0, score, torch.full_like(score, -1.0))
+    flat = score.amax(dim=1) <= 0
+    dims = score.argmax(dim=1)
+    return torch.where(flat, width.argmax(dim=1), dims)
+
+
+def bisect_inputs(parents: SubproblemBatch, dims: Tensor) -> SubproblemBatch:
+    """Children halving each parent's box along ``dims`` ``(B,)``."""
+    b = torch.arange(parents.batch, device=parents.lower.device)
+    mid = (parents.lower[b, dims] + parents.upper[b, dims]) / 2
+    low_upper = parents.upper.clone()
+    low_upper[b, dims] = mid
+    high_lower = parents.lower.clone()
+    high_lower[b, dims] = mid
+    return SubproblemBatch(
+        lower=torch.cat([parents.lower, high_lower]), upper=torch.cat([low_upper, parents.upper]),
+        splits=None, bound=parents.bound.repeat(2, 1), depth=(parents.depth + 1).repeat(2),
+        intermediate=None if parents.intermediate is None else parents.intermediate.repeat(2),
+        slopes=None if parents.slopes is None else parents.slopes.repeat(2),
+    )
+
+
+def relu_scores(parents: SubproblemBatch) -> Tensor:
+    """Per domain, a score of every ReLU over all layers ``(B, sum n_k)``; -1 where not splittable.
+
+    The score is the height of the triangle relaxation's upper line at 0,
+    ``-l u / (u - l)``: the largest error the relaxation of that neuron makes.
+    """
+    inter, splits = parents.intermediate, parents.splits
+    scores = []
+    for k, (lo, hi) in enumerate(zip(inter.lower, inter.upper)):
+        free = (lo < 0) & (hi > 0) & (splits[k] == 0)
+        gap = (-lo * hi) / (hi - lo).clamp_min(1e-12)
+        scores.append(torch.where(free, gap, torch.full_like(gap, -1.0)))
+    return torch.cat(scores, dim=1)
+
+
+def split_relus(parents: SubproblemBatch, flat: Tensor) -> SubproblemBatch:
+    """Children fixing the ReLU at ``flat`` ``(B,)`` (index over all layers): active first, then inactive."""
+    sizes = [s.shape[1] for s in parents.splits]
+    offsets = torch.tensor([0, *sizes], device=flat.device).cumsum(0)
+    layer = torch.searchsorted(offsets[1:], flat, right=True)  # (B,)
+    b = torch.arange(parents.batch, device=flat.device)
+    splits_on, splits_off = [], []
+    lo_on, lo_off, hi_on, hi_off = [], [], [], []
+    for k, s in enumerate(parents.splits):
+        rows = b[layer == k]
+        cols = flat[layer == k] - offsets[k]
+        on, off = s.clone(), s.clone()
+        on[rows, cols], off[rows, cols] = 1, -1
+        splits_on.append(on)
+        splits_off.append(off)
+        lo, hi = parents.intermediate.lower[k], parents.intermediate.upper[k]
+        l_on, h_off = lo.clone(), hi.clone()
+        l_on[rows, cols] = lo[rows, cols].clamp_min(0)
+        h_off[rows, cols] = hi[rows, cols].clamp_max(0)
+        lo_on.append(l_on)
+        lo_off.append(lo)
+        hi_on.append(hi)
+        hi_off.append(h_off)
+    inter = IntermediateBounds(tuple(torch.cat(p) for p in zip(lo_on, lo_off)),
+                               tuple(torch.cat(p) for p in zip(hi_on, hi_off)))
+    return SubproblemBatch(
+        lower=parents.lower.repeat(2, 1), upper=parents.upper.repeat(2, 1),
+        splits=tuple(torch.cat(p) for p in zip(splits_on, splits_off)),
+        bound=parents.bound.repeat(2, 1), depth=(parents.depth + 1).repeat(2), intermediate=inter,
+        slopes=None if parents.slopes is None else parents.slopes.repeat(2),
+        betas=None if parents.betas is None else parents.betas.repeat(2),
+    )
+
+
+def strong_input_split(
+    parents: SubproblemBatch, bound: Callable[[SubproblemBatch], SubproblemBatch], obj: CaseObjective,
+) -> SubproblemBatch:
+    """Bisect every parent along the input dimension whose two halves bound best.
+
+    All ``n_in`` candidate splits of all parents are bounded in one batched call
+    of ``bound`` (a cheap method); the chosen children keep those bounds.
+    """
+    B, n = parents.lower.shape
+    dims = torch.arange(n, device=parents.lower.device).repeat_interleave(B)  # (n B,) dim of each copy
+    tiled = parents.select(torch.arange(B, device=dims.device).repeat(n))  # copy j*B+b = parent b
+    cand = bound(bisect_inputs(tiled, dims))  # (2 n B): low halves, then high halves
+    m = obj.polytope_margins(cand.bound).amin(dim=-1).reshape(2, n, B)
+    # the worse child decides; ties (both proven, or equally open) go to the better sum
+    score = torch.minimum(m[0], m[1]).clamp(max=0) * 1e3 + (m[0].clamp(max=1) + m[1].clamp(max=1))
+    width = (parents.upper - parents.lower).T  # (n, B)
+    score = torch.where(width > 0, score, torch.full_like(score, -torch.inf))
+    best = score.argmax(dim=0)  # (B,)
+    b = torch.arange(B, device=best.device)
+    low = best * B + b
+    return cand.select(torch.cat([low, low + n * B]))

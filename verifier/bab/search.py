@@ -1,0 +1,155 @@
+"""The one branch-and-bound loop over the subdomains of one spec case.
+
+Pop the worst open subdomains, branch them, bound all children in one batched
+call, drop the children proven safe (every polytope has a row with a positive
+lower bound), look for counterexamples among the rest, push them back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from verifier.attack import AttackOptions, attack_case
+from verifier.bab.subproblems import Store, SubproblemBatch
+from verifier.deadline import Deadline
+from verifier.forward import forward
+from verifier.network import Network
+from verifier.objective import CaseObjective
+from verifier.result import Counterexample, Status
+
+log = logging.getLogger(__name__)
+Tensor = torch.Tensor
+ValidateFn = Callable[[Tensor], Counterexample | None]
+
+
+@dataclass(frozen=True)
+class BabOptions:
+    """Branch-and-bound settings."""
+
+    branching: str = "auto"  # auto | input | relu
+    input_split_max_dim: int = 16  # auto picks input splitting up to this many inputs
+    batch_size: int = 2048  # parents popped per round (input splitting)
+    relu_batch_size: int = 256  # parents popped per round (ReLU splitting)
+    bound: str = "crown"  # input splitting: crown, alpha (CROWN, then alpha-CROWN on the open), symbolic
+    strong_branching: bool = True  # input splitting: bound every candidate dimension, keep the best
+    warm_start: bool = False  # start a child's slope optimization from its parent's slopes
+    attack_every: int = 10  # rounds between PGD attacks on the worst subdomains
+    attack_domains: int = 16  # worst subdomains attacked each time
+    attack: AttackOptions = field(default_factory=lambda: AttackOptions(
+        samples=64, restarts=8, steps=20, rounds=1, candidates=4))  # per attacked subdomain
+    max_domains: int = 5_000_000  # open subdomains before giving up (memory)
+    progress_every: float = 2.0  # seconds between progress lines (-v)
+
+
+@dataclass
+class BabStats:
+    """Counters of one search, merged into ``Result.stats``."""
+
+    rounds: int = 0
+    bounded: int = 0
+    max_queue: int = 0
+    max_depth: int = 0
+    time_bounding: float = 0.0
+    time_branching: float = 0.0
+    time_attack: float = 0.0
+    time_exact: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self, prefix: str = "bab_") -> dict:
+        out = {prefix + k: (round(v, 4) if isinstance(v, float) else v)
+               for k, v in vars(self).items() if k != "extra"}
+        out.update(self.extra)
+        return out
+
+
+def margins(obj: CaseObjective, bound: Tensor) -> Tensor:
+    """Per domain, the smallest polytope margin ``(B,)``: above 0 means proven safe."""
+    return obj.polytope_margins(bound).amin(dim=-1)
+
+
+BoundFn = Callable[[SubproblemBatch], SubproblemBatch]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What the loop needs from a branching strategy."""
+
+    branch: Callable[[SubproblemBatch], SubproblemBatch]  # parents -> children
+    bound: BoundFn  # children with their new bounds (kept at least as high as the parent's)
+    batch_size: int  # parents per round
+    # open children -> (those still open, a validated counterexample or None, whether any was left undecided)
+    settle: Callable[[SubproblemBatch], tuple[SubproblemBatch, Counterexample | None, bool]]
+
+
+def search(
+    net: Network, obj: CaseObjective, root: SubproblemBatch, rule: Rule, validate_fn: ValidateFn,
+    opts: BabOptions, deadline: Deadline, gen: torch.Generator, stats: BabStats,
+) -> tuple[Status, Counterexample | None]:
+    """Best-first branch and bound of one case from ``root``; UNSAT only when no subdomain is left."""
+    store = Store()
+    store.push(root, margins(obj, root.bound))
+    undecided = False
+    last_progress = time.monotonic()
+    while store.size:
+        if deadline.expired():
+            return Status.TIMEOUT, None
+        if store.size > opts.max_domains:
+            log.info("branch and bound: %d open subdomains, giving up", store.size)
+            return Status.UNKNOWN, None
+        parents = store.pop(rule.batch_size).to(net.device)
+        t = time.monotonic()
+        children = rule.branch(parents)
+        stats.time_branching += time.monotonic() - t
+
+        t = time.monotonic()
+        children = rule.bound(children)
+        stats.time_bounding += time.monotonic() - t
+        stats.bounded += children.batch
+        stats.rounds += 1
+        stats.max_depth = max(stats.max_depth, int(children.depth.max()))
+
+        t = time.monotonic()
+        open_, cex, left = rule.settle(children.select(margins(obj, children.bound) <= 0))
+        stats.time_exact += time.monotonic() - t
+        undecided |= left
+        if cex is None and open_.batch and stats.rounds % opts.attack_every == 0:
+            t = time.monotonic()
+            cex = _attack_worst(net, obj, open_, margins(obj, open_.bound), validate_fn, opts, deadline, gen)
+            stats.time_attack += time.monotonic() - t
+        if cex is not None:
+            return Status.SAT, cex
+        store.push(open_, margins(obj, open_.bound))
+        stats.max_queue = max(stats.max_queue, store.size)
+        if time.monotonic() - last_progress > opts.progress_every:
+            last_progress = time.monotonic()
+            log.info("bab: open %d, worst margin %.4g, bounded %d, depth %d, %.1fs left",
+                     store.size, store.min_priority(), stats.bounded, stats.max_depth, deadline.remaining())
+    return (Status.UNKNOWN if undecided else Status.UNSAT), None
+
+
+def check_centres(net: Network, obj: CaseObjective, batch: SubproblemBatch, validate_fn: ValidateFn
+                   ) -> Counterexample | None:
+    """Validate the box centres whose concrete outputs already look unsafe."""
+    if batch.batch == 0:
+        return None
+    centre = (batch.lower + batch.upper) / 2
+    with torch.no_grad():
+        v = obj.violation(forward(net, centre))
+    for i in torch.nonzero(v <= 0).flatten()[:8].tolist():
+        cex = validate_fn(centre[i])
+        if cex is not None:
+            return cex
+    return None
+
+
+def _attack_worst(
+    net: Network, obj: CaseObjective, batch: SubproblemBatch, m: Tensor, validate_fn: ValidateFn,
+    opts: BabOptions, deadline: Deadline, gen: torch.Generator,
+) -> Counterexample | None:
+    worst = torch.argsort(m)[: opts.attack_domains]
+    return attack_case(net, obj, validate_fn, opts.attack, deadline, gen, batch.lower[worst], batch.upper[worst])

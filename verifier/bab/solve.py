@@ -1,0 +1,83 @@
+"""Complete verification of one spec case by branch and bound."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from verifier.bab.branching import bisect_inputs, input_split_dims, strong_input_split
+from verifier.bab.search import BabOptions, BabStats, Rule, ValidateFn, check_centres, search
+from verifier.bab.subproblems import SubproblemBatch
+from verifier.bounds.alpha import AlphaOptions, alpha_crown
+from verifier.bounds.crown import crown
+from verifier.bounds.symbolic import supports_symbolic, symbolic_bounds
+from verifier.bounds.types import BoundResult
+from verifier.deadline import Deadline
+from verifier.network import Network
+from verifier.objective import CaseObjective
+from verifier.result import Counterexample, Status
+
+
+def choose_branching(net: Network, opts: BabOptions) -> str:
+    """``input`` for low-dimensional inputs, else ``relu`` (unless the options say)."""
+    if opts.branching != "auto":
+        return opts.branching
+    return "input" if net.n_inputs <= opts.input_split_max_dim else "relu"
+
+
+def solve_case(
+    net: Network, obj: CaseObjective, root: BoundResult, validate_fn: ValidateFn, opts: BabOptions,
+    alpha_opts: AlphaOptions, deadline: Deadline, gen: torch.Generator, stats: BabStats,
+) -> tuple[Status, Counterexample | None]:
+    """Decide one case, starting from the bound its incomplete stages reached."""
+    root_batch = SubproblemBatch(
+        lower=obj.lower.unsqueeze(0), upper=obj.upper.unsqueeze(0), splits=None, bound=root.lower,
+        depth=torch.zeros(1, dtype=torch.int32, device=obj.lower.device), intermediate=root.intermediate,
+    )
+    if choose_branching(net, opts) == "input":
+        rule = _input_rule(net, obj, validate_fn, opts, alpha_opts, deadline)
+        return search(net, obj, root_batch, rule, validate_fn, opts, deadline, gen, stats)
+    return Status.UNKNOWN, None
+
+
+def _input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts: BabOptions,
+                alpha_opts: AlphaOptions, deadline: Deadline) -> Rule:
+    """Input splitting: strong branching scored by a cheap bound, then alpha-CROWN on what stays open."""
+    C, d = obj.C.unsqueeze(0), obj.d.unsqueeze(0)
+
+    def keep_best(children: SubproblemBatch, res: BoundResult, slopes: bool = False) -> SubproblemBatch:
+        return replace(children, bound=torch.maximum(children.bound, res.lower), intermediate=res.intermediate,
+                       slopes=res.slopes if slopes else children.slopes)
+
+    def cheap(children: SubproblemBatch) -> SubproblemBatch:
+        # a child's box lies in its parent's: the parent's intermediate bounds stay valid
+        if opts.bound == "symbolic" and supports_symbolic(net):
+            known = symbolic_bounds(net, children.domains)
+            return keep_best(children, crown(net, children.domains, C, d, known=known,
+                                             reuse_known=len(net.relu_indices)))
+        return keep_best(children, crown(net, children.domains, C, d, known=children.intermediate))
+
+    def tight(children: SubproblemBatch) -> SubproblemBatch:
+        if opts.bound != "alpha":
+            return children
+        idx = torch.nonzero(~obj.ruled_out(children.bound)).flatten()
+        if idx.numel() == 0:
+            return children
+        sub = children.select(idx)
+        res = alpha_crown(net, sub.domains, C, d, alpha_opts, known=sub.intermediate,
+                          slopes=sub.slopes if opts.warm_start else None, deadline=deadline)
+        bound = children.bound.clone()
+        bound[idx] = torch.maximum(sub.bound, res.lower)
+        return replace(children, bound=bound)
+
+    def branch(parents: SubproblemBatch) -> SubproblemBatch:
+        if opts.strong_branching:
+            return strong_input_split(parents, cheap, obj)
+        return cheap(bisect_inputs(parents, input_split_dims(net, obj, parents)))
+
+    def settle(open_: SubproblemBatch) -> tuple[SubproblemBatch, Counterexample | None, bool]:
+        return open_, check_centres(net, obj, open_, validate_fn), False
+
+    batch = max(1, opts.batch_size // (2 * net.n_inputs)) if opts.strong_branching else opts.batch_size
+    return Rule(branch=branch, bound=tight, batch_size=batch, settle=settle)

@@ -1,0 +1,125 @@
+"""Open subdomains of one spec case, as tensors with a leading batch dimension."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from verifier.bounds.types import Betas, Domains, IntermediateBounds, Slopes
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True, eq=False)
+class SubproblemBatch:
+    """``B`` subdomains: box, split states, best bounds so far and warm-start state."""
+
+    lower: Tensor  # (B, n_in)
+    upper: Tensor  # (B, n_in)
+    splits: tuple[Tensor, ...] | None  # per relu layer: (B, n_k) int8
+    bound: Tensor  # (B, S) best lower bound of each spec row (max over ancestors)
+    depth: Tensor  # (B,) int32
+    intermediate: IntermediateBounds | None = None
+    slopes: Slopes | None = None
+    betas: Betas | None = None
+
+    @property
+    def batch(self) -> int:
+        return int(self.lower.shape[0])
+
+    @property
+    def domains(self) -> Domains:
+        return Domains(self.lower, self.upper, self.splits)
+
+    def select(self, idx: Tensor) -> SubproblemBatch:
+        return SubproblemBatch(
+            lower=self.lower[idx], upper=self.upper[idx],
+            splits=None if self.splits is None else tuple(s[idx] for s in self.splits),
+            bound=self.bound[idx], depth=self.depth[idx],
+            intermediate=None if self.intermediate is None else self.intermediate.select(idx),
+            slopes=None if self.slopes is None else self.slopes.select(idx),
+            betas=None if self.betas is None else self.betas.select(idx),
+        )
+
+    def to(self, device: torch.device | str) -> SubproblemBatch:
+        def mv(t):
+            return None if t is None else t.to(device)
+
+        return SubproblemBatch(
+            lower=mv(self.lower), upper=mv(self.upper),
+            splits=None if self.splits is None else tuple(mv(s) for s in self.splits),
+            bound=mv(self.bound), depth=mv(self.depth),
+            intermediate=None if self.intermediate is None else IntermediateBounds(
+                tuple(mv(t) for t in self.intermediate.lower), tuple(mv(t) for t in self.intermediate.upper)),
+            slopes=None if self.slopes is None else Slopes(
+                tuple(mv(t) for t in self.slopes.final),
+                tuple(tuple(mv(t) for t in row) for row in self.slopes.intermediate)),
+            betas=None if self.betas is None else Betas(tuple(mv(t) for t in self.betas.values)),
+        )
+
+    def with_bounds(self, bound: Tensor, **state) -> SubproblemBatch:
+        return replace(self, bound=bound, **state)
+
+
+def concat(batches: list[SubproblemBatch]) -> SubproblemBatch:
+    """One batch holding all of ``batches`` (which share their optional fields)."""
+    first = batches[0]
+
+    def cat(get):
+        return torch.cat([get(b) for b in batches])
+
+    def cat_tuple(get):
+        return tuple(torch.cat(ts) for ts in zip(*(get(b) for b in batches)))
+
+    return SubproblemBatch(
+        lower=cat(lambda b: b.lower), upper=cat(lambda b: b.upper),
+        splits=None if first.splits is None else cat_tuple(lambda b: b.splits),
+        bound=cat(lambda b: b.bound), depth=cat(lambda b: b.depth),
+        intermediate=None if first.intermediate is None else IntermediateBounds(
+            cat_tuple(lambda b: b.intermediate.lower), cat_tuple(lambda b: b.intermediate.upper)),
+        slopes=None if first.slopes is None else Slopes(
+            cat_tuple(lambda b: b.slopes.final),
+            tuple(tuple(torch.cat(ts) for ts in zip(*rows))
+                  for rows in zip(*(b.slopes.intermediate for b in batches)))),
+        betas=None if first.betas is None else Betas(cat_tuple(lambda b: b.betas.values)),
+    )
+
+
+class Store:
+    """The open subdomains, kept on the CPU; popped lowest priority first."""
+
+    def __init__(self) -> None:
+        self._parts: list[SubproblemBatch] = []
+        self._prio: list[Tensor] = []
+        self.size = 0
+        self.max_size = 0
+
+    def push(self, batch: SubproblemBatch, priority: Tensor) -> None:
+        """Add ``batch`` with ``priority`` ``(B,)`` (lower pops first)."""
+        if batch.batch == 0:
+            return
+        self._parts.append(batch.to("cpu"))
+        self._prio.append(priority.detach().to("cpu"))
+        self.size += batch.batch
+        self.max_size = max(self.max_size, self.size)
+
+    def pop(self, n: int) -> SubproblemBatch:
+        """The ``n`` subdomains of lowest priority (all if fewer)."""
+        merged, prio = self._merged()
+        if n >= merged.batch:
+            self._parts, self._prio, self.size = [], [], 0
+            return merged
+        order = torch.argsort(prio)
+        take, rest = order[:n], order[n:]
+        self._parts, self._prio = [merged.select(rest)], [prio[rest]]
+        self.size = int(rest.shape[0])
+        return merged.select(take)
+
+    def min_priority(self) -> float:
+        return min(float(p.min()) for p in self._prio) if self._prio else float("inf")
+
+    def _merged(self) -> tuple[SubproblemBatch, Tensor]:
+        if len(self._parts) > 1:
+            self._parts, self._prio = [concat(self._parts)], [torch.cat(self._prio)]
+        return self._parts[0], self._prio[0]

@@ -80,6 +80,11 @@ class LpSession:
             return -math.inf
         return self._dual_bound(np.asarray(cost, dtype=np.float64), np.asarray(sol.row_dual)) + offset
 
+    def values(self) -> np.ndarray | None:
+        """The primal point of the last solve, when it has one."""
+        sol = self._h.getSolution()
+        return np.asarray(sol.col_value, dtype=np.float64) if sol.value_valid else None
+
     def _dual_bound(self, cost: np.ndarray, y: np.ndarray) -> float:
         """``min_v (cost - A^T y) v`` over the column box plus the row-bound terms of ``y``."""
         p = self.problem

@@ -9,7 +9,8 @@ Sound pre-activation bounds (optional) fix the stable ReLUs and add the
 triangle relaxation of the unstable ones as implied lemmas (Ehlers, ATVA 2017);
 this removes only branches that hold no input.  On low-dimensional inputs the
 box is bisected until few ReLUs are unstable, and boxes that the certified LP
-bound rules out are closed without z3.  The check runs in-process for a short
+bound rules out are closed without z3 (the LP's optimum, when it is a
+counterexample, ends the search early).  The check runs in-process for a short
 first attempt and then in a forked child that is killed at the deadline (z3's
 own timeout can overrun by seconds on large rational pivots).
 
@@ -51,7 +52,7 @@ class SmtOptions:
     """Options of the SMT engine."""
 
     bounds: str = "lp"  # "none" (pure exact encoding), "interval", "crown", or "lp" (CROWN, then LP tightening)
-    split_unstable: int = 12  # bisect the input box while more ReLUs than this are unstable (0: never)
+    split_unstable: int = 8  # bisect the input box while more ReLUs than this are unstable (0: never)
     split_max_inputs: int = 10  # only split boxes of at most this many inputs
     split_max_depth: int = 24
     lp_prune: bool = True  # close boxes on which the certified LP bound rules a polytope out
@@ -117,7 +118,9 @@ def _decide_case(net: Network, case: Case, polys: list[Polytope], deadline: Dead
             return "timeout", None
         tally.boxes += 1
         bounds = _bounds(net, lower, upper, deadline, options, leaf=False)
-        live = _live(net, lower, upper, bounds, polys, options)
+        live, x = _live(net, Case(lower, upper, ()), bounds, polys, options)
+        if x is not None:
+            return "sat", x
         if not live:
             continue
         if _should_split(bounds, lower, depth, options):
@@ -292,21 +295,29 @@ def _lp(net, lower, upper, given, deadline):
     return lp_tighten(net, lower, upper, given, deadline=deadline)
 
 
-def _live(net, lower, upper, bounds, polys: list[Polytope], options: SmtOptions) -> list[Polytope]:
-    """The polytopes that the certified LP bound does not rule out on the box."""
+def _live(net, box: Case, bounds, polys: list[Polytope], options: SmtOptions):
+    """The polytopes that the certified LP bound does not rule out on the box, and a
+    counterexample if the LP's own optimum happens to be one."""
     if not options.lp_prune or bounds is None:
-        return polys
-    enc = encode_network(net, lower, upper, bounds, options=EncodingOptions(relax=True, margin_abs=0, margin_rel=0))
+        return polys, None
+    enc = encode_network(net, box.lower, box.upper, bounds,
+                         options=EncodingOptions(relax=True, margin_abs=0, margin_rel=0))
     if enc.empty:
-        return []
+        return [], None
     live = []
     for poly in polys:
         problem = margin_problem(enc, poly.A, poly.b)
         cost = np.zeros(problem.n_cols)
         cost[-1] = 1.0
-        if not LpSession(problem).minimize(cost) > 0:
-            live.append(poly)
-    return live
+        session = LpSession(problem)
+        if session.minimize(cost) > 0:
+            continue
+        values = session.values()
+        x = None if values is None else confirmed(net, enc.input_of(values), box, poly)
+        if x is not None:
+            return [poly], x
+        live.append(poly)
+    return live, None
 
 
 def _should_split(bounds: ReluBounds | None, lower: np.ndarray, depth: int, options: SmtOptions) -> bool:
@@ -396,9 +407,10 @@ def _relu_text(lines: list[str], pre: list[str], node: int, bounds) -> tuple[lis
             lines.append(f"(declare-fun {y} () Real)")
             lines.append(f"(assert (or (and (<= {x} 0.0) (= {y} 0.0)) (and (> {x} 0.0) (= {y} {x}))))")
             if bounds is not None:  # implied by the bounds: the triangle relaxation
-                lo, hi = _rat(bounds[0][j]), _rat(bounds[1][j])
-                lines.append(f"(assert (and (<= {lo} {x} {hi}) (>= {y} 0.0) (>= {y} {x}) "
-                             f"(<= (* {y} (- {hi} {lo})) (* {hi} (- {x} {lo})))))")
+                lo, hi = _outward(bounds[0][j], -1), _outward(bounds[1][j], +1)  # short numbers pivot faster
+                slope = hi / (hi - lo)
+                lines.append(f"(assert (and (<= {_frac(lo)} {x} {_frac(hi)}) (>= {y} 0.0) (>= {y} {x}) "
+                             f"(<= {y} (+ (* {_frac(slope)} {x}) {_frac(-slope * lo)}))))")
             out.append(y)
             fresh += 1
     return out, fresh
@@ -428,6 +440,20 @@ def _polytope_text(A: np.ndarray, b: np.ndarray) -> str:
 
 def _rat(value: float) -> str:
     """The exact rational value of a float as an SMT-LIB real term."""
-    num, den = float(value).as_integer_ratio()
+    return _frac(Fraction(float(value)))
+
+
+def _outward(value: float, direction: int, bits: int = 10) -> Fraction:
+    """``value`` rounded away from the inside (down for -1, up for +1) to ``bits`` significant bits."""
+    if value == 0 or not np.isfinite(value):
+        return Fraction(float(value))
+    step = Fraction(2) ** (int(np.floor(np.log2(abs(value)))) - bits)
+    scaled = Fraction(float(value)) / step
+    whole = (scaled.__floor__() if direction < 0 else scaled.__ceil__())
+    return whole * step
+
+
+def _frac(value: Fraction) -> str:
+    num, den = value.numerator, value.denominator
     text = f"{abs(num)}.0" if den == 1 else f"(/ {abs(num)}.0 {den}.0)"
     return f"(- {text})" if num < 0 else text

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from verifier.attack import attack_case
@@ -20,7 +21,7 @@ from verifier.config import Config
 from verifier.deadline import Deadline
 from verifier.errors import ShapeMismatchError
 from verifier.network import Network
-from verifier.objective import CaseObjective, case_objective
+from verifier.objective import CaseObjective, case_objective, with_row_combinations
 from verifier.result import Counterexample, Result, Status
 from verifier.validate import Replayer, validate
 from vnnlib.spec import Spec
@@ -116,9 +117,13 @@ def run_pipeline(
     """Attack, then incomplete bounds, then the complete engine; first decision wins."""
     net, spec = problem.net, problem.spec
     objectives = [case_objective(c, net.dtype, net.device) for c in spec.cases]
+    if config.row_combinations > 0:
+        objectives = [with_row_combinations(o, config.row_combinations) for o in objectives]
     gen = torch.Generator(device=net.device).manual_seed(config.seed)
 
-    if config.attack.enabled and config.engine in ("auto", "bab"):
+    if config.engine in ("milp", "smt"):
+        return _exact_engine(problem, config, deadline, stats)
+    if config.attack.enabled:
         t = time.monotonic()
         cex = _attack_all(problem, objectives, config, deadline, gen)
         stats["attack_time"] = round(time.monotonic() - t, 4)
@@ -139,6 +144,30 @@ def run_pipeline(
     if config.stop_after != "complete" or deadline.expired():
         return Status.UNKNOWN, None
     return _complete(problem, objectives, roots, config, deadline, stats, gen)
+
+
+def _exact_engine(problem: Problem, config: Config, deadline: Deadline, stats: dict
+                  ) -> tuple[Status, Counterexample | None]:
+    """The whole spec by the MILP (HiGHS) or SMT (z3) engine; a witness is validated like any other."""
+    if config.engine == "milp":
+        from verifier.exact.milp import milp_verify
+
+        outcome = milp_verify(problem.net, problem.spec, deadline, config.milp)
+    else:
+        from verifier.exact.smt import smt_verify
+
+        outcome = smt_verify(problem.net, problem.spec, deadline, config.smt)
+    stats.update({f"{config.engine}_time": round(outcome.time, 4), f"{config.engine}_problems": outcome.problems,
+                  f"{config.engine}_binaries": outcome.binaries})
+    if outcome.verdict == "unsat":
+        return Status.UNSAT, None
+    if outcome.verdict == "sat":
+        cex = validate(problem.replayer, problem.spec, np.asarray(outcome.x, dtype=np.float64))
+        if cex is not None:
+            return Status.SAT, cex
+        log.warning("%s witness failed the onnxruntime replay: answering unknown", config.engine)
+        stats["unconfirmed_witness"] = 1
+    return (Status.TIMEOUT if outcome.verdict == "timeout" else Status.UNKNOWN), None
 
 
 def _attack_all(

@@ -18,6 +18,8 @@ from verifier.attack import AttackOptions
 from verifier.bab.search import BabOptions
 from verifier.bounds.alpha import AlphaOptions
 from verifier.errors import ConfigError
+from verifier.exact.milp import MilpOptions
+from verifier.exact.smt import SmtOptions
 
 ENGINES = ("auto", "bab", "milp", "smt")
 STAGES = ("attack", "ibp", "crown", "alpha", "complete")
@@ -32,10 +34,13 @@ class Config:
     seed: int = 0
     threads: int = 0  # torch CPU threads; 0 = automatic (1 for small networks, where more only add overhead)
     engine: str = "auto"  # auto | bab | milp | smt
+    row_combinations: int = 9  # convex combinations per pair of rows of a polytope (0: none); see objective.py
     stop_after: str = "complete"  # attack | ibp | crown | alpha | complete (incomplete modes answer unknown)
     attack: AttackOptions = field(default_factory=AttackOptions)
     alpha: AlphaOptions = field(default_factory=AlphaOptions)
     bab: BabOptions = field(default_factory=BabOptions)
+    milp: MilpOptions = field(default_factory=MilpOptions)
+    smt: SmtOptions = field(default_factory=SmtOptions)
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:

@@ -54,6 +54,34 @@ class CaseObjective:
         return (self.polytope_margins(row_lower) > 0).all(dim=-1)
 
 
+def with_row_combinations(obj: CaseObjective, steps: int = 9, max_rows: int = 8) -> CaseObjective:
+    """``obj`` plus, for each polytope of 2 to ``max_rows`` rows, the rows
+    ``lam r_i + (1 - lam) r_j`` of each pair for ``lam`` in ``1/(steps+1) .. steps/(steps+1)``.
+
+    A combination is below ``max(r_i, r_j)``, so one with a positive lower bound
+    rules its polytope out just like a positive row does (where the rows cross,
+    no single row can).  The unsafe set and ``violation`` are unchanged.
+    """
+    lam = torch.arange(1, steps + 1, dtype=obj.C.dtype, device=obj.C.device) / (steps + 1)  # (L,)
+    C, d, groups, strict = [obj.C], [obj.d], [obj.groups], [obj.strict]
+    for p in range(obj.groups.shape[0]):
+        rows = torch.nonzero(obj.groups[p]).flatten()
+        if not 2 <= rows.numel() <= max_rows:
+            continue
+        i, j = torch.triu_indices(rows.numel(), rows.numel(), 1, device=rows.device)
+        i, j = rows[i], rows[j]  # (Q,) pairs
+        l = lam.repeat(i.numel()).unsqueeze(1)  # (Q L, 1)
+        i, j = i.repeat_interleave(steps), j.repeat_interleave(steps)
+        C.append(l * obj.C[i] + (1 - l) * obj.C[j])
+        d.append(l.squeeze(1) * obj.d[i] + (1 - l.squeeze(1)) * obj.d[j])
+        g = torch.zeros(obj.groups.shape[0], i.numel(), dtype=torch.bool, device=obj.groups.device)
+        g[p] = True
+        groups.append(g)
+        strict.append(torch.zeros(i.numel(), dtype=torch.bool, device=obj.strict.device))
+    return CaseObjective(obj.lower, obj.upper, torch.cat(C), torch.cat(d), torch.cat(groups, dim=1),
+                         torch.cat(strict))
+
+
 def round_toward(a: np.ndarray, dtype: torch.dtype, toward: float) -> np.ndarray:
     """Cast float64 ``a`` to ``dtype``, rounding toward ``toward`` (+-inf) where inexact.
 

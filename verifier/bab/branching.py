@@ -7,6 +7,7 @@ Each rule takes a batch of parents and returns ``2 B`` children, the first
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 
@@ -119,12 +120,14 @@ def strong_input_split(
 ) -> SubproblemBatch:
     """Bisect every parent along the input dimension whose two halves bound best.
 
-    All ``n_in`` candidate splits of all parents are bounded in one batched call
-    of ``bound`` (a cheap method); the chosen children keep those bounds.
+    All ``n_in`` candidate splits of all parents are scored in one batched call
+    of ``bound`` (a cheap method); the chosen children keep what it computed.
     """
     B, n = parents.lower.shape
     dims = torch.arange(n, device=parents.lower.device).repeat_interleave(B)  # (n B,) dim of each copy
     tiled = parents.select(torch.arange(B, device=dims.device).repeat(n))  # copy j*B+b = parent b
+    # score each split by its children's own bounds, not by what they inherit from the parent
+    tiled = replace(tiled, bound=torch.full_like(tiled.bound, -torch.inf))
     cand = bound(bisect_inputs(tiled, dims))  # (2 n B): low halves, then high halves
     m = obj.polytope_margins(cand.bound).amin(dim=-1).reshape(2, n, B)
     # the worse child decides; ties (both proven, or equally open) go to the better sum
@@ -134,4 +137,5 @@ def strong_input_split(
     best = score.argmax(dim=0)  # (B,)
     b = torch.arange(B, device=best.device)
     low = best * B + b
-    return cand.select(torch.cat([low, low + n * B]))
+    chosen = cand.select(torch.cat([low, low + n * B]))
+    return replace(chosen, bound=torch.maximum(chosen.bound, parents.bound.repeat(2, 1)))

@@ -36,14 +36,26 @@ class BabOptions:
     batch_size: int = 2048  # parents popped per round (input splitting)
     relu_batch_size: int = 256  # parents popped per round (ReLU splitting)
     bound: str = "crown"  # input splitting: crown, alpha (CROWN, then alpha-CROWN on the open), symbolic
-    strong_branching: bool = True  # input splitting: bound every candidate dimension, keep the best
+    # input splitting: bound both halves for every dimension and keep the best split, scoring with CROWN
+    # on the spec rows only ("final"), with full CROWN ("full"), or not at all ("none": gradient x width)
+    strong_branching: str = "full"
     warm_start: bool = False  # start a child's slope optimization from its parent's slopes
+    relu_branching: str = "fsb"  # ReLU splitting: babsr (intercept score) | fsb (best of the top candidates)
+    fsb_candidates: int = 4  # ReLU splitting, fsb: candidates per parent bounded before choosing
+    beta_iterations: int = 20  # ReLU splitting: beta-CROWN iterations per batch of children
+    beta_intermediate: bool = False  # ReLU splitting: also optimize the intermediate layers' slopes
     attack_every: int = 10  # rounds between PGD attacks on the worst subdomains
     attack_domains: int = 16  # worst subdomains attacked each time
     attack: AttackOptions = field(default_factory=lambda: AttackOptions(
         samples=64, restarts=8, steps=20, rounds=1, candidates=4))  # per attacked subdomain
     max_domains: int = 5_000_000  # open subdomains before giving up (memory)
     progress_every: float = 2.0  # seconds between progress lines (-v)
+
+    def __post_init__(self) -> None:
+        if self.relu_branching not in ("babsr", "fsb"):
+            raise ValueError(f"relu_branching must be babsr or fsb, not {self.relu_branching!r}")
+        if self.fsb_candidates < 1 or self.beta_iterations < 0:
+            raise ValueError("fsb_candidates must be at least 1 and beta_iterations at least 0")
 
 
 @dataclass

@@ -7,6 +7,7 @@ from dataclasses import replace
 import torch
 
 from verifier.bab.branching import bisect_inputs, input_split_dims, strong_input_split
+from verifier.bab.relu_split import combine_rows, relu_root, relu_rule
 from verifier.bab.search import BabOptions, BabStats, Rule, ValidateFn, check_centres, search
 from verifier.bab.subproblems import SubproblemBatch
 from verifier.bounds.alpha import AlphaOptions, alpha_crown
@@ -38,7 +39,9 @@ def solve_case(
     if choose_branching(net, opts) == "input":
         rule = _input_rule(net, obj, validate_fn, opts, alpha_opts, deadline)
         return search(net, obj, root_batch, rule, validate_fn, opts, deadline, gen, stats)
-    return Status.UNKNOWN, None
+    rows, mix = combine_rows(obj)
+    rule = relu_rule(net, rows, validate_fn, opts, alpha_opts, deadline, stats)
+    return search(net, rows, relu_root(net, rows, root, mix), rule, validate_fn, opts, deadline, gen, stats)
 
 
 def _input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts: BabOptions,
@@ -71,13 +74,21 @@ def _input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts:
         bound[idx] = torch.maximum(sub.bound, res.lower)
         return replace(children, bound=bound)
 
+    def score(children: SubproblemBatch) -> SubproblemBatch:
+        # the parents' intermediate bounds as they are: only the spec rows get a backward pass
+        res = crown(net, children.domains, C, d, known=children.intermediate, reuse_known=len(net.relu_indices))
+        return replace(children, bound=torch.maximum(children.bound, res.lower))
+
     def branch(parents: SubproblemBatch) -> SubproblemBatch:
-        if opts.strong_branching:
+        if opts.strong_branching == "final":
+            return cheap(strong_input_split(parents, score, obj))
+        if opts.strong_branching == "full":
             return strong_input_split(parents, cheap, obj)
         return cheap(bisect_inputs(parents, input_split_dims(net, obj, parents)))
 
     def settle(open_: SubproblemBatch) -> tuple[SubproblemBatch, Counterexample | None, bool]:
         return open_, check_centres(net, obj, open_, validate_fn), False
 
-    batch = max(1, opts.batch_size // (2 * net.n_inputs)) if opts.strong_branching else opts.batch_size
+    strong = opts.strong_branching != "none"
+    batch = max(1, opts.batch_size // (2 * net.n_inputs)) if strong else opts.batch_size
     return Rule(branch=branch, bound=tight, batch_size=batch, settle=settle)

@@ -130,11 +130,15 @@ def strong_input_split(
     tiled = replace(tiled, bound=torch.full_like(tiled.bound, -torch.inf))
     cand = bound(bisect_inputs(tiled, dims))  # (2 n B): low halves, then high halves
     m = obj.polytope_margins(cand.bound).amin(dim=-1).reshape(2, n, B)
-    # the worse child decides; ties (both proven, or equally open) go to the better sum
-    score = torch.minimum(m[0], m[1]).clamp(max=0) * 1e3 + (m[0].clamp(max=1) + m[1].clamp(max=1))
+    # the worse child decides; near-ties (e.g. no split helps yet) go to the relatively widest dimension,
+    # so that no dimension is split forever while the others stay wide
+    worse = torch.minimum(m[0], m[1]).clamp(max=0)  # (n, B)
     width = (parents.upper - parents.lower).T  # (n, B)
-    score = torch.where(width > 0, score, torch.full_like(score, -torch.inf))
-    best = score.argmax(dim=0)  # (B,)
+    worse = torch.where(width > 0, worse, torch.full_like(worse, -torch.inf))
+    top = worse.amax(dim=0, keepdim=True)  # (1, B)
+    near = worse >= top - (1e-3 * top.abs() + 1e-6)
+    relative = width / (obj.upper - obj.lower).clamp(min=torch.finfo(width.dtype).tiny).unsqueeze(1)
+    best = torch.where(near, relative, torch.full_like(relative, -1.0)).argmax(dim=0)  # (B,)
     b = torch.arange(B, device=best.device)
     low = best * B + b
     chosen = cand.select(torch.cat([low, low + n * B]))

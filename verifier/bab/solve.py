@@ -87,8 +87,48 @@ def _input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts:
         return cheap(bisect_inputs(parents, input_split_dims(net, obj, parents)))
 
     def settle(open_: SubproblemBatch) -> tuple[SubproblemBatch, Counterexample | None, bool]:
-        return open_, check_centres(net, obj, open_, validate_fn), False
+        cex = check_centres(net, obj, open_, validate_fn)
+        if cex is not None or opts.exact_unstable <= 0 or open_.intermediate is None:
+            return open_, cex, False
+        return exact_leaves(net, obj, open_, validate_fn, opts, deadline)
 
     strong = opts.strong_branching != "none"
     batch = max(1, opts.batch_size // (2 * net.n_inputs)) if strong else opts.batch_size
     return Rule(branch=branch, bound=tight, batch_size=batch, settle=settle)
+
+
+def exact_leaves(
+    net: Network, obj: CaseObjective, open_: SubproblemBatch, validate_fn: ValidateFn, opts: BabOptions,
+    deadline: Deadline,
+) -> tuple[SubproblemBatch, Counterexample | None, bool]:
+    """Decide the open subdomains with few unstable ReLUs by MILP, one polytope at a time.
+
+    A subdomain leaves the search only when the MILP proves every polytope infeasible on it;
+    a feasible MILP gives a candidate that must pass the strict replay.
+    """
+    from verifier.exact.milp import MilpOptions, milp_check
+
+    unstable = sum(((lo < 0) & (hi > 0)).sum(1) for lo, hi in zip(open_.intermediate.lower,
+                                                                   open_.intermediate.upper))  # (B,)
+    picks = torch.nonzero(unstable <= opts.exact_unstable).flatten()[: opts.exact_per_round].tolist()
+    milp_opts = MilpOptions(lp_tighten=False, crown_bounds=False)
+    proven = torch.zeros(open_.batch, dtype=torch.bool)
+    for i in picks:
+        if deadline.expired():
+            break
+        open_polytopes = obj.polytope_margins(open_.bound[i : i + 1])[0] <= 0  # (P,)
+        inter = open_.intermediate.select(torch.tensor([i]))
+        results = []
+        for p in torch.nonzero(open_polytopes).flatten().tolist():
+            rows = obj.groups[p]
+            out = milp_check(net, open_.lower[i], open_.upper[i], obj.C[rows].double().cpu().numpy(),
+                             obj.d[rows].double().cpu().numpy(), inter, deadline, options=milp_opts)
+            results.append(out.verdict)
+            if out.verdict == "sat":
+                cex = validate_fn(torch.as_tensor(out.x, dtype=open_.lower.dtype))
+                if cex is not None:
+                    return open_, cex, False
+            if out.verdict != "unsat":
+                break
+        proven[i] = all(v == "unsat" for v in results)
+    return open_.select(torch.nonzero(~proven).flatten()), None, False

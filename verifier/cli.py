@@ -166,5 +166,15 @@ def _write_json(path: str, result, args: argparse.Namespace) -> None:
     Path(path).write_text(json.dumps(record, indent=1) + "\n")
 
 
+def run() -> None:
+    """Console-script entry: ``main``, then exit at once without the slow interpreter teardown
+    (torch and onnxruntime take up to a second to unload; every output is flushed first)."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -49,3 +49,21 @@ def test_float32_box_is_widened_and_offsets_raised():
     assert lo[3] == hi[3] == 5.0  # exact values are kept
     obj = case_objective(Case(a, a + 1, (Polytope(np.ones((1, 1)), np.array([0.1])),)), torch.float32)
     assert float(obj.d[0]) >= 0.1 and np.all(obj.lower.double().numpy() <= a)
+
+
+def test_row_combinations_keep_the_unsafe_set_and_rule_out_crossing_rows():
+    from verifier.objective import with_row_combinations
+
+    # unsafe: y0 <= 0 and y1 <= 0; on the segment y = (x, 1 - x), x in [0, 1], never both
+    case = Case(np.zeros(1), np.ones(1), (Polytope(np.eye(2), np.zeros(2)),))
+    obj = case_objective(case, torch.float64)
+    comb = with_row_combinations(obj, steps=9)
+    assert comb.C.shape == (2 + 9, 2) and comb.groups.shape == (1, 11) and bool(comb.groups.all())
+    y = torch.rand(1000, 2, dtype=torch.float64) * 4 - 2
+    assert torch.equal(obj.violation(y), comb.violation(y))
+    # exact lower bounds over the segment: each row alone has min 0, the half-half combination 0.5
+    x = torch.linspace(0, 1, 101, dtype=torch.float64)
+    rows = torch.stack([x, 1 - x], 1) @ comb.C.T - comb.d  # (101, 11)
+    lower = rows.min(0).values.unsqueeze(0)
+    assert not bool(obj.ruled_out(lower[:, :2]))
+    assert bool(comb.ruled_out(lower))

@@ -46,7 +46,7 @@ def solve_mip(
         h.setOptionValue("presolve", "off")
         h.run()
         status = h.getModelStatus()
-    return _result(h, status)
+    return _result(h, status, bool(np.any(problem.integrality)))
 
 
 class LpSession:
@@ -145,16 +145,17 @@ def _stopper(threshold: float):
     return stop
 
 
-def _result(h: highspy.Highs, status) -> MipSolve:
+def _result(h: highspy.Highs, status, is_mip: bool) -> MipSolve:
     S = highspy.HighsModelStatus
     info = h.getInfo()
     sol = h.getSolution()
     has_value = bool(sol.value_valid) and info.primal_solution_status == 2  # 2: feasible
     values = np.asarray(sol.col_value, dtype=np.float64) if has_value else None
     objective = float(info.objective_function_value) if has_value else math.inf
-    dual = float(info.mip_dual_bound) if math.isfinite(info.mip_dual_bound) else -math.inf
-    if status == S.kOptimal:
-        dual = max(dual, objective) if not math.isfinite(dual) else dual
+    if is_mip:
+        dual = float(info.mip_dual_bound) if math.isfinite(info.mip_dual_bound) else -math.inf
+    else:  # an LP: mip_dual_bound is not set; at optimality the optimum is the bound
+        dual = objective if status == S.kOptimal and has_value else -math.inf
     message = h.modelStatusToString(status)
     if status == S.kInfeasible:
         kind = "infeasible"

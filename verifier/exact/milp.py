@@ -42,6 +42,7 @@ class MilpOptions:
 
     problem_time_limit: float | None = None  # seconds per MILP problem; the deadline always applies
     lp_tighten: bool = True  # LP-tighten the unstable ReLUs' bounds before the MILP (per case)
+    tighten_share: float = 0.5  # at most this share of the remaining time goes to LP tightening
     crown_bounds: bool = True  # intersect with CROWN bounds from verifier.bounds when it provides them
     objective: str = "feasibility"  # "feasibility" (A y <= b as constraints) or "margin" (min max_j A_j y - b_j)
     threads: int = 1
@@ -53,6 +54,8 @@ class MilpOptions:
             raise ValueError(f"objective must be 'feasibility' or 'margin', not {self.objective!r}")
         if self.threads < 1:
             raise ValueError("threads must be at least 1")
+        if not 0.0 < self.tighten_share <= 1.0:
+            raise ValueError("tighten_share must be in (0, 1]")
 
 
 @dataclass(frozen=True, eq=False)
@@ -113,7 +116,8 @@ def milp_check(
     bounds = as_relu_bounds(pre_bounds, net)
     split_list = as_splits(splits, net)
     if options.lp_tighten:
-        bounds = lp_tighten(net, lower, upper, bounds, splits=split_list, deadline=deadline, threads=options.threads)
+        budget = _share(deadline, options.tighten_share)
+        bounds = lp_tighten(net, lower, upper, bounds, splits=split_list, deadline=budget, threads=options.threads)
     enc = encode_network(net, lower, upper, bounds, split_list, _enc_options(options))
     if enc.empty:
         return ExactOutcome("unsat", None, time.monotonic() - start, 0, 0, "splits contradict the bounds")
@@ -128,7 +132,8 @@ def case_bounds(
     """The tightest pre-activation bounds the options allow on one box (None: interval only)."""
     bounds = crown_bounds(net, lower, upper) if options.crown_bounds else None
     if options.lp_tighten:
-        bounds = lp_tighten(net, lower, upper, bounds, deadline=deadline, threads=options.threads)
+        budget = _share(deadline, options.tighten_share)
+        bounds = lp_tighten(net, lower, upper, bounds, deadline=budget, threads=options.threads)
     return bounds
 
 
@@ -193,6 +198,12 @@ def crown_bounds(net: Network, lower: np.ndarray, upper: np.ndarray) -> ReluBoun
 
 def _enc_options(options: MilpOptions) -> EncodingOptions:
     return EncodingOptions(relax=False, margin_abs=options.margin_abs, margin_rel=options.margin_rel)
+
+
+def _share(deadline: Deadline, share: float) -> Deadline:
+    """A deadline after ``share`` of the remaining time (the same one when there is no limit)."""
+    remaining = deadline.remaining()
+    return deadline if not np.isfinite(remaining) else Deadline(time.monotonic() + share * remaining)
 
 
 def _limit(deadline: Deadline, options: MilpOptions) -> float:

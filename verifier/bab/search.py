@@ -33,6 +33,7 @@ class BabOptions:
 
     branching: str = "auto"  # auto | input | relu
     input_split_max_dim: int = 16  # auto picks input splitting up to this many inputs
+    input_share: float = 0.6  # auto with input splitting: its share of the time before ReLU splitting takes over
     batch_size: int = 2048  # parents popped per round (input splitting)
     relu_batch_size: int = 256  # parents popped per round (ReLU splitting)
     bound: str = "crown"  # input splitting: crown, alpha (CROWN, then alpha-CROWN on the open), symbolic
@@ -46,6 +47,7 @@ class BabOptions:
     fsb_candidates: int = 4  # ReLU splitting, fsb: candidates per parent bounded before choosing
     beta_iterations: int = 20  # ReLU splitting: beta-CROWN iterations per batch of children
     beta_intermediate: bool = False  # ReLU splitting: also optimize the intermediate layers' slopes
+    relu_per_polytope: bool = True  # ReLU splitting: one search per polytope left open by the root bound
     attack_every: int = 10  # rounds between PGD attacks on the worst subdomains
     attack_domains: int = 16  # worst subdomains attacked each time
     attack: AttackOptions = field(default_factory=lambda: AttackOptions(
@@ -165,5 +167,10 @@ def _attack_worst(
     net: Network, obj: CaseObjective, batch: SubproblemBatch, m: Tensor, validate_fn: ValidateFn,
     opts: BabOptions, deadline: Deadline, gen: torch.Generator,
 ) -> Counterexample | None:
-    worst = torch.argsort(m)[: opts.attack_domains]
-    return attack_case(net, obj, validate_fn, opts.attack, deadline, gen, batch.lower[worst], batch.upper[worst])
+    # half the attacked subdomains have the lowest bounds, half the most unsafe-looking centres
+    # (a narrow counterexample sits where the concrete outputs come close, not where bounds are loosest)
+    with torch.no_grad():
+        centre_v = obj.violation(forward(net, (batch.lower + batch.upper) / 2))
+    k = max(1, opts.attack_domains // 2)
+    picks = torch.unique(torch.cat([torch.argsort(m)[:k], torch.argsort(centre_v)[:k]]))
+    return attack_case(net, obj, validate_fn, opts.attack, deadline, gen, batch.lower[picks], batch.upper[picks])

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import torch
 
 from verifier.bab.branching import bisect_inputs, input_split_dims, strong_input_split
-from verifier.bab.relu_split import combine_rows, relu_root, relu_rule
+from verifier.bab.relu_split import solve_relu
 from verifier.bab.search import BabOptions, BabStats, Rule, ValidateFn, check_centres, search
 from verifier.bab.subproblems import SubproblemBatch
 from verifier.bounds.alpha import AlphaOptions, alpha_crown
@@ -37,11 +38,16 @@ def solve_case(
         depth=torch.zeros(1, dtype=torch.int32, device=obj.lower.device), intermediate=root.intermediate,
     )
     if choose_branching(net, opts) == "input":
-        rule = _input_rule(net, obj, validate_fn, opts, alpha_opts, deadline)
-        return search(net, obj, root_batch, rule, validate_fn, opts, deadline, gen, stats)
-    rows, mix = combine_rows(obj)
-    rule = relu_rule(net, rows, validate_fn, opts, alpha_opts, deadline, stats)
-    return search(net, rows, relu_root(net, rows, root, mix), rule, validate_fn, opts, deadline, gen, stats)
+        # a portfolio: input splitting first; if it runs out of its share of the time, ReLU splitting
+        # (some low-dimensional instances have ReLUs that no input split makes stable)
+        share = opts.input_share if opts.branching == "auto" else 1.0
+        input_deadline = Deadline(min(deadline.at, time.monotonic() + share * deadline.remaining()))
+        rule = _input_rule(net, obj, validate_fn, opts, alpha_opts, input_deadline)
+        status, cex = search(net, obj, root_batch, rule, validate_fn, opts, input_deadline, gen, stats)
+        if status not in (Status.TIMEOUT, Status.UNKNOWN) or deadline.expired():
+            return status, cex
+        stats.extra["bab_switched_to_relu"] = 1
+    return solve_relu(net, obj, root, validate_fn, opts, alpha_opts, deadline, gen, stats)
 
 
 def _input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts: BabOptions,

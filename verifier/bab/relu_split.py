@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from verifier.bab.branching import relu_scores, split_relus, target_rows
-from verifier.bab.search import BabOptions, BabStats, Rule, ValidateFn
+from verifier.bab.search import BabOptions, BabStats, Rule, ValidateFn, search
 from verifier.bab.subproblems import SubproblemBatch, concat
 from verifier.bounds.alpha import AlphaOptions
 from verifier.bounds.backward import Relaxations
@@ -41,7 +41,7 @@ from verifier.deadline import Deadline
 from verifier.forward import forward
 from verifier.network import Network
 from verifier.objective import CaseObjective
-from verifier.result import Counterexample
+from verifier.result import Counterexample, Status
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -77,11 +77,38 @@ def _mix_rows(t: Tensor, mix: Tensor) -> Tensor:
     return torch.where(w > 0, w * t.unsqueeze(1), torch.zeros_like(w)).sum(2)
 
 
+def relu_starts(net: Network, obj: CaseObjective, root: BoundResult, per_polytope: bool = True
+                ) -> list[tuple[CaseObjective, SubproblemBatch]]:
+    """The searches that decide the case: each an objective and its root subdomain.
+
+    The objective gains the rows of ``combine_rows`` and keeps only the polytopes the
+    root bound leaves open (the others are ruled out on the whole box, so every
+    subdomain would bound their rows for nothing); ``per_polytope`` makes one search per
+    open polytope, most promising (highest root margin) first, so that each subdomain
+    bounds the rows of one polytope only.  A root has no split yet, the root bound, and
+    the root's slopes and multipliers (intermediate slopes shared by rows).
+    """
+    rows, mix = combine_rows(obj)
+    margin = rows.polytope_margins(_mix_rows(root.lower, mix)[0])  # (P,)
+    open_ = torch.nonzero(margin <= 0).flatten()
+    if open_.numel() == 0:  # all ruled out: one search that ends at once
+        open_ = torch.arange(margin.shape[0], device=margin.device)
+    open_ = open_[torch.argsort(margin[open_], descending=True)]
+    parts = [open_[i : i + 1] for i in range(open_.numel())] if per_polytope else [open_]
+    out = []
+    for polytopes in parts:
+        used = rows.groups[polytopes].any(0)  # (S',)
+        sub = CaseObjective(lower=rows.lower, upper=rows.upper, C=rows.C[used], d=rows.d[used],
+                            groups=rows.groups[polytopes][:, used], strict=rows.strict[used])
+        out.append((sub, relu_root(net, sub, root, mix[used])))
+    return out
+
+
 def relu_root(net: Network, obj: CaseObjective, root: BoundResult, mix: Tensor | None = None) -> SubproblemBatch:
     """The case box with no split yet, the root bound and its slopes (intermediate ones shared by rows).
 
-    ``mix`` (from ``combine_rows``) maps the root's spec rows to ``obj``'s; combined rows
-    start from the combination of the bounds, slopes and multipliers.
+    ``mix`` ``(S', S)`` (non-negative) maps the root's spec rows to ``obj``'s; a combined
+    row starts from the combination of the bounds, slopes and multipliers.
     """
     B = root.lower.shape[0]
     mix = torch.eye(obj.n_rows, dtype=root.lower.dtype, device=root.lower.device) if mix is None else mix
@@ -182,31 +209,35 @@ def primal_inputs(net: Network, obj: CaseObjective, batch: SubproblemBatch) -> T
     return torch.where(g_lo + g_hi >= 0, batch.lower, batch.upper)
 
 
-def fsb_choice(net: Network, obj: CaseObjective, parents: SubproblemBatch, scores: Tensor, k: int) -> Tensor:
-    """Per parent, the neuron ``(B,)`` (flat index) among its top-``k`` by ``scores`` whose children bound best.
+def fast_bound(net: Network, obj: CaseObjective, batch: SubproblemBatch) -> Tensor:
+    """Lower bounds ``(B, S)`` from one backward pass with the batch's own slopes, multipliers and
+    pre-activation bounds (``+inf`` where the splits are infeasible)."""
+    state = _state(net, batch)
+    with torch.no_grad():
+        lower, _ = mark_empty(_final_lower(net, obj, batch, state), None, state.nodes.empty)
+    return lower
 
-    All ``2 k B`` candidate children (and the parents, as the baseline) are bounded at
-    once by one backward pass with the parent's slopes and multipliers and its
-    pre-activation bounds (the split neuron's clamped).  Each row's bound is measured
-    relative to the parent's gap on it, so a row stuck near its true minimum does not
-    hide progress on another row of the same polytope.
+
+def fsb_choice(net: Network, obj: CaseObjective, parents: SubproblemBatch, scores: Tensor, k: int
+               ) -> tuple[Tensor, Tensor]:
+    """Per parent, the neuron ``(B,)`` (flat index) among its top-``k`` by ``scores`` whose children bound
+    best, and those children's ``fast_bound`` ``(2 B, S)`` (active halves, then inactive ones).
+
+    All ``2 k B`` candidate children are bounded at once by ``fast_bound``.
     """
     B = parents.batch
     k = min(k, scores.shape[1])
     top = scores.topk(k, dim=1)  # (B, k)
     tiled = parents.select(torch.arange(B, device=scores.device).repeat(k))  # copy j*B+b = parent b
-    cand = concat([split_relus(tiled, top.indices.T.reshape(-1)), parents])  # (2 k B + B)
-    state = _state(net, cand)
-    with torch.no_grad():
-        lower, _ = mark_empty(_final_lower(net, obj, cand, state), None, state.nodes.empty)
-    base, lower = lower[-B:], lower[:-B].reshape(2, k, B, -1)
-    rel = (lower / (-base).clamp(min=1e-12)).clamp(max=1.0)  # -1: no progress, > 0: row proven
-    m = obj.polytope_margins(rel).amin(dim=-1)  # (2, k, B)
-    # the worse child decides; ties go to the better sum
-    score = torch.minimum(m[0], m[1]) * 1e3 + m[0] + m[1]
+    lower = fast_bound(net, obj, split_relus(tiled, top.indices.T.reshape(-1)))  # (2 k B, S)
+    lower = lower.reshape(2, k, B, -1)  # (2, k, B, S)
+    m = obj.polytope_margins(lower).amin(dim=-1)  # (2, k, B)
+    # the worse child decides; ties (both proven, or equally open) go to the better sum
+    score = torch.minimum(m[0], m[1]).clamp(max=0) * 1e3 + m[0].clamp(max=1) + m[1].clamp(max=1)
     score = torch.where(top.values.T > -torch.inf, score, torch.full_like(score, -torch.inf))
     best = score.argmax(dim=0)  # (B,)
-    return top.indices[torch.arange(B, device=best.device), best]
+    b = torch.arange(B, device=best.device)
+    return top.indices[b, best], lower[:, best, b].reshape(2 * B, -1)
 
 
 @dataclass
@@ -236,16 +267,26 @@ def relu_rule(
             return parents
         scores = babsr_scores(net, obj, split)
         if opts.relu_branching == "fsb" and opts.fsb_candidates > 1:
-            flat = fsb_choice(net, obj, split, scores, opts.fsb_candidates)
+            flat, lower = fsb_choice(net, obj, split, scores, opts.fsb_candidates)
+            children = split_relus(split, flat)
         else:
             flat = scores.argmax(dim=1)
+            children = split_relus(split, flat)
+            lower = fast_bound(net, obj, children)
+        children = replace(children, bound=torch.maximum(children.bound, lower))
         layer = torch.searchsorted(offsets[1:], flat, right=True)  # (B,)
         # after a split in layer k the bounds of layers 0..k stay as they are (crown's reuse_known)
         last.reuse = int(layer.min()) + 1
-        children = split_relus(split, flat)
         return concat([children, parents.select(leaf)]) if bool(leaf.any()) else children
 
     def bound(children: SubproblemBatch) -> SubproblemBatch:
+        # children already proven by the branching's one-pass bound skip beta-CROWN
+        todo = ~obj.ruled_out(children.bound)
+        if children.slopes is None or children.betas is None or bool(todo.all()):
+            return tight(children)
+        return concat([tight(children.select(todo)), children.select(~todo)])
+
+    def tight(children: SubproblemBatch) -> SubproblemBatch:
         res = beta_crown(net, children.domains, C, d, beta_opts, known=children.intermediate,
                          slopes=children.slopes, betas=children.betas, deadline=deadline, reuse_known=last.reuse)
         return replace(children, bound=torch.maximum(children.bound, res.lower), intermediate=res.intermediate,
@@ -323,3 +364,22 @@ def decide_leaves(
             undecided = True
             break
     return None, undecided
+
+
+def solve_relu(
+    net: Network, obj: CaseObjective, root: BoundResult, validate_fn: ValidateFn, opts: BabOptions,
+    alpha_opts: AlphaOptions, deadline: Deadline, gen: torch.Generator, stats: BabStats,
+) -> tuple[Status, Counterexample | None]:
+    """Decide one case by ReLU splitting: one ``search`` per part of ``relu_starts``; the first
+    counterexample decides, and every part must be proven for UNSAT."""
+    verdict = Status.UNSAT
+    for rows, start in relu_starts(net, obj, root, opts.relu_per_polytope):
+        rule = relu_rule(net, rows, validate_fn, opts, alpha_opts, deadline, stats)
+        status, cex = search(net, rows, start, rule, validate_fn, opts, deadline, gen, stats)
+        if status is Status.SAT:
+            return status, cex
+        if status is not Status.UNSAT:
+            verdict = Status.TIMEOUT if deadline.expired() else Status.UNKNOWN
+            if deadline.expired():
+                break
+    return verdict, None

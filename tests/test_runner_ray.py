@@ -36,21 +36,26 @@ def test_ray_runs_the_cli_on_a_loopback_cluster(ray_address: str, tmp_path: Path
     instances.write_text(
         f"{MODELS / 'test_sat.onnx'},{MODELS / 'test_prop.vnnlib'},30\n"
         f"{MODELS / 'test_nano.onnx'},{MODELS / 'test_nano.vnnlib'},30\n"
+        f"{MODELS / 'test_unsat.onnx'},{MODELS / 'test_prop.vnnlib'},30\n"
     )
-    out = tmp_path / "r.csv"
     env = {**os.environ, **LOOPBACK}
-    run = subprocess.run(
-        [sys.executable, "-m", "benchmarks.runner", "run", str(instances), "-o", str(out), "--ray", ray_address,
-         "--threads", "1"],
-        cwd=REPO, capture_output=True, text=True, timeout=240, env=env,
-    )
-    assert run.returncode == 0, run.stderr
-    rows = {r["onnx"]: r for r in csv.DictReader(open(out))}
-    assert rows[str(MODELS / "test_sat.onnx")]["result"] == "sat"
-    assert rows[str(MODELS / "test_nano.onnx")]["result"] in ("unsat", "unknown")
-    assert all(r["host"] and r["mode"] == "spawn" for r in rows.values())
-    log = out.with_name("r.csv.logs") / "0000_mix_test_sat.onnx_test_prop.vnnlib.out"
-    assert log.read_text().startswith("sat\n")
+    verdicts = {}
+    for how in (["--ray", ray_address], []):  # on the cluster, then with the local runner
+        out = tmp_path / f"r{len(verdicts)}.csv"
+        run = subprocess.run(
+            [sys.executable, "-m", "benchmarks.runner", "run", str(instances), "-o", str(out), *how,
+             "--threads", "1"],
+            cwd=REPO, capture_output=True, text=True, timeout=240, env=env,
+        )
+        assert run.returncode == 0, run.stderr
+        rows = list(csv.DictReader(open(out)))
+        verdicts[bool(how)] = [(r["onnx"], r["result"]) for r in rows]
+        if how:
+            assert all(r["host"] and r["mode"] == "spawn" for r in rows)
+            log = out.with_name(out.name + ".logs") / "0000_mix_test_sat.onnx_test_prop.vnnlib.out"
+            assert log.read_text().startswith("sat\n")
+    assert sorted(verdicts[True]) == sorted(verdicts[False])
+    assert sorted(v for _, v in verdicts[True]) == ["sat", "unsat", "unsat"]
 
 
 def test_ray_task_kills_a_hung_process_group_on_the_worker(ray_address: str, tmp_path: Path) -> None:

@@ -170,15 +170,21 @@ def _exact_engine(problem: Problem, config: Config, deadline: Deadline, stats: d
     return (Status.TIMEOUT if outcome.verdict == "timeout" else Status.UNKNOWN), None
 
 
+def _validator(problem: Problem, case_index: int):
+    """Strict replay of a candidate (a flat tensor) against case ``case_index`` of the spec."""
+
+    def check(x: torch.Tensor) -> Counterexample | None:
+        return validate(problem.replayer, problem.spec, x.detach().cpu().double().numpy(), case_index)
+
+    return check
+
+
 def _attack_all(
     problem: Problem, objectives: list[CaseObjective], config: Config, deadline: Deadline, gen: torch.Generator
 ) -> Counterexample | None:
     attack_deadline = Deadline(min(deadline.at, time.monotonic() + config.attack.time_limit))
     for index, obj in enumerate(objectives):
-        def check(x: torch.Tensor, index: int = index) -> Counterexample | None:
-            return validate(problem.replayer, problem.spec, x.detach().cpu().double().numpy(), index)
-
-        cex = attack_case(problem.net, obj, check, config.attack, attack_deadline, gen)
+        cex = attack_case(problem.net, obj, _validator(problem, index), config.attack, attack_deadline, gen)
         if cex is not None or attack_deadline.expired():
             return cex
     return None
@@ -195,11 +201,8 @@ def _complete(
     bab_stats = BabStats()
     verdict = Status.UNSAT
     for index, root in roots.items():
-        def check(x: torch.Tensor, index: int = index) -> Counterexample | None:
-            return validate(problem.replayer, problem.spec, x.detach().cpu().double().numpy(), index)
-
-        status, cex = solve_case(problem.net, objectives[index], root, check, config.bab, config.alpha,
-                                 deadline, gen, bab_stats)
+        status, cex = solve_case(problem.net, objectives[index], root, _validator(problem, index), config.bab,
+                                 config.alpha, deadline, gen, bab_stats)
         if status is Status.SAT:
             stats.update(bab_stats.as_dict())
             return status, cex

@@ -1,0 +1,319 @@
+"""ReLU-splitting branch and bound: row bookkeeping, branching scores, sound child bounds,
+exact leaves, and the verdict of whole searches against the MILP engine."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.nets import (
+    FAMILIES,
+    check_bounds,
+    consistent,
+    dense_net,
+    one_thread,  # noqa: F401  (autouse fixture)
+    relu_pre,
+    sample_box,
+)
+from verifier.bab.branching import split_relus
+from verifier.bab.relu_split import (
+    babsr_scores,
+    decide_leaves,
+    fast_bound,
+    is_leaf,
+    primal_inputs,
+    relu_rule,
+    relu_start,
+    reuse_groups,
+)
+from verifier.bab.search import BabOptions, BabStats
+from verifier.bab.solve import solve_case
+from verifier.bab.spec_rows import combine_rows, mix_rows, needed_rows, one_polytope_each
+from verifier.bounds import AlphaOptions, Domains, alpha_crown, crown
+from verifier.bounds.types import BoundResult
+from verifier.deadline import Deadline
+from verifier.exact.milp import milp_verify
+from verifier.forward import forward
+from verifier.network import Network
+from verifier.objective import CaseObjective, case_objective
+from verifier.result import Counterexample, Status
+from vnnlib.spec import Case, Polytope, Spec
+
+
+def _spec(net: Network, gen: torch.Generator, rows: tuple[int, ...], width: float = 1.0) -> Spec:
+    """A box around a random centre and one unsafe polytope per entry of ``rows`` (that many rows)."""
+    n = net.n_inputs
+    centre = torch.randn(n, generator=gen, dtype=torch.float64)
+    lo, hi = (centre - width / 2).numpy(), (centre + width / 2).numpy()
+    polys = tuple(Polytope(torch.randn(k, net.n_outputs, generator=gen, dtype=torch.float64).numpy(),
+                           torch.randn(k, generator=gen, dtype=torch.float64).numpy()) for k in rows)
+    return Spec((Case(lo, hi, polys),), n, net.n_outputs)
+
+
+def _objective_with_shift(net: Network, gen: torch.Generator, rows: tuple[int, ...], shift: float
+                          ) -> tuple[Spec, CaseObjective]:
+    """A spec whose thresholds sit ``shift`` above the smallest sampled margin (so sat for ``shift > 0``)."""
+    spec = _spec(net, gen, rows)
+    case = spec.cases[0]
+    xs = sample_box(gen, torch.as_tensor(case.lower)[None], torch.as_tensor(case.upper)[None], 512)[0]
+    with torch.no_grad():
+        y = forward(net, xs).numpy()
+    m = min((y @ p.A.T - p.b).max(1).min() for p in case.polytopes)
+    polys = tuple(Polytope(p.A, p.b + m + shift) for p in case.polytopes)
+    spec = Spec((Case(case.lower, case.upper, polys),), spec.n_inputs, spec.n_outputs)
+    return spec, case_objective(spec.cases[0], torch.float64)
+
+
+def _root(net: Network, obj: CaseObjective, alpha: bool = True) -> BoundResult:
+    dom = Domains(obj.lower[None], obj.upper[None])
+    if alpha:
+        return alpha_crown(net, dom, obj.C[None], obj.d[None], AlphaOptions(iterations=5))
+    return crown(net, dom, obj.C[None], obj.d[None])
+
+
+def _forward_check(net: Network, spec: Spec):
+    """A stand-in for the onnxruntime replay (the IR forward pass in float64, same strict rule)."""
+    def check(x: torch.Tensor) -> Counterexample | None:
+        xc = x.detach().double().numpy().reshape(-1)
+        case = spec.cases[0]
+        if (xc < case.lower).any() or (xc > case.upper).any():
+            return None
+        y = forward(net, torch.as_tensor(xc)[None]).numpy().reshape(-1)
+        return Counterexample(xc, y) if spec.is_violated_by(xc, y) else None
+
+    return check
+
+
+# --- rows ---------------------------------------------------------------------------------------
+
+def test_combined_rows_never_rule_out_an_unsafe_point() -> None:
+    gen = torch.Generator().manual_seed(0)
+    net = dense_net(gen, (3, 8, 4))
+    spec, obj = _objective_with_shift(net, gen, (3, 1, 2), 0.3)
+    rows, mix = combine_rows(obj)
+    assert rows.n_rows == obj.n_rows + 2  # one average per polytope of several rows
+    assert torch.allclose(mix.sum(1), torch.ones(rows.n_rows, dtype=mix.dtype))
+    xs = sample_box(gen, obj.lower[None], obj.upper[None], 4000)[0]
+    with torch.no_grad():
+        y = forward(net, xs)
+    # a point in a polytope has every row, and so every combination, <= 0; the violation is unchanged
+    assert torch.allclose(rows.violation(y), obj.violation(y))
+    vals = y @ rows.C.T - rows.d  # (N, S')
+    for p in range(obj.groups.shape[0]):
+        inside = (vals[:, obj.groups[p].nonzero().flatten()] <= 0).all(1)
+        assert (vals[inside][:, rows.groups[p]] <= 1e-12).all()
+
+
+def test_mix_rows_ignores_infinite_rows_of_weight_zero() -> None:
+    mix = torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]])
+    t = torch.tensor([[torch.inf, -2.0]])
+    assert torch.equal(mix_rows(t, mix), torch.tensor([[torch.inf, torch.inf, -2.0]]))
+    t = torch.tensor([[1.0, -3.0]])
+    assert torch.allclose(mix_rows(t, mix), torch.tensor([[1.0, -1.0, -3.0]]))
+
+
+def test_needed_rows_and_one_polytope_each() -> None:
+    obj = CaseObjective(torch.zeros(1), torch.ones(1), torch.eye(4), torch.zeros(4),
+                        torch.tensor([[True, True, False, False], [False, False, True, False],
+                                      [False, False, False, True]]), torch.zeros(4, dtype=torch.bool))
+    bound = torch.tensor([[-1.0, 2.0, -1.0, -3.0],  # polytope 0 ruled out by row 1
+                          [-1.0, -2.0, 0.5, 4.0]])  # only polytope 0 open
+    rows = needed_rows(obj, bound)
+    assert rows.idx.shape == (2, 2)
+    assert set(rows.idx[0][rows.valid[0]].tolist()) == {2, 3}
+    assert set(rows.idx[1][rows.valid[1]].tolist()) == {0, 1}
+    part = rows.gather(bound)
+    assert torch.equal(rows.scatter(bound, part), bound)
+    assert torch.equal(rows.scatter(torch.zeros_like(bound), part + 10).ne(0).sum(1), rows.valid.sum(1))
+    copies = one_polytope_each(obj, bound[0], torch.tensor([2, 1]))
+    assert torch.equal(obj.polytope_margins(copies).isfinite(), torch.tensor([[False, False, True],
+                                                                              [False, True, False]]))
+
+
+def test_relu_start_copies_the_root_per_open_polytope() -> None:
+    gen = torch.Generator().manual_seed(3)
+    net = dense_net(gen, (3, 10, 10, 4))
+    _, obj = _objective_with_shift(net, gen, (1, 1, 2, 1), -0.2)
+    root = _root(net, obj)
+    rows, start = relu_start(net, obj, root, per_polytope=True)
+    margins = rows.polytope_margins(start.bound)  # (copies, P)
+    open_ = (rows.polytope_margins(mix_rows(root.lower, combine_rows(obj)[1])) <= 0).sum()
+    assert start.batch == int(open_)
+    assert ((margins <= 0).sum(1) == 1).all()  # each copy answers for one polytope
+    assert start.slopes is not None and start.slopes.final[0].shape[1] == rows.n_rows
+    assert start.slopes.intermediate == ()
+    rows2, single = relu_start(net, obj, root, per_polytope=False)
+    assert single.batch == 1 and rows2.n_rows == rows.n_rows
+
+
+def test_reuse_groups() -> None:
+    layer = torch.tensor([0, 2, 2, 1, 2, 0, 1])
+    todo = torch.tensor([True, True, True, True, True, False, True])
+    groups = reuse_groups(layer, todo, min_size=2)
+    assert [r for _, r in groups] == [3, 2, 1]
+    assert torch.equal(sum(g.long() for g, _ in groups), todo.long())
+    # small groups join the next shallower one, whose reuse is valid for them too
+    groups = reuse_groups(layer, todo, min_size=4)
+    assert [(int(g.sum()), r) for g, r in groups] == [(5, 2), (1, 1)]
+
+
+# --- branching and bounds -----------------------------------------------------------------------
+
+def _split_batch(family: str, seed: int, depth: int = 3):
+    """A ReLU-split batch a few splits deep (BaBSR choices), its objective and the rule."""
+    gen = torch.Generator().manual_seed(seed)
+    net = FAMILIES[family](gen)
+    spec, obj = _objective_with_shift(net, gen, (1, 2), 0.05)  # sat: some subdomains stay open
+    rows, start = relu_start(net, obj, _root(net, obj), per_polytope=False)
+    rule = relu_rule(net, rows, _forward_check(net, spec), BabOptions(), AlphaOptions(), Deadline(), BabStats())
+    batch = start
+    for _ in range(depth):
+        open_ = batch.select(~rows.ruled_out(batch.bound) & ~is_leaf(batch))
+        if open_.batch == 0:
+            break
+        batch = rule.bound(rule.branch(open_))
+    return net, rows, batch, gen
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_children_bounds_contain_samples(family: str) -> None:
+    """Bounds after branching (FSB's one-pass bound) and beta-CROWN contain every sampled forward
+    pass that satisfies the child's splits, intermediate bounds included."""
+    net, rows, batch, gen = _split_batch(family, seed=10 + sorted(FAMILIES).index(family))
+    assert batch.depth.max() >= 1
+    xs = sample_box(gen, batch.lower, batch.upper, 300)
+    finite = batch.bound.isfinite().all(1)
+    res = BoundResult(batch.bound, None, batch.intermediate)
+    checks = check_bounds(net, batch.splits, res, rows.C[None].expand(batch.batch, -1, -1),
+                          rows.d[None].expand(batch.batch, -1), xs, 1e-9)
+    assert checks > 0
+    # a +inf row is only allowed where no sample satisfies the splits (an empty child)
+    pre, _ = relu_pre(net, xs.reshape(-1, xs.shape[-1]))
+    ok = consistent(pre, tuple(s.repeat_interleave(xs.shape[1], 0) for s in batch.splits))
+    assert not ok.reshape(batch.batch, -1)[~finite].any()
+    fast = fast_bound(net, rows, batch)
+    check_bounds(net, batch.splits, BoundResult(fast, None, batch.intermediate),
+                 rows.C[None].expand(batch.batch, -1, -1), rows.d[None].expand(batch.batch, -1), xs, 1e-9)
+
+
+@pytest.mark.parametrize("family", ["dense", "residual", "conv"])
+def test_babsr_scores_mark_exactly_the_splittable_neurons(family: str) -> None:
+    net, rows, batch, _ = _split_batch(family, seed=20, depth=2)
+    batch = batch.select(~rows.ruled_out(batch.bound))
+    if batch.batch == 0:
+        pytest.skip("proven before any open subdomain was left")
+    scores = babsr_scores(net, rows, batch)
+    splits = torch.cat(batch.splits, 1)
+    lo, hi = torch.cat(batch.intermediate.lower, 1), torch.cat(batch.intermediate.upper, 1)
+    splittable = (lo < 0) & (hi > 0) & (splits == 0)
+    assert torch.equal(scores > -torch.inf, splittable)
+    assert (scores[splittable] >= 0).all()
+    x = primal_inputs(net, rows, batch)
+    assert ((x >= batch.lower) & (x <= batch.upper)).all()
+
+
+def test_split_relus_children_are_consistent_with_parents() -> None:
+    net, rows, batch, _ = _split_batch("dense", seed=5, depth=1)
+    parent = batch.select(torch.tensor([0]))
+    flat = babsr_scores(net, rows, parent).argmax(1)
+    children = split_relus(parent, flat)
+    new = [torch.cat(c.splits, 1) - torch.cat(parent.splits, 1) for c in (children.select([0]),
+                                                                            children.select([1]))]
+    assert new[0].abs().sum() == 1 and new[1].abs().sum() == 1 and (new[0] + new[1]).abs().sum() == 0
+
+
+# --- leaves -------------------------------------------------------------------------------------
+
+def _leaf(net: Network, obj: CaseObjective, x0: torch.Tensor):
+    """A leaf: every ReLU fixed to its sign at ``x0``, with sound (CROWN) bounds under those splits."""
+    pre, _ = relu_pre(net, x0[None])
+    splits = tuple(torch.where(p >= 0, 1, -1).to(torch.int8) for p in pre)
+    dom = Domains(obj.lower[None], obj.upper[None], splits)
+    res = crown(net, dom, obj.C[None], obj.d[None])
+    rows, start = relu_start(net, obj, res, per_polytope=False)
+    return rows, start.__class__(**{**vars(start), "splits": splits, "intermediate": res.intermediate})
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_leaf_verdicts_agree_with_sampling(seed: int) -> None:
+    """A leaf found infeasible has no sampled unsafe point with its activation pattern; a leaf
+    found feasible gives a validated counterexample with that pattern's region."""
+    gen = torch.Generator().manual_seed(100 + seed)
+    net = dense_net(gen, (2, 5, 5, 2))
+    spec, obj = _objective_with_shift(net, gen, (1, 2), 0.2 if seed % 2 else -0.05)
+    xs = sample_box(gen, obj.lower[None], obj.upper[None], 3000)[0]
+    rows, leaf = _leaf(net, obj, xs[0])
+    assert bool(is_leaf(leaf).all())
+    cex, undecided = decide_leaves(net, rows, leaf, _forward_check(net, spec), Deadline.after(30))
+    pre, y = relu_pre(net, xs)
+    same = consistent(pre, tuple(s.expand(xs.shape[0], -1) for s in leaf.splits))
+    unsafe = torch.tensor([spec.is_violated_by(x.numpy(), v.numpy()) for x, v in zip(xs, y, strict=True)])
+    if cex is None:
+        assert undecided or not (same & unsafe).any()
+    else:
+        assert spec.is_violated_by(cex.x, cex.y)
+
+
+def test_rejected_leaf_candidate_leaves_the_case_undecided() -> None:
+    """A sat leaf whose candidate the replay rejects must never turn into unsat."""
+    gen = torch.Generator().manual_seed(7)
+    net = dense_net(gen, (2, 4, 2))
+    spec, obj = _objective_with_shift(net, gen, (1,), 0.5)
+    xs = sample_box(gen, obj.lower[None], obj.upper[None], 500)[0]
+    with torch.no_grad():
+        x0 = xs[obj.violation(forward(net, xs)).argmin()]
+    rows, leaf = _leaf(net, obj, x0)
+    cex, undecided = decide_leaves(net, rows, leaf, lambda x: None, Deadline.after(30))
+    assert cex is None and undecided
+
+
+def test_search_with_a_replay_that_rejects_everything_is_never_unsat() -> None:
+    gen = torch.Generator().manual_seed(8)
+    net = dense_net(gen, (3, 6, 6, 2))
+    spec, obj = _objective_with_shift(net, gen, (1, 2), 0.3)
+    status, cex = solve_case(net, obj, _root(net, obj, alpha=False), lambda x: None,
+                             BabOptions(branching="relu"), AlphaOptions(), Deadline.after(20),
+                             torch.Generator().manual_seed(0), BabStats())
+    assert status in (Status.UNKNOWN, Status.TIMEOUT) and cex is None
+
+
+# --- whole searches -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("options", [
+    dict(relu_branching="fsb"), dict(relu_branching="babsr"), dict(relu_per_polytope=False),
+    dict(relu_batch_size=2, beta_iterations=2),
+])
+@pytest.mark.parametrize("seed", [0, 1, 3, 6])
+def test_search_verdict_matches_milp(seed: int, options: dict) -> None:
+    gen = torch.Generator().manual_seed(300 + seed)
+    family = ("dense", "dense", "residual", "conv")[seed % 4]
+    net = FAMILIES[family](gen) if family != "dense" else dense_net(gen, (3, 8, 8, 3))
+    spec, obj = _objective_with_shift(net, gen, (2, 1), 0.15 if seed % 2 else -0.15)
+    truth = milp_verify(net, spec, Deadline.after(60)).verdict
+    assert truth in ("sat", "unsat")
+    stats = BabStats()
+    status, cex = solve_case(net, obj, _root(net, obj, alpha=seed % 3 == 0), _forward_check(net, spec),
+                             BabOptions(branching="relu", **options), AlphaOptions(), Deadline.after(30),
+                             torch.Generator().manual_seed(seed), stats)
+    assert str(status) == truth, stats
+    if status is Status.SAT:
+        assert spec.is_violated_by(cex.x, cex.y)
+
+
+def test_network_without_relus_is_a_leaf_at_the_root() -> None:
+    gen = torch.Generator().manual_seed(9)
+    net = dense_net(gen, (3, 2))
+    for shift, want in ((0.2, Status.SAT), (-0.2, Status.UNSAT)):
+        spec, obj = _objective_with_shift(net, gen, (2,), shift)
+        stats = BabStats()
+        status, _ = solve_case(net, obj, _root(net, obj, alpha=False), _forward_check(net, spec),
+                               BabOptions(branching="relu"), AlphaOptions(), Deadline.after(20),
+                               torch.Generator().manual_seed(0), stats)
+        assert status is want
+
+
+def test_bab_options_reject_unknown_relu_branching() -> None:
+    with pytest.raises(ValueError, match="relu_branching"):
+        BabOptions(relu_branching="random")
+    assert np.isfinite(BabOptions().beta_iterations)

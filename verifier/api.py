@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -199,9 +199,11 @@ def _complete(
     from verifier.bab.solve import solve_case
 
     bab_stats = BabStats()
+    # the MILP stage of the portfolio belongs to the auto engine; "bab" is branch and bound alone
+    bab_opts = config.bab if config.engine == "auto" else replace(config.bab, milp_max_unstable=0)
     verdict = Status.UNSAT
     for index, root in roots.items():
-        status, cex = solve_case(problem.net, objectives[index], root, _validator(problem, index), config.bab,
+        status, cex = solve_case(problem.net, objectives[index], root, _validator(problem, index), bab_opts,
                                  config.alpha, deadline, gen, bab_stats)
         if status is Status.SAT:
             stats.update(bab_stats.as_dict())

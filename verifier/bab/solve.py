@@ -37,17 +37,74 @@ def solve_case(
         lower=obj.lower.unsqueeze(0), upper=obj.upper.unsqueeze(0), splits=None, bound=root.lower,
         depth=torch.zeros(1, dtype=torch.int32, device=obj.lower.device), intermediate=root.intermediate,
     )
+    unstable = int(root.intermediate.unstable_count()[0]) if root.intermediate is not None else None
+    milp = (opts.branching == "auto" and opts.milp_max_unstable > 0 and unstable is not None
+            and unstable <= opts.milp_max_unstable)
+    stats.extra["root_unstable"] = unstable if unstable is not None else -1
     if choose_branching(net, opts) == "input":
-        # a portfolio: input splitting first; if it runs out of its share of the time, ReLU splitting
-        # (some low-dimensional instances have ReLUs that no input split makes stable)
-        share = opts.input_share if opts.branching == "auto" else 1.0
+        # a portfolio: input splitting first; if it runs out of its share of the time, the MILP when few
+        # ReLUs are unstable, else ReLU splitting (some low-dimensional instances have ReLUs that no input
+        # split makes stable)
+        share = (opts.input_share_milp if milp else opts.input_share) if opts.branching == "auto" else 1.0
         input_deadline = Deadline(min(deadline.at, time.monotonic() + share * deadline.remaining()))
         rule = _input_rule(net, obj, validate_fn, opts, alpha_opts, input_deadline)
         status, cex = search(net, obj, root_batch, rule, validate_fn, opts, input_deadline, gen, stats)
         if status not in (Status.TIMEOUT, Status.UNKNOWN) or deadline.expired():
             return status, cex
+        if milp:
+            status, cex = milp_case(net, obj, root, validate_fn, deadline, stats)
+            if status not in (Status.TIMEOUT, Status.UNKNOWN) or deadline.expired():
+                return status, cex
         stats.extra["bab_switched_to_relu"] = 1
+    elif milp:
+        milp_deadline = Deadline(min(deadline.at, time.monotonic() + opts.milp_share * deadline.remaining()))
+        status, cex = milp_case(net, obj, root, validate_fn, milp_deadline, stats)
+        if status not in (Status.TIMEOUT, Status.UNKNOWN) or deadline.expired():
+            return status, cex
     return solve_relu(net, obj, root, validate_fn, opts, alpha_opts, deadline, gen, stats)
+
+
+def milp_case(
+    net: Network, obj: CaseObjective, root: BoundResult, validate_fn: ValidateFn, deadline: Deadline,
+    stats: BabStats,
+) -> tuple[Status, Counterexample | None]:
+    """Decide the case's polytopes that the root bound leaves open by MILP on the whole case box.
+
+    The root's pre-activation bounds (sound on the box) are LP-tightened once, then
+    each open polytope is one MILP; a feasible one gives a candidate for the strict replay.
+    """
+    from verifier.exact.encoding import as_relu_bounds
+    from verifier.exact.lp_relaxation import lp_tighten
+    from verifier.exact.milp import MilpOptions, milp_check
+
+    t = time.monotonic()
+    stats.extra["bab_milp"] = 1
+    try:
+        lower, upper = obj.lower.double().cpu().numpy(), obj.upper.double().cpu().numpy()
+        tighten_deadline = Deadline(time.monotonic() + 0.3 * deadline.remaining())
+        bounds = lp_tighten(net, lower, upper, as_relu_bounds(root.intermediate, net), deadline=tighten_deadline)
+        opts = MilpOptions(lp_tighten=False, crown_bounds=False)
+        open_polytopes = obj.polytope_margins(root.lower)[0] <= 0  # (P,)
+        for p in torch.nonzero(open_polytopes).flatten().tolist():
+            rows = obj.groups[p]
+            A, b = obj.C[rows].double().cpu().numpy(), obj.d[rows].double().cpu().numpy()
+            strict = obj.strict[rows].cpu().numpy()
+            out = milp_check(net, lower, upper, A, b, bounds, deadline, options=opts, strict=strict)
+            if out.verdict == "sat":
+                cex = validate_fn(torch.as_tensor(out.x, dtype=obj.lower.dtype, device=obj.lower.device))
+                if cex is None:  # a feasible point on the boundary can fail the replay: take the deepest one
+                    out = milp_check(net, lower, upper, A, b, bounds, deadline, strict=strict,
+                                     options=replace(opts, objective="margin"))
+                    cex = None if out.x is None else validate_fn(
+                        torch.as_tensor(out.x, dtype=obj.lower.dtype, device=obj.lower.device))
+                if cex is not None:
+                    return Status.SAT, cex
+                return Status.UNKNOWN, None  # no point passes the strict replay: not a proof either way
+            if out.verdict != "unsat":
+                return (Status.TIMEOUT if deadline.expired() else Status.UNKNOWN), None
+        return Status.UNSAT, None
+    finally:
+        stats.time_exact += time.monotonic() - t
 
 
 def _input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts: BabOptions,
@@ -114,8 +171,7 @@ def exact_leaves(
     """
     from verifier.exact.milp import MilpOptions, milp_check
 
-    unstable = sum(((lo < 0) & (hi > 0)).sum(1) for lo, hi in zip(open_.intermediate.lower,
-                                                                   open_.intermediate.upper))  # (B,)
+    unstable = open_.intermediate.unstable_count()  # (B,)
     picks = torch.nonzero(unstable <= opts.exact_unstable).flatten()[: opts.exact_per_round].tolist()
     milp_opts = MilpOptions(lp_tighten=False, crown_bounds=False)
     proven = torch.zeros(open_.batch, dtype=torch.bool)

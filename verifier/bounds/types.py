@@ -71,6 +71,11 @@ class IntermediateBounds:
         """Per layer, the neurons whose pre-activation can take both signs: (B, n_k) bool."""
         return tuple((lo < 0) & (hi > 0) for lo, hi in zip(self.lower, self.upper, strict=True))
 
+    def unstable_count(self) -> Tensor:
+        """Per domain, the number of unstable neurons over all layers: (B,) int."""
+        return sum((u.sum(dim=1) for u in self.unstable()), torch.zeros(self.lower[0].shape[0], dtype=torch.long,
+                                                                      device=self.lower[0].device))
+
 
 @dataclass(frozen=True, eq=False)
 class Slopes:

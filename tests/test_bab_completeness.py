@@ -216,7 +216,10 @@ def test_bab_matches_exact(cases: list[Problem], models: dict[int, Path], branch
     assert not wrong, f"{len(wrong)} of {len(cases)} disagree ({time.monotonic() - start:.1f}s): " + "; ".join(wrong)
 
 
-@pytest.mark.xfail(reason="input splitting re-splits a dimension already split to (almost) zero width", strict=False)
+# 260 used to re-split one dimension to width 1e-7 while others stayed whole (now capped by
+# branching.MAX_ASPECT; it decides in about 15 s); 162's exact leaves are MILPs of ~12 binaries that
+# HiGHS takes up to 0.5 s each on.  Both are slow for input splitting alone, not wrong.
+@pytest.mark.xfail(reason="input splitting alone is slow on these two (see above)", strict=False)
 @pytest.mark.parametrize("seed", sorted(KNOWN_INPUT_STALLS))
 def test_input_splitting_known_stalls(seed: int, tmp_path: Path) -> None:
     p = random_problem(seed)

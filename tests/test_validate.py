@@ -58,3 +58,14 @@ def test_snap_moves_a_rounded_point_back_inside():
     wide = Case(lo, lo + 1e-3, case.polytopes)
     x = snap_into_box(lo, wide, np.float32)
     assert x is not None and np.all(x.astype(np.float64) >= wide.lower)
+
+
+def test_replayer_opens_onnxruntime_lazily_and_unreadable_models_confirm_nothing(tmp_path):
+    """A proof never opens onnxruntime; a model it cannot open confirms no candidate (never sat)."""
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not an onnx model")
+    replayer = Replayer(bad)  # no session yet: nothing is read
+    assert "session" not in vars(replayer)
+    case = Case(np.zeros(1), np.ones(1), (Polytope(np.ones((1, 1)), np.ones(1), np.zeros(1, bool)),))
+    assert validate(replayer, Spec((case,), 1, 1), np.array([0.5])) is None
+    assert not replayer.available

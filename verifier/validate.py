@@ -8,6 +8,7 @@ strict rows strictly).  This is the only place that creates counterexamples.
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -22,20 +23,45 @@ _ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor
 
 
 class Replayer:
-    """An onnxruntime session on the original ONNX file, run one sample at a time."""
+    """An onnxruntime session on the original ONNX file, run one sample at a time.
+
+    The session is opened on first use: a run that proves the property never needs it.
+    """
 
     def __init__(self, model_path: str | Path) -> None:
+        self.model_path = Path(model_path)
+
+    @functools.cached_property
+    def session(self):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
-        self.session = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
-        inp = self.session.get_inputs()[0]
-        self.input_name = inp.name
-        self.dtype = _ORT_TYPES.get(inp.type, np.float32)
-        self.shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
+        return ort.InferenceSession(str(self.model_path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+    @functools.cached_property
+    def input_name(self) -> str:
+        return self.session.get_inputs()[0].name
+
+    @functools.cached_property
+    def dtype(self) -> type:
+        return _ORT_TYPES.get(self.session.get_inputs()[0].type, np.float32)
+
+    @functools.cached_property
+    def shape(self) -> list[int]:
+        return [d if isinstance(d, int) and d > 0 else 1 for d in self.session.get_inputs()[0].shape]
+
+    @functools.cached_property
+    def available(self) -> bool:
+        """Whether onnxruntime can open the model (if not, no candidate can be confirmed); warns once."""
+        try:
+            _ = self.session
+        except Exception as e:  # onnxruntime's own exception types; any failure means no replay
+            log.warning("onnxruntime cannot open %s (%s): no counterexample can be confirmed", self.model_path, e)
+            return False
+        return True
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """Flat outputs of the model on flat input ``x`` (already in the model dtype)."""
@@ -59,6 +85,8 @@ def validate(replayer: Replayer, spec: Spec, x: np.ndarray, case_index: int | No
     With ``case_index`` the candidate is first snapped into that case's box.
     """
     cases = range(len(spec.cases)) if case_index is None else [case_index]
+    if not replayer.available:
+        return None
     for c in cases:
         case = spec.cases[c]
         xc = snap_into_box(x, case, replayer.dtype)

@@ -34,6 +34,17 @@ def target_rows(obj: CaseObjective, bound: Tensor) -> Tensor:
     return torch.nn.functional.one_hot(row, bound.shape[1]).to(bound.dtype)
 
 
+MAX_ASPECT = 1024.0  # a dimension this many times (relatively) narrower than a box's widest one is not split
+
+
+def splittable(width: Tensor, full: Tensor) -> Tensor:
+    """Which dimensions of boxes ``(B, n)`` may be bisected: nonzero width and a relative width within
+    ``MAX_ASPECT`` of the relatively widest.  Bounding the aspect ratio makes every width go to zero
+    along any infinite branch, which input splitting's completeness needs."""
+    relative = width / full.clamp(min=torch.finfo(width.dtype).tiny)
+    return (width > 0) & (relative * MAX_ASPECT >= relative.amax(dim=-1, keepdim=True))
+
+
 def input_split_dims(net: Network, obj: CaseObjective, parents: SubproblemBatch) -> Tensor:
     """Gradient-times-width score of each input dimension at the box centres: ``(B,)`` dims."""
     width = parents.upper - parents.lower  # (B, n)
@@ -44,7 +55,7 @@ def input_split_dims(net: Network, obj: CaseObjective, parents: SubproblemBatch)
         (grad,) = torch.autograd.grad((rows * weight).sum(), centre)
     score = grad.abs() * width
     # a dimension of zero width cannot be split; fall back to the widest one where all scores vanish
-    score = torch.where(width > 0, score, torch.full_like(score, -1.0))
+    score = torch.where(splittable(width, obj.upper - obj.lower), score, torch.full_like(score, -1.0))
     flat = score.amax(dim=1) <= 0
     dims = score.argmax(dim=1)
     return torch.where(flat, width.argmax(dim=1), dims)
@@ -134,7 +145,7 @@ def strong_input_split(
     # so that no dimension is split forever while the others stay wide
     worse = torch.minimum(m[0], m[1]).clamp(max=0)  # (n, B)
     width = (parents.upper - parents.lower).T  # (n, B)
-    worse = torch.where(width > 0, worse, torch.full_like(worse, -torch.inf))
+    worse = torch.where(splittable(width.T, obj.upper - obj.lower).T, worse, torch.full_like(worse, -torch.inf))
     top = worse.amax(dim=0, keepdim=True)  # (1, B)
     near = worse >= top - (1e-3 * top.abs() + 1e-6)
     relative = width / (obj.upper - obj.lower).clamp(min=torch.finfo(width.dtype).tiny).unsqueeze(1)

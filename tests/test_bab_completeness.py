@@ -252,10 +252,10 @@ def test_auto_portfolio_decides_the_input_stalls(seed: int, tmp_path: Path) -> N
     assert stats.extra.get("bab_milp") == 1
 
 
-@pytest.mark.parametrize("engine", ["auto", "bab"])
-def test_engine_auto_owns_the_milp_stage(engine: str, tmp_path: Path) -> None:
-    """Through the API: ``auto`` moves a few-unstable case to the MILP when input splitting gets no time;
-    ``bab`` never runs the MILP stage (it answers timeout instead)."""
+@pytest.mark.parametrize("engine,path", [("auto", "input"), ("auto", "relu"), ("bab", "input")])
+def test_engine_auto_owns_the_milp_stage(engine: str, path: str, tmp_path: Path) -> None:
+    """Through the API: ``auto`` moves a few-unstable case to the MILP when branch and bound (input or
+    ReLU splitting) gets no time; ``bab`` never runs the MILP stage (it answers timeout instead)."""
     from dataclasses import replace
 
     from verifier.api import verify
@@ -264,7 +264,9 @@ def test_engine_auto_owns_the_milp_stage(engine: str, tmp_path: Path) -> None:
     p = random_problem(sorted(KNOWN_INPUT_STALLS)[0])
     assert p is not None
     save_onnx(p.net, tmp_path / "m.onnx")
-    bab = replace(BabOptions(), input_share_milp=0.0, input_share=1.0)  # no time for input splitting
+    # no time for branch and bound; "relu": auto picks ReLU splitting for any input size
+    bab = replace(BabOptions(), input_share_milp=0.0, input_share=1.0, relu_share_milp=0.0,
+                  input_split_max_dim=16 if path == "input" else 0)
     config = Config(engine=engine, attack=AttackOptions(enabled=False), bab=bab)
     result = verify(p.net, p.spec, timeout=3.0, config=config, onnx_path=tmp_path / "m.onnx")
     if engine == "auto":

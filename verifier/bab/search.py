@@ -53,11 +53,11 @@ class BabOptions:
     attack: AttackOptions = field(default_factory=lambda: AttackOptions(
         samples=64, restarts=8, steps=20, rounds=1, candidates=4))  # per attacked subdomain
     # the auto engine: a case whose root leaves at most this many ReLUs unstable (after alpha-CROWN) is handed
-    # to the MILP (HiGHS) when input splitting runs out of its share, or for milp_share of the time before
-    # ReLU splitting; 0 turns the MILP stage off (engine "bab").  Measured: benchmarks/results/README.md
+    # to the MILP (HiGHS) once branch and bound has used its share of the time; 0 turns the MILP stage off
+    # (engine "bab").  Measured: benchmarks/results/README.md
     milp_max_unstable: int = 120
-    milp_share: float = 0.5  # ReLU splitting path: the MILP's share of the time before ReLU splitting
-    input_share_milp: float = 0.25  # input splitting path: its share of the time when the MILP follows
+    input_share_milp: float = 0.25  # input splitting's share of the time when the MILP follows
+    relu_share_milp: float = 0.6  # ReLU splitting's share of the time when the MILP follows
     max_domains: int = 5_000_000  # open subdomains before giving up (memory)
     progress_every: float = 2.0  # seconds between progress lines (-v)
 

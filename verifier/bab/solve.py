@@ -43,10 +43,10 @@ def solve_case(
     stats.extra["root_unstable"] = unstable if unstable is not None else -1
     if choose_branching(net, opts) == "input":
         # a portfolio: input splitting first; if it runs out of its share of the time, the MILP when few
-        # ReLUs are unstable, else ReLU splitting (some low-dimensional instances have ReLUs that no input
+        # ReLUs are unstable, then ReLU splitting (some low-dimensional instances have ReLUs that no input
         # split makes stable)
         share = (opts.input_share_milp if milp else opts.input_share) if opts.branching == "auto" else 1.0
-        input_deadline = Deadline(min(deadline.at, time.monotonic() + share * deadline.remaining()))
+        input_deadline = _share(deadline, share)
         rule = _input_rule(net, obj, validate_fn, opts, alpha_opts, input_deadline)
         status, cex = search(net, obj, root_batch, rule, validate_fn, opts, input_deadline, gen, stats)
         if status not in (Status.TIMEOUT, Status.UNKNOWN) or deadline.expired():
@@ -56,12 +56,20 @@ def solve_case(
             if status not in (Status.TIMEOUT, Status.UNKNOWN) or deadline.expired():
                 return status, cex
         stats.extra["bab_switched_to_relu"] = 1
-    elif milp:
-        milp_deadline = Deadline(min(deadline.at, time.monotonic() + opts.milp_share * deadline.remaining()))
-        status, cex = milp_case(net, obj, root, validate_fn, milp_deadline, stats)
-        if status not in (Status.TIMEOUT, Status.UNKNOWN) or deadline.expired():
-            return status, cex
-    return solve_relu(net, obj, root, validate_fn, opts, alpha_opts, deadline, gen, stats)
+        return solve_relu(net, obj, root, validate_fn, opts, alpha_opts, deadline, gen, stats)
+    if not milp:
+        return solve_relu(net, obj, root, validate_fn, opts, alpha_opts, deadline, gen, stats)
+    # ReLU splitting first (it decides most high-dimensional cases sooner), then the MILP
+    status, cex = solve_relu(net, obj, root, validate_fn, opts, alpha_opts, _share(deadline, opts.relu_share_milp),
+                             gen, stats)
+    if status not in (Status.TIMEOUT, Status.UNKNOWN) or deadline.expired():
+        return status, cex
+    return milp_case(net, obj, root, validate_fn, deadline, stats)
+
+
+def _share(deadline: Deadline, share: float) -> Deadline:
+    """A deadline after ``share`` of the time left (never later than ``deadline``)."""
+    return Deadline(min(deadline.at, time.monotonic() + share * deadline.remaining()))
 
 
 def milp_case(

@@ -41,7 +41,7 @@ def root_unstable(model: Path, spec: Path) -> int:
         obj = with_row_combinations(case_objective(case, problem.net.dtype), config.row_combinations)
         proven, root = incomplete_stages(problem.net, obj, config, Deadline.after(60.0), {})
         if not proven:
-            return int(root.intermediate.unstable_count()[0])
+            return int(root.intermediate.unstable_count(1)[0])
     return -1
 
 

@@ -37,7 +37,7 @@ def solve_case(
         lower=obj.lower.unsqueeze(0), upper=obj.upper.unsqueeze(0), splits=None, bound=root.lower,
         depth=torch.zeros(1, dtype=torch.int32, device=obj.lower.device), intermediate=root.intermediate,
     )
-    unstable = int(root.intermediate.unstable_count()[0]) if root.intermediate is not None else None
+    unstable = int(root.intermediate.unstable_count(1)[0]) if root.intermediate is not None else None
     milp = (opts.branching == "auto" and opts.milp_max_unstable > 0 and unstable is not None
             and unstable <= opts.milp_max_unstable)
     stats.extra["root_unstable"] = unstable if unstable is not None else -1
@@ -179,7 +179,7 @@ def exact_leaves(
     """
     from verifier.exact.milp import MilpOptions, milp_check
 
-    unstable = open_.intermediate.unstable_count()  # (B,)
+    unstable = open_.intermediate.unstable_count(open_.batch)  # (B,)
     picks = torch.nonzero(unstable <= opts.exact_unstable).flatten()[: opts.exact_per_round].tolist()
     milp_opts = MilpOptions(lp_tighten=False, crown_bounds=False)
     proven = torch.zeros(open_.batch, dtype=torch.bool)

@@ -71,10 +71,12 @@ class IntermediateBounds:
         """Per layer, the neurons whose pre-activation can take both signs: (B, n_k) bool."""
         return tuple((lo < 0) & (hi > 0) for lo, hi in zip(self.lower, self.upper, strict=True))
 
-    def unstable_count(self) -> Tensor:
-        """Per domain, the number of unstable neurons over all layers: (B,) int."""
-        return sum((u.sum(dim=1) for u in self.unstable()), torch.zeros(self.lower[0].shape[0], dtype=torch.long,
-                                                                      device=self.lower[0].device))
+    def unstable_count(self, batch: int) -> Tensor:
+        """Per domain of a batch of ``batch``, the number of unstable neurons over all layers: (B,) long."""
+        count = torch.zeros(batch, dtype=torch.long, device=self.lower[0].device if self.lower else "cpu")
+        for u in self.unstable():
+            count = count + u.sum(dim=1)
+        return count
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,4 +1,9 @@
-"""Complete verification of one spec case by branch and bound."""
+"""Complete verification of one spec case: branch and bound, and (auto engine) the MILP.
+
+The portfolio per case: input splitting for low-dimensional inputs, ReLU splitting
+otherwise; when the root leaves few ReLUs unstable (``milp_max_unstable``), the MILP
+on the whole case box takes over after branch and bound's share of the time.
+"""
 
 from __future__ import annotations
 

@@ -88,7 +88,6 @@ def milp_case(
     """
     from verifier.exact.encoding import as_relu_bounds
     from verifier.exact.lp_relaxation import lp_tighten
-    from verifier.exact.milp import MilpOptions, milp_check
 
     t = time.monotonic()
     stats.extra["bab_milp"] = 1
@@ -96,28 +95,45 @@ def milp_case(
         lower, upper = obj.lower.double().cpu().numpy(), obj.upper.double().cpu().numpy()
         tighten_deadline = Deadline(time.monotonic() + 0.3 * deadline.remaining())
         bounds = lp_tighten(net, lower, upper, as_relu_bounds(root.intermediate, net), deadline=tighten_deadline)
-        opts = MilpOptions(lp_tighten=False, crown_bounds=False)
         open_polytopes = obj.polytope_margins(root.lower)[0] <= 0  # (P,)
         for p in torch.nonzero(open_polytopes).flatten().tolist():
-            rows = obj.groups[p]
-            A, b = obj.C[rows].double().cpu().numpy(), obj.d[rows].double().cpu().numpy()
-            strict = obj.strict[rows].cpu().numpy()
-            out = milp_check(net, lower, upper, A, b, bounds, deadline, options=opts, strict=strict)
-            if out.verdict == "sat":
-                cex = validate_fn(torch.as_tensor(out.x, dtype=obj.lower.dtype, device=obj.lower.device))
-                if cex is None:  # a feasible point on the boundary can fail the replay: take the deepest one
-                    out = milp_check(net, lower, upper, A, b, bounds, deadline, strict=strict,
-                                     options=replace(opts, objective="margin"))
-                    cex = None if out.x is None else validate_fn(
-                        torch.as_tensor(out.x, dtype=obj.lower.dtype, device=obj.lower.device))
-                if cex is not None:
-                    return Status.SAT, cex
-                return Status.UNKNOWN, None  # no point passes the strict replay: not a proof either way
-            if out.verdict != "unsat":
+            verdict, cex = milp_polytope(net, obj, p, lower, upper, bounds, validate_fn, deadline)
+            if verdict == "sat":
+                return Status.SAT, cex
+            if verdict != "unsat":
                 return (Status.TIMEOUT if deadline.expired() else Status.UNKNOWN), None
         return Status.UNSAT, None
     finally:
         stats.time_exact += time.monotonic() - t
+
+
+def milp_polytope(
+    net: Network, obj: CaseObjective, p: int, lower, upper, bounds, validate_fn: ValidateFn, deadline: Deadline,
+) -> tuple[str, Counterexample | None]:
+    """One MILP: polytope ``p`` of ``obj`` on the box ``[lower, upper]`` with sound pre-activation ``bounds``.
+
+    ``("unsat", None)`` rules it out; ``("sat", cex)`` carries a strictly replayed counterexample; a feasible
+    point on the boundary can fail the replay, so the deepest point is tried before answering ``"unknown"``.
+    """
+    from verifier.exact.milp import MilpOptions, milp_check
+
+    rows = obj.groups[p]
+    A, b = obj.C[rows].double().cpu().numpy(), obj.d[rows].double().cpu().numpy()
+    strict = obj.strict[rows].cpu().numpy()
+    opts = MilpOptions(lp_tighten=False, crown_bounds=False)
+    out = milp_check(net, lower, upper, A, b, bounds, deadline, options=opts, strict=strict)
+    if out.verdict != "sat":
+        return out.verdict, None
+    for attempt in range(2):
+        if attempt:
+            out = milp_check(net, lower, upper, A, b, bounds, deadline, options=replace(opts, objective="margin"),
+                             strict=strict)
+            if out.verdict != "sat" or out.x is None:
+                break
+        cex = validate_fn(torch.as_tensor(out.x, dtype=obj.lower.dtype, device=obj.lower.device))
+        if cex is not None:
+            return "sat", cex
+    return "unknown", None
 
 
 def _input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts: BabOptions,
@@ -182,28 +198,22 @@ def exact_leaves(
     A subdomain leaves the search only when the MILP proves every polytope infeasible on it;
     a feasible MILP gives a candidate that must pass the strict replay.
     """
-    from verifier.exact.milp import MilpOptions, milp_check
-
     unstable = open_.intermediate.unstable_count(open_.batch)  # (B,)
     picks = torch.nonzero(unstable <= opts.exact_unstable).flatten()[: opts.exact_per_round].tolist()
-    milp_opts = MilpOptions(lp_tighten=False, crown_bounds=False)
     proven = torch.zeros(open_.batch, dtype=torch.bool)
     for i in picks:
         if deadline.expired():
             break
         open_polytopes = obj.polytope_margins(open_.bound[i : i + 1])[0] <= 0  # (P,)
         inter = open_.intermediate.select(torch.tensor([i]))
+        lower, upper = open_.lower[i].double().cpu().numpy(), open_.upper[i].double().cpu().numpy()
         results = []
         for p in torch.nonzero(open_polytopes).flatten().tolist():
-            rows = obj.groups[p]
-            out = milp_check(net, open_.lower[i], open_.upper[i], obj.C[rows].double().cpu().numpy(),
-                             obj.d[rows].double().cpu().numpy(), inter, deadline, options=milp_opts)
-            results.append(out.verdict)
-            if out.verdict == "sat":
-                cex = validate_fn(torch.as_tensor(out.x, dtype=open_.lower.dtype))
-                if cex is not None:
-                    return open_, cex, False
-            if out.verdict != "unsat":
+            verdict, cex = milp_polytope(net, obj, p, lower, upper, inter, validate_fn, deadline)
+            results.append(verdict)
+            if cex is not None:
+                return open_, cex, False
+            if verdict != "unsat":
                 break
         proven[i] = all(v == "unsat" for v in results)
     return open_.select(torch.nonzero(~proven).flatten()), None, False

@@ -152,7 +152,8 @@ def _exact_engine(problem: Problem, config: Config, deadline: Deadline, stats: d
     if config.engine == "milp":
         from verifier.exact.milp import milp_verify
 
-        outcome = milp_verify(problem.net, problem.spec, deadline, config.milp)
+        outcome = milp_verify(problem.net, problem.spec, deadline, config.milp,
+                              accept=lambda x: validate(problem.replayer, problem.spec, x) is not None)
     else:
         from verifier.exact.smt import smt_verify
 

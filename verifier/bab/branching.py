@@ -37,12 +37,16 @@ def target_rows(obj: CaseObjective, bound: Tensor) -> Tensor:
 MAX_ASPECT = 1024.0  # a dimension this many times (relatively) narrower than a box's widest one is not split
 
 
-def splittable(width: Tensor, full: Tensor) -> Tensor:
-    """Which dimensions of boxes ``(B, n)`` may be bisected: nonzero width and a relative width within
+def relative_width(width: Tensor, full: Tensor) -> Tensor:
+    """Box widths ``(B, n)`` as fractions of the case box's widths ``full`` ``(n,)`` (0 where ``full`` is 0)."""
+    return width / full.clamp(min=torch.finfo(width.dtype).tiny)
+
+
+def splittable(relative: Tensor) -> Tensor:
+    """Which dimensions of boxes with relative widths ``(B, n)`` may be bisected: nonzero width, within
     ``MAX_ASPECT`` of the relatively widest.  Bounding the aspect ratio makes every width go to zero
     along any infinite branch, which input splitting's completeness needs."""
-    relative = width / full.clamp(min=torch.finfo(width.dtype).tiny)
-    return (width > 0) & (relative * MAX_ASPECT >= relative.amax(dim=-1, keepdim=True))
+    return (relative > 0) & (relative * MAX_ASPECT >= relative.amax(dim=-1, keepdim=True))
 
 
 def input_split_dims(net: Network, obj: CaseObjective, parents: SubproblemBatch) -> Tensor:
@@ -55,7 +59,8 @@ def input_split_dims(net: Network, obj: CaseObjective, parents: SubproblemBatch)
         (grad,) = torch.autograd.grad((rows * weight).sum(), centre)
     score = grad.abs() * width
     # a dimension of zero width cannot be split; fall back to the widest one where all scores vanish
-    score = torch.where(splittable(width, obj.upper - obj.lower), score, torch.full_like(score, -1.0))
+    score = torch.where(splittable(relative_width(width, obj.upper - obj.lower)), score,
+                        torch.full_like(score, -1.0))
     flat = score.amax(dim=1) <= 0
     dims = score.argmax(dim=1)
     return torch.where(flat, width.argmax(dim=1), dims)
@@ -144,11 +149,11 @@ def strong_input_split(
     # the worse child decides; near-ties (e.g. no split helps yet) go to the relatively widest dimension,
     # so that no dimension is split forever while the others stay wide
     worse = torch.minimum(m[0], m[1]).clamp(max=0)  # (n, B)
-    width = (parents.upper - parents.lower).T  # (n, B)
-    worse = torch.where(splittable(width.T, obj.upper - obj.lower).T, worse, torch.full_like(worse, -torch.inf))
+    relative = relative_width(parents.upper - parents.lower, obj.upper - obj.lower)  # (B, n)
+    worse = torch.where(splittable(relative).T, worse, torch.full_like(worse, -torch.inf))
     top = worse.amax(dim=0, keepdim=True)  # (1, B)
     near = worse >= top - (1e-3 * top.abs() + 1e-6)
-    relative = width / (obj.upper - obj.lower).clamp(min=torch.finfo(width.dtype).tiny).unsqueeze(1)
+    relative = relative.T  # (n, B)
     best = torch.where(near, relative, torch.full_like(relative, -1.0)).argmax(dim=0)  # (B,)
     b = torch.arange(B, device=best.device)
     low = best * B + b

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
+import numpy as np
 import torch
 
 from verifier.bab.branching import bisect_inputs, input_split_dims, strong_input_split
@@ -93,8 +94,7 @@ def milp_case(
     stats.extra["bab_milp"] = 1
     try:
         lower, upper = obj.lower.double().cpu().numpy(), obj.upper.double().cpu().numpy()
-        tighten_deadline = Deadline(time.monotonic() + 0.3 * deadline.remaining())
-        bounds = lp_tighten(net, lower, upper, as_relu_bounds(root.intermediate, net), deadline=tighten_deadline)
+        bounds = lp_tighten(net, lower, upper, as_relu_bounds(root.intermediate, net), deadline=_share(deadline, 0.3))
         open_polytopes = obj.polytope_margins(root.lower)[0] <= 0  # (P,)
         for p in torch.nonzero(open_polytopes).flatten().tolist():
             verdict, cex = milp_polytope(net, obj, p, lower, upper, bounds, validate_fn, deadline)
@@ -112,28 +112,22 @@ def milp_polytope(
 ) -> tuple[str, Counterexample | None]:
     """One MILP: polytope ``p`` of ``obj`` on the box ``[lower, upper]`` with sound pre-activation ``bounds``.
 
-    ``("unsat", None)`` rules it out; ``("sat", cex)`` carries a strictly replayed counterexample; a feasible
-    point on the boundary can fail the replay, so the deepest point is tried before answering ``"unknown"``.
+    ``("unsat", None)`` rules it out; ``("sat", cex)`` carries a strictly replayed counterexample (the MILP
+    only takes witnesses the replay accepts, so a boundary point is followed by the deepest point).
     """
     from verifier.exact.milp import MilpOptions, milp_check
 
+    def replay(x: np.ndarray) -> Counterexample | None:
+        return validate_fn(torch.as_tensor(x, dtype=obj.lower.dtype, device=obj.lower.device))
+
     rows = obj.groups[p]
-    A, b = obj.C[rows].double().cpu().numpy(), obj.d[rows].double().cpu().numpy()
-    strict = obj.strict[rows].cpu().numpy()
-    opts = MilpOptions(lp_tighten=False, crown_bounds=False)
-    out = milp_check(net, lower, upper, A, b, bounds, deadline, options=opts, strict=strict)
+    out = milp_check(net, lower, upper, obj.C[rows].double().cpu().numpy(), obj.d[rows].double().cpu().numpy(),
+                     bounds, deadline, options=MilpOptions(lp_tighten=False, crown_bounds=False),
+                     strict=obj.strict[rows].cpu().numpy(), accept=lambda x: replay(x) is not None)
     if out.verdict != "sat":
         return out.verdict, None
-    for attempt in range(2):
-        if attempt:
-            out = milp_check(net, lower, upper, A, b, bounds, deadline, options=replace(opts, objective="margin"),
-                             strict=strict)
-            if out.verdict != "sat" or out.x is None:
-                break
-        cex = validate_fn(torch.as_tensor(out.x, dtype=obj.lower.dtype, device=obj.lower.device))
-        if cex is not None:
-            return "sat", cex
-    return "unknown", None
+    cex = replay(out.x)  # accepted above; replayed once more for the counterexample itself
+    return ("sat", cex) if cex is not None else ("unknown", None)
 
 
 def _input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts: BabOptions,

@@ -30,7 +30,7 @@ from verifier.exact.highs import solve_mip
 from verifier.exact.lp_relaxation import lp_tighten
 from verifier.exact.options import MilpOptions
 from verifier.exact.outcome import ExactOutcome
-from verifier.exact.witness import confirmed
+from verifier.exact.witness import Accept, confirmed
 from verifier.network import Network
 from vnnlib.spec import Case, Polytope, Spec
 
@@ -46,8 +46,13 @@ class _Answer:
     problems: int = 1
 
 
-def milp_verify(net: Network, spec: Spec, deadline: Deadline, options: MilpOptions = MilpOptions()) -> ExactOutcome:
-    """Decide ``spec`` on ``net`` by one MILP per (case, polytope)."""
+def milp_verify(net: Network, spec: Spec, deadline: Deadline, options: MilpOptions = MilpOptions(),
+                accept: Accept | None = None) -> ExactOutcome:
+    """Decide ``spec`` on ``net`` by one MILP per (case, polytope).
+
+    ``accept`` (e.g. the strict onnxruntime replay) must take a witness too: a feasible point it
+    rejects (one on the boundary) is followed by the deepest point before answering.
+    """
     start = time.monotonic()
     problems = binaries = 0
     pending: list[str] = []
@@ -62,7 +67,7 @@ def milp_verify(net: Network, spec: Spec, deadline: Deadline, options: MilpOptio
         if enc.empty:
             continue
         for poly in case.polytopes:
-            answer = _decide(net, enc, case, poly, deadline, options)
+            answer = _decide(net, enc, case, poly, deadline, options, accept)
             problems += answer.problems
             if answer.verdict == "sat":
                 return ExactOutcome("sat", answer.x, time.monotonic() - start, problems, binaries)
@@ -83,8 +88,10 @@ def milp_check(
     splits=None,
     options: MilpOptions = MilpOptions(),
     strict: np.ndarray | None = None,
+    accept: Accept | None = None,
 ) -> ExactOutcome:
-    """Decide one polytope on one (sub-)box with split states (+1 active, -1 inactive, 0 free).
+    """Decide one polytope on one (sub-)box with split states (+1 active, -1 inactive, 0 free);
+    ``accept`` as in ``milp_verify``.
 
     ``pre_bounds`` must be sound for this sub-box and these splits (a
     BoundResult's ``intermediate`` with one row, ``ReluBounds``, or pairs); they
@@ -101,7 +108,7 @@ def milp_check(
     if enc.empty:
         return ExactOutcome("unsat", None, time.monotonic() - start, 0, 0, "splits contradict the bounds")
     case = Case(lower, upper, ())
-    answer = _decide(net, enc, case, Polytope(polytope_A, polytope_b, strict), deadline, options)
+    answer = _decide(net, enc, case, Polytope(polytope_A, polytope_b, strict), deadline, options, accept)
     return ExactOutcome(answer.verdict, answer.x, time.monotonic() - start, answer.problems, enc.problem.n_binary)
 
 
@@ -124,7 +131,7 @@ def count_unstable(net: Network, lower, upper, pre_bounds=None) -> int:
 
 
 def _decide(net: Network, enc: NetworkEncoding, case: Case, poly: Polytope, deadline: Deadline,
-            options: MilpOptions) -> _Answer:
+            options: MilpOptions, accept: Accept | None = None) -> _Answer:
     """One polytope: feasibility first (unless margin mode), then the deepest point if needed."""
     if options.objective == "feasibility":
         limit = _limit(deadline, options)
@@ -136,17 +143,17 @@ def _decide(net: Network, enc: NetworkEncoding, case: Case, poly: Polytope, dead
             return _Answer("unsat")
         if solve.status != "feasible":
             return _Answer(solve.status)
-        x = confirmed(net, enc.input_of(solve.values), case, poly)
+        x = confirmed(net, enc.input_of(solve.values), case, poly, accept)
         if x is not None:
             return _Answer("sat", x)
         log.debug("milp candidate failed the forward check; looking for the deepest point")
-        answer = _margin(net, enc, case, poly, deadline, options)
+        answer = _margin(net, enc, case, poly, deadline, options, accept)
         return _Answer(answer.verdict, answer.x, answer.problems + 1)
-    return _margin(net, enc, case, poly, deadline, options)
+    return _margin(net, enc, case, poly, deadline, options, accept)
 
 
 def _margin(net: Network, enc: NetworkEncoding, case: Case, poly: Polytope, deadline: Deadline,
-            options: MilpOptions) -> _Answer:
+            options: MilpOptions, accept: Accept | None = None) -> _Answer:
     """``min_x max_j A_j f(x) - b_j``, stopped as soon as its sign is known."""
     limit = _limit(deadline, options)
     if limit <= 0:
@@ -156,7 +163,7 @@ def _margin(net: Network, enc: NetworkEncoding, case: Case, poly: Polytope, dead
     if solve.status == "infeasible" or solve.dual_bound > 0:
         return _Answer("unsat")
     if solve.values is not None:
-        x = confirmed(net, enc.input_of(solve.values), case, poly)
+        x = confirmed(net, enc.input_of(solve.values), case, poly, accept)
         if x is not None:
             return _Answer("sat", x)
     return _Answer("timeout" if solve.status == "timeout" else "unknown")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -10,9 +12,13 @@ from verifier.network import Network
 from verifier.validate import snap_into_box
 from vnnlib.spec import Case, Polytope
 
+Accept = Callable[[np.ndarray], bool]  # a caller's own test of a candidate (e.g. the strict onnxruntime replay)
 
-def confirmed(net: Network, x: np.ndarray, case: Case, poly: Polytope) -> np.ndarray | None:
-    """``x`` in the network's dtype and inside the box, if ``f(x)`` lies in ``poly``; else None.
+
+def confirmed(net: Network, x: np.ndarray, case: Case, poly: Polytope, accept: Accept | None = None
+              ) -> np.ndarray | None:
+    """``x`` in the network's dtype and inside the box, if ``f(x)`` lies in ``poly`` (and ``accept`` takes
+    it); else None.
 
     This is a filter only: the caller still replays the candidate through onnxruntime.
     """
@@ -23,4 +29,6 @@ def confirmed(net: Network, x: np.ndarray, case: Case, poly: Polytope) -> np.nda
     with torch.no_grad():
         y = forward(net, torch.as_tensor(snapped, dtype=net.dtype, device=net.device)[None])
     y = y.reshape(-1).double().cpu().numpy()
-    return snapped.astype(np.float64) if poly.contains(y) else None
+    if not poly.contains(y) or (accept is not None and not accept(snapped.astype(np.float64))):
+        return None
+    return snapped.astype(np.float64)

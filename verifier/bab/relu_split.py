@@ -105,10 +105,7 @@ def relu_root(net: Network, obj: CaseObjective, root: BoundResult, mix: Tensor) 
 
 def is_leaf(batch: SubproblemBatch) -> Tensor:
     """Domains ``(B,)`` on which no pre-activation can take both signs (the network is linear there)."""
-    leaf = torch.ones(batch.batch, dtype=torch.bool, device=batch.lower.device)
-    for unstable in batch.intermediate.unstable():
-        leaf &= ~unstable.any(1)
-    return leaf
+    return batch.intermediate.unstable_count(batch.batch) == 0
 
 
 def _state(net: Network, batch: SubproblemBatch) -> CrownState:

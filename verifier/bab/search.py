@@ -40,6 +40,7 @@ class BabOptions:
     # input splitting: bound both halves for every dimension and keep the best split, scoring with CROWN
     # on the spec rows only ("final"), with full CROWN ("full"), or not at all ("none": gradient x width)
     strong_branching: str = "full"
+    contract: bool = True  # input splitting: shrink each box by its rows' linear bounds (bab/contract.py)
     exact_unstable: int = 12  # input splitting: decide open subdomains with at most this many unstable ReLUs by MILP
     exact_per_round: int = 16  # at most this many MILP-decided subdomains per round
     warm_start: bool = False  # start a child's slope optimization from its parent's slopes

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from verifier.bab.branching import bisect_inputs, input_split_dims, strong_input_split
+from verifier.bab.contract import contract
 from verifier.bab.relu_split import solve_relu
 from verifier.bab.search import BabOptions, BabStats, Rule, ValidateFn, check_centres, search
 from verifier.bab.subproblems import SubproblemBatch
@@ -145,7 +146,9 @@ def _input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts:
             known = symbolic_bounds(net, children.domains)
             return keep_best(children, crown(net, children.domains, C, d, known=known,
                                              reuse_known=len(net.relu_indices)))
-        return keep_best(children, crown(net, children.domains, C, d, known=children.intermediate))
+        res = crown(net, children.domains, C, d, known=children.intermediate, need_linear=opts.contract)
+        children = keep_best(children, res)
+        return children if res.linear is None else contract_children(obj, children, res.linear)
 
     def tight(children: SubproblemBatch) -> SubproblemBatch:
         if opts.bound != "alpha":
@@ -181,6 +184,18 @@ def _input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts:
     strong = opts.strong_branching != "none"
     batch = max(1, opts.batch_size // (2 * net.n_inputs)) if strong else opts.batch_size
     return Rule(branch=branch, bound=tight, batch_size=batch, settle=settle)
+
+
+def contract_children(obj: CaseObjective, children: SubproblemBatch, linear: tuple[torch.Tensor, torch.Tensor]
+                      ) -> SubproblemBatch:
+    """``children`` with their boxes shrunk by their rows' linear bounds (``contract``); the rows of a
+    polytope ruled out that way get a ``+inf`` bound."""
+    open_ = obj.polytope_margins(children.bound) <= 0  # (B, P)
+    lower, upper, out = contract(*linear, children.lower, children.upper, obj.groups, open_)
+    dtype = children.bound.dtype
+    rows_out = (out.to(dtype) @ obj.groups.to(dtype)) > 0  # (B, S)
+    bound = torch.where(rows_out, torch.full_like(children.bound, torch.inf), children.bound)
+    return replace(children, lower=lower, upper=upper, bound=bound)
 
 
 def exact_leaves(

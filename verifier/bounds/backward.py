@@ -60,6 +60,21 @@ def backward_lower(
     ``split_terms[r]`` ``(B, R, n_r)`` is added to the coefficients of ``r``'s
     pre-activation (beta-CROWN's split multipliers).
     """
+    A0, const = backward_linear(net, start, const, relax, lower_slopes, split_terms)
+    return concretize(A0, const, box)
+
+
+def backward_linear(
+    net: Network,
+    start: Mapping[int, Tensor],
+    const: Tensor,
+    relax: Relaxations,
+    lower_slopes: Mapping[int, Tensor] | None = None,
+    split_terms: Mapping[int, Tensor] | None = None,
+) -> tuple[Tensor | None, Tensor]:
+    """The linear lower bound ``A0 x + c`` (``A0`` ``(B, R, n_in)``, ``c`` ``(B, R)``) of
+    ``sum <A_i, x_i> + const`` that holds on the box the relaxations were built for
+    (``backward_lower`` without the last step; ``A0`` is None when the rows do not depend on ``x``)."""
     acc = dict(start)
     lower_slopes = lower_slopes or {}
     split_terms = split_terms or {}
@@ -82,10 +97,14 @@ def backward_lower(
         for j, g in zip(node.inputs, grads, strict=True):
             acc[j] = acc[j] + g if j in acc else g
     A0 = acc.get(0)
+    return (None if A0 is None else A0.flatten(2)), const
+
+
+def concretize(A0: Tensor | None, const: Tensor, box: tuple[Tensor, Tensor]) -> Tensor:
+    """The minimum ``(B, R)`` of ``A0 x + const`` over the box ``[lo, hi]`` ``(B, n_in)``."""
     if A0 is None:
         return const
     lo, hi = box
-    A0 = A0.flatten(2)  # (B, R, n_in)
     mid, rad = ((hi + lo) / 2).unsqueeze(2), ((hi - lo) / 2).unsqueeze(2)
     return const + (A0 @ mid).squeeze(2) - (A0.abs() @ rad).squeeze(2)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from verifier.bounds.backward import Relaxations, backward_lower
+from verifier.bounds.backward import Relaxations, backward_linear, backward_lower, concretize
 from verifier.bounds.graph import relu_inputs
 from verifier.bounds.ibp import Interval, NodeBounds, intermediate_of, mark_empty, spec_interval, sweep
 from verifier.bounds.prepare import check_domains, check_known, disable_tf32, spec_rows
@@ -43,24 +43,32 @@ def crown(
     known: IntermediateBounds | None = None,
     need_upper: bool = False,
     reuse_known: int = 0,
+    need_linear: bool = False,
 ) -> BoundResult:
     """CROWN bounds of ``C f(x) - d`` ``(B, S)`` over each domain (``None`` C: the outputs),
     intersected with the interval bounds.  ``known`` pre-activation bounds (e.g. the
     parent's) are intersected with the computed ones; the ReLU layers below
     ``reuse_known`` take them as they are, without a backward pass (after a split at
-    layer ``k``, layers ``0..k`` are unchanged, so branch-and-bound can pass ``k + 1``)."""
+    layer ``k``, layers ``0..k`` are unchanged, so branch-and-bound can pass ``k + 1``).
+    ``need_linear`` also returns the rows' linear lower bounds in ``x`` (``BoundResult.linear``)."""
     check_domains(net, domains)
     check_known(net, known, domains.batch, reuse_known)
     disable_tf32(domains.lower.device)
     C, d = spec_rows(net, domains.batch, C, d)
     with torch.no_grad():
         state = crown_sweep(net, domains, known, reuse_known=reuse_known)
-        lower, upper = final_bounds(net, domains, state, C, d, need_upper=need_upper)
+        linear = None
+        if need_linear:
+            linear = final_linear(net, domains, state, C, d)
+            lower = concretize(*linear, (domains.lower, domains.upper))
+            upper = final_bounds(net, domains, state, C, d, need_upper=True)[1] if need_upper else None
+        else:
+            lower, upper = final_bounds(net, domains, state, C, d, need_upper=need_upper)
         ibp_lower, ibp_upper = spec_interval(net, state.nodes.bounds, C, d)
         lower = torch.maximum(lower, ibp_lower)
         upper = None if upper is None else torch.minimum(upper, ibp_upper)
     lower, upper = mark_empty(lower, upper, state.nodes.empty)
-    return BoundResult(lower, upper, intermediate_of(net, state.nodes.bounds), None)
+    return BoundResult(lower, upper, intermediate_of(net, state.nodes.bounds), None, linear=linear)
 
 
 def crown_sweep(
@@ -124,6 +132,16 @@ def _unit_rows(net: Network, i: int, idx: Tensor) -> tuple[dict[int, Tensor], Te
     eye = torch.zeros(B, R, node.size, dtype=dtype, device=device).scatter_(2, idx.unsqueeze(2), 1.0)
     A = torch.cat([eye, -eye], 1).reshape(B, 2 * R, *node.shape)
     return {i: A}, torch.zeros(B, 2 * R, dtype=dtype, device=device)
+
+
+def final_linear(net: Network, domains: Domains, state: CrownState, C: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
+    """Linear lower bounds ``A x + c`` of ``C f(x) - d`` on each domain: ``A`` ``(B, S, n_in)``, ``c`` ``(B, S)``."""
+    B, S = d.shape
+    start = {net.output: C.reshape(B, S, *net.nodes[net.output].shape)}
+    A0, const = backward_linear(net, start, -d, state.relax)
+    if A0 is None:
+        A0 = const.new_zeros(B, S, domains.lower.shape[1])
+    return A0, const
 
 
 def final_bounds(

@@ -132,3 +132,5 @@ class BoundResult:
     intermediate: IntermediateBounds
     slopes: Slopes | None = None
     betas: Betas | None = None
+    # linear lower bounds of the rows in the input, valid on each domain: (B, S, n_in) and (B, S)
+    linear: tuple[Tensor, Tensor] | None = None

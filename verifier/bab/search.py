@@ -33,7 +33,9 @@ class BabOptions:
 
     branching: str = "auto"  # auto | input | relu
     input_split_max_dim: int = 16  # auto picks input splitting up to this many inputs
-    input_share: float = 0.6  # auto with input splitting: its share of the time before ReLU splitting takes over
+    # auto with input splitting: its share of the time before ReLU splitting takes over (on ACAS Xu, ReLU
+    # splitting after input splitting decided none of the 186; benchmarks/results/README.md)
+    input_share: float = 0.85
     batch_size: int = 2048  # parents popped per round (input splitting)
     relu_batch_size: int = 256  # parents popped per round (ReLU splitting)
     bound: str = "crown"  # input splitting: crown, alpha (CROWN, then alpha-CROWN on the open), symbolic

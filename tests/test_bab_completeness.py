@@ -259,3 +259,56 @@ def test_engine_auto_owns_the_milp_stage(engine: str, path: str, tmp_path: Path)
     else:
         # input splitting alone may decide it in the time; it never hands over to the MILP
         assert str(result.status) in (p.expected, "timeout") and "bab_milp" not in result.stats
+
+
+@pytest.mark.parametrize("branching", ["input", "relu"])
+def test_memory_cap_answers_unknown(branching: str, tmp_path: Path) -> None:
+    """Open subdomains over ``max_memory`` end the search with unknown (never a verdict, never a crash)."""
+    p = random_problem(FORMER_INPUT_STALLS[0])
+    assert p is not None
+    save_onnx(p.net, tmp_path / "m.onnx")
+    got, stats = bab_verdict(p, branching, tmp_path / "m.onnx", deadline=5.0, max_memory=1e-15,
+                             milp_max_unstable=0, exact_unstable=0)
+    assert got == "unknown" and stats.extra.get("bab_out_of_memory") == 1
+
+
+def test_store_counts_bytes_and_pops_deepest_first() -> None:
+    from verifier.bab.subproblems import Store, SubproblemBatch
+
+    def batch(depths: list[int]) -> SubproblemBatch:
+        B = len(depths)
+        return SubproblemBatch(lower=torch.zeros(B, 3), upper=torch.ones(B, 3), splits=None,
+                               bound=torch.zeros(B, 2), depth=torch.tensor(depths, dtype=torch.int32))
+
+    store = Store()
+    store.push(batch([1, 5]), torch.tensor([0.0, 3.0]))
+    store.push(batch([2, 5]), torch.tensor([-1.0, 1.0]))
+    per = batch([0]).nbytes()
+    assert per == 4 * (3 + 3 + 2 + 1) and store.nbytes == 4 * per
+    assert store.pop(1).depth.tolist() == [2]  # lowest priority
+    assert store.pop(2, deepest=True).depth.tolist() == [5, 5]  # deepest, lowest priority first among them
+    assert store.size == 1 and store.nbytes == per
+
+
+def test_batch_size_follows_the_peak_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rounds whose peak (extrapolated by its growth) passes the budget halve the parents per round;
+    rounds far under it double them back, up to the rule's batch size."""
+    import verifier.bab.search as search_mod
+
+    def at(peak: float | None):
+        monkeypatch.setattr(search_mod, "peak_memory", lambda: peak)
+
+    stats = BabStats()
+    at(5.0)
+    assert search_mod._adapt_batch(256, 256, 256, None, 10.0, stats) == (256, 5.0)
+    at(6.0)  # 6 * (6 / 5) = 7.2: under the budget
+    assert search_mod._adapt_batch(256, 256, 256, 5.0, 10.0, stats) == (256, 6.0)
+    at(8.0)  # 8 * (8 / 6) = 10.7: over it
+    assert search_mod._adapt_batch(256, 256, 256, 6.0, 10.0, stats) == (128, None)
+    assert stats.extra["bab_batch_halved"] == 1
+    at(11.0)
+    assert search_mod._adapt_batch(128, 256, 64, None, 10.0, stats) == (128, None)  # a short round: no change
+    at(2.0)
+    assert search_mod._adapt_batch(128, 256, 128, None, 10.0, stats) == (256, None)
+    at(None)
+    assert search_mod._adapt_batch(128, 256, 128, 3.0, 10.0, stats) == (128, 3.0)

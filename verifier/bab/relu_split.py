@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from verifier.bab.branching import relu_scores, split_relus, target_rows
-from verifier.bab.search import BabOptions, BabStats, Rule, ValidateFn, search
+from verifier.bab.search import BabOptions, BabStats, Rule, ValidateFn, physical_memory, search
 from verifier.bab.spec_rows import RowSubset, combine_rows, mix_rows, needed_rows, one_polytope_each, open_polytopes
 from verifier.bab.subproblems import SubproblemBatch, concat
 from verifier.bounds.alpha import AlphaOptions
@@ -60,6 +60,9 @@ log = logging.getLogger(__name__)
 Tensor = torch.Tensor
 _PRIMAL_CHECKS = 8  # most candidates validated per round
 _MIN_GROUP = 64  # children bounded together at least (unless fewer are left), whatever layer they split
+# the backward rows of one bounding call may take this fraction of BabOptions.max_memory (the optimization
+# keeps several such tensors and their gradients alive at once)
+_ROWS_SHARE = 1 / 16
 
 
 def relu_start(net: Network, obj: CaseObjective, root: BoundResult, per_polytope: bool = True
@@ -256,6 +259,22 @@ def reuse_groups(layer: Tensor, todo: Tensor, min_size: int) -> list[tuple[Tenso
     return groups
 
 
+def chunk_size(batch: SubproblemBatch, reuse: int, largest: int, budget: float) -> int:
+    """How many of ``batch`` to bound at once so that the backward rows stay within ``budget`` bytes.
+
+    Recomputing the pre-activation bounds of ReLU layer ``k >= reuse`` passes one row per unstable
+    neuron back through nodes of up to ``largest`` values: after a split in an early layer of a
+    convolutional network that is thousands of rows of thousands of values per subdomain.
+    """
+    inter = batch.intermediate
+    if inter is None or batch.batch == 0:
+        return max(1, batch.batch)
+    rows = sum(int(((lo < 0) & (hi > 0)).sum(1).max()) for lo, hi in
+               zip(inter.lower[reuse:], inter.upper[reuse:], strict=True))
+    per_domain = (rows + 1) * largest * batch.lower.element_size()
+    return max(1, min(batch.batch, int(budget // per_domain)))
+
+
 def relu_rule(
     net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts: BabOptions, alpha_opts: AlphaOptions,
     deadline: Deadline, stats: BabStats,
@@ -266,6 +285,8 @@ def relu_rule(
     sizes = torch.tensor([net.nodes[r].size for r in net.relu_indices], device=obj.lower.device)
     offsets = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)])
     last = _LastSplit()
+    largest = max((n.size for n in net.nodes), default=1)
+    row_budget = _ROWS_SHARE * opts.max_memory * physical_memory()
 
     def branch(parents: SubproblemBatch) -> SubproblemBatch:
         leaf = is_leaf(parents)  # only a root can be one: passed through to be settled
@@ -297,7 +318,12 @@ def relu_rule(
             todo = torch.ones_like(todo)
         parts = [children.select(~todo)] if not bool(todo.all()) else []
         for group, reuse in reuse_groups(last.layer, todo, _MIN_GROUP):
-            parts.append(tight(children.select(group), reuse))
+            members = children.select(group)
+            step = chunk_size(members, reuse, largest, row_budget)
+            if step < members.batch:
+                stats.extra["bab_bound_chunks"] = stats.extra.get("bab_bound_chunks", 0) + 1
+            for i in range(0, members.batch, step):  # chunks only where the rows would not fit in memory
+                parts.append(tight(members.select(torch.arange(i, min(i + step, members.batch))), reuse))
         return concat(parts) if len(parts) > 1 else parts[0]
 
     def tight(children: SubproblemBatch, reuse: int) -> SubproblemBatch:

@@ -8,6 +8,7 @@ lower bound), look for counterexamples among the rest, push them back.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,11 +63,17 @@ class BabOptions:
     input_share_milp: float = 0.25  # input splitting's share of the time when the MILP follows
     relu_share_milp: float = 0.6  # ReLU splitting's share of the time when the MILP follows
     max_domains: int = 5_000_000  # open subdomains before giving up (memory)
+    # memory: the open subdomains may hold this fraction of the machine's physical memory; past half of
+    # it the search pops deepest first (depth-first keeps the store from growing), past all of it it
+    # answers unknown instead of being killed (popping copies the store, so the peak is about twice this)
+    max_memory: float = 0.25
     progress_every: float = 2.0  # seconds between progress lines (-v)
 
     def __post_init__(self) -> None:
         if self.relu_branching not in ("babsr", "fsb"):
             raise ValueError(f"relu_branching must be babsr or fsb, not {self.relu_branching!r}")
+        if not 0 < self.max_memory <= 1:
+            raise ValueError(f"max_memory must be a fraction of the memory in (0, 1], not {self.max_memory}")
         if self.fsb_candidates < 1 or self.beta_iterations < 0:
             raise ValueError("fsb_candidates must be at least 1 and beta_iterations at least 0")
 
@@ -119,14 +126,22 @@ def search(
     store = Store()
     store.push(root, margins(obj, root.bound))
     undecided = False
+    memory = opts.max_memory * physical_memory()
+    batch_size, last_peak = rule.batch_size, None
     last_progress = time.monotonic()
     while store.size:
         if deadline.expired():
             return Status.TIMEOUT, None
-        if store.size > opts.max_domains:
-            log.info("branch and bound: %d open subdomains, giving up", store.size)
+        if store.size > opts.max_domains or store.nbytes > memory:
+            log.info("branch and bound: %d open subdomains (%.2f GB), giving up", store.size, store.nbytes / 1e9)
+            stats.extra["bab_out_of_memory"] = 1
             return Status.UNKNOWN, None
-        parents = store.pop(rule.batch_size).to(net.device)
+        deepest = store.nbytes > memory / 2
+        if deepest and "bab_depth_first" not in stats.extra:
+            log.info("branch and bound: %.2f GB of open subdomains, depth-first from now", store.nbytes / 1e9)
+            stats.extra["bab_depth_first"] = 1
+        reset_peak_memory()
+        parents = store.pop(batch_size, deepest=deepest).to(net.device)
         t = time.monotonic()
         children = rule.branch(parents)
         stats.time_branching += time.monotonic() - t
@@ -150,11 +165,62 @@ def search(
             return Status.SAT, cex
         store.push(open_, margins(obj, open_.bound))
         stats.max_queue = max(stats.max_queue, store.size)
+        batch_size, last_peak = _adapt_batch(batch_size, rule.batch_size, parents.batch, last_peak, 2 * memory,
+                                             stats)
         if time.monotonic() - last_progress > opts.progress_every:
             last_progress = time.monotonic()
-            log.info("bab: open %d, worst margin %.4g, bounded %d, depth %d, %.1fs left",
-                     store.size, store.min_priority(), stats.bounded, stats.max_depth, deadline.remaining())
+            log.info("bab: open %d (%.0f MB), worst margin %.4g, bounded %d, depth %d, %.1fs left",
+                     store.size, store.nbytes / 1e6, store.min_priority(), stats.bounded, stats.max_depth,
+                     deadline.remaining())
     return (Status.UNKNOWN if undecided else Status.UNSAT), None
+
+
+def _adapt_batch(size: int, most: int, popped: int, last_peak: float | None, budget: float, stats: BabStats
+                 ) -> tuple[int, float | None]:
+    """The number of parents for the next round, from this round's peak resident memory: halved while
+    the next round's peak, extrapolated from this one's and its growth since the last, would pass
+    ``budget``; doubled back (up to ``most``) while it stays under a quarter of it.  Also returns the peak."""
+    peak = peak_memory()
+    if peak is None or popped < size:  # unknown, or a round smaller than the batch size says little
+        return size, last_peak
+    growth = max(1.0, peak / last_peak) if last_peak else 1.0
+    if peak * growth > budget and size > 1:
+        size = max(1, size // 2)
+        log.info("branch and bound: %.1f GB at the peak of a round, %d parents per round from now", peak / 1e9, size)
+        stats.extra["bab_batch_halved"] = stats.extra.get("bab_batch_halved", 0) + 1
+        return size, None
+    if peak * growth < budget / 4 and size < most:
+        return min(most, 2 * size), None
+    return size, peak
+
+
+def reset_peak_memory() -> None:
+    """Restart the kernel's count of this process's peak resident memory (Linux; elsewhere nothing)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_memory() -> float | None:
+    """Bytes of this process's peak resident memory since ``reset_peak_memory`` (None where unknown)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def physical_memory() -> float:
+    """Bytes of physical memory of this machine (8 GiB where the system does not say)."""
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return 8.0 * 2**30
 
 
 def check_centres(net: Network, obj: CaseObjective, batch: SubproblemBatch, validate_fn: ValidateFn

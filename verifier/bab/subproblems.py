@@ -58,6 +58,17 @@ class SubproblemBatch:
             betas=None if self.betas is None else Betas(tuple(mv(t) for t in self.betas.values)),
         )
 
+    def nbytes(self) -> int:
+        """Bytes held by the batch's tensors."""
+        parts = [self.lower, self.upper, self.bound, self.depth, *(self.splits or ())]
+        if self.intermediate is not None:
+            parts += [*self.intermediate.lower, *self.intermediate.upper]
+        if self.slopes is not None:
+            parts += [*self.slopes.final, *(t for row in self.slopes.intermediate for t in row)]
+        if self.betas is not None:
+            parts += list(self.betas.values)
+        return sum(t.numel() * t.element_size() for t in parts)
+
     def with_bounds(self, bound: Tensor, **state) -> SubproblemBatch:
         return replace(self, bound=bound, **state)
 
@@ -87,13 +98,14 @@ def concat(batches: list[SubproblemBatch]) -> SubproblemBatch:
 
 
 class Store:
-    """The open subdomains, kept on the CPU; popped lowest priority first."""
+    """The open subdomains, kept on the CPU; popped lowest priority first (or deepest first)."""
 
     def __init__(self) -> None:
         self._parts: list[SubproblemBatch] = []
         self._prio: list[Tensor] = []
         self.size = 0
         self.max_size = 0
+        self.nbytes = 0  # held by the stored tensors
 
     def push(self, batch: SubproblemBatch, priority: Tensor) -> None:
         """Add ``batch`` with ``priority`` ``(B,)`` (lower pops first)."""
@@ -102,18 +114,23 @@ class Store:
         self._parts.append(batch.to("cpu"))
         self._prio.append(priority.detach().to("cpu"))
         self.size += batch.batch
+        self.nbytes += self._parts[-1].nbytes()
         self.max_size = max(self.max_size, self.size)
 
-    def pop(self, n: int) -> SubproblemBatch:
-        """The ``n`` subdomains of lowest priority (all if fewer)."""
+    def pop(self, n: int, deepest: bool = False) -> SubproblemBatch:
+        """The ``n`` subdomains of lowest priority (all if fewer); ``deepest``: the deepest ones
+        first, lowest priority among equals (depth-first, which keeps the store from growing)."""
         merged, prio = self._merged()
         if n >= merged.batch:
-            self._parts, self._prio, self.size = [], [], 0
+            self._parts, self._prio, self.size, self.nbytes = [], [], 0, 0
             return merged
         order = torch.argsort(prio)
+        if deepest:
+            order = order[torch.argsort(-merged.depth[order], stable=True)]
         take, rest = order[:n], order[n:]
-        self._parts, self._prio = [merged.select(rest)], [prio[rest]]
-        self.size = int(rest.shape[0])
+        kept = merged.select(rest)
+        self._parts, self._prio = [kept], [prio[rest]]
+        self.size, self.nbytes = int(rest.shape[0]), kept.nbytes()
         return merged.select(take)
 
     def min_priority(self) -> float:

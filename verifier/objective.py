@@ -49,6 +49,10 @@ class CaseObjective:
         rows = y.reshape(y.shape[0], -1) @ self.C.T - self.d  # (B, S)
         return self.polytope_margins(rows).amin(dim=-1)
 
+    def rows_of(self, polytopes: Tensor) -> Tensor:
+        """The rows ``(..., S)`` belonging to any of the marked polytopes ``(..., P)`` (bool)."""
+        return polytopes.to(self.C.dtype) @ self.groups.to(self.C.dtype) > 0
+
     def ruled_out(self, row_lower: Tensor) -> Tensor:
         """Per domain ``(B,)``: every polytope has a row whose lower bound is above 0."""
         return (self.polytope_margins(row_lower) > 0).all(dim=-1)

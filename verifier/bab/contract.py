@@ -66,8 +66,7 @@ def _propagate(A: Tensor, b: Tensor, lo: Tensor, hi: Tensor, member: Tensor) -> 
     bb = b.unsqueeze(1)  # (B, 1, S)
     row_empty = member & (total > bb + slack)  # min over the box already above b
     rhs = (bb + slack - total).unsqueeze(-1) + low_term  # (B, P, S, n): b - sum_{k != j} min_k, loosened
-    with torch.no_grad():
-        bound = rhs / torch.where(a == 0, torch.ones_like(a), a)
+    bound = rhs / torch.where(a == 0, torch.ones_like(a), a)
     on = member.unsqueeze(-1)
     new_hi = torch.where(on & (a > 0), bound, torch.full_like(bound, torch.inf)).amin(2)  # (B, P, n)
     new_lo = torch.where(on & (a < 0), bound, torch.full_like(bound, -torch.inf)).amax(2)

@@ -269,8 +269,7 @@ def chunk_size(batch: SubproblemBatch, reuse: int, largest: int, budget: float) 
     inter = batch.intermediate
     if inter is None or batch.batch == 0:
         return max(1, batch.batch)
-    rows = sum(int(((lo < 0) & (hi > 0)).sum(1).max()) for lo, hi in
-               zip(inter.lower[reuse:], inter.upper[reuse:], strict=True))
+    rows = sum(int(u.sum(1).max()) for u in inter.unstable()[reuse:])
     per_domain = (rows + 1) * largest * batch.lower.element_size()
     return max(1, min(batch.batch, int(budget // per_domain)))
 

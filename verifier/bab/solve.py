@@ -118,16 +118,21 @@ def milp_polytope(
     """
     from verifier.exact.milp import MilpOptions, milp_check
 
-    def replay(x: np.ndarray) -> Counterexample | None:
-        return validate_fn(torch.as_tensor(x, dtype=obj.lower.dtype, device=obj.lower.device))
+    replayed: list[tuple[np.ndarray, Counterexample]] = []  # the witness the MILP accepted, with its replay
+
+    def accept(x: np.ndarray) -> bool:
+        cex = validate_fn(torch.as_tensor(x, dtype=obj.lower.dtype, device=obj.lower.device))
+        if cex is not None:
+            replayed.append((x, cex))
+        return cex is not None
 
     rows = obj.groups[p]
     out = milp_check(net, lower, upper, obj.C[rows].double().cpu().numpy(), obj.d[rows].double().cpu().numpy(),
                      bounds, deadline, options=MilpOptions(lp_tighten=False, crown_bounds=False),
-                     strict=obj.strict[rows].cpu().numpy(), accept=lambda x: replay(x) is not None)
+                     strict=obj.strict[rows].cpu().numpy(), accept=accept)
     if out.verdict != "sat":
         return out.verdict, None
-    cex = replay(out.x)  # accepted above; replayed once more for the counterexample itself
+    cex = next((c for x, c in replayed if np.array_equal(x, out.x)), None)
     return ("sat", cex) if cex is not None else ("unknown", None)
 
 
@@ -192,9 +197,7 @@ def contract_children(obj: CaseObjective, children: SubproblemBatch, linear: tup
     polytope ruled out that way get a ``+inf`` bound."""
     open_ = obj.polytope_margins(children.bound) <= 0  # (B, P)
     lower, upper, out = contract(*linear, children.lower, children.upper, obj.groups, open_)
-    dtype = children.bound.dtype
-    rows_out = (out.to(dtype) @ obj.groups.to(dtype)) > 0  # (B, S)
-    bound = torch.where(rows_out, torch.full_like(children.bound, torch.inf), children.bound)
+    bound = torch.where(obj.rows_of(out), torch.full_like(children.bound, torch.inf), children.bound)
     return replace(children, lower=lower, upper=upper, bound=bound)
 
 

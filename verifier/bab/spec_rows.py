@@ -87,7 +87,7 @@ class RowSubset:
 
 def needed_rows(obj: CaseObjective, bound: Tensor) -> RowSubset:
     """The rows of the polytopes each subdomain leaves open (``bound`` ``(B, S)``), at least one."""
-    need = (obj.polytope_margins(bound) <= 0).to(bound.dtype) @ obj.groups.to(bound.dtype) > 0  # (B, S)
+    need = obj.rows_of(obj.polytope_margins(bound) <= 0)  # (B, S)
     K = max(1, int(need.sum(1).max())) if need.numel() else 1
     order = torch.sort(need.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :K]  # (B, K)
     valid = need.gather(1, order)

@@ -57,13 +57,11 @@ def crown(
     C, d = spec_rows(net, domains.batch, C, d)
     with torch.no_grad():
         state = crown_sweep(net, domains, known, reuse_known=reuse_known)
-        linear = None
-        if need_linear:
-            linear = final_linear(net, domains, state, C, d)
-            lower = concretize(*linear, (domains.lower, domains.upper))
-            upper = final_bounds(net, domains, state, C, d, need_upper=True)[1] if need_upper else None
-        else:
-            lower, upper = final_bounds(net, domains, state, C, d, need_upper=need_upper)
+        S = d.shape[1]
+        A0, const = final_linear(net, state, C, d, need_upper=need_upper)
+        bound = concretize(A0, const, (domains.lower, domains.upper))
+        lower, upper = bound[:, :S], (-bound[:, S:] if need_upper else None)
+        linear = (A0[:, :S], const[:, :S]) if need_linear else None
         ibp_lower, ibp_upper = spec_interval(net, state.nodes.bounds, C, d)
         lower = torch.maximum(lower, ibp_lower)
         upper = None if upper is None else torch.minimum(upper, ibp_upper)
@@ -134,13 +132,26 @@ def _unit_rows(net: Network, i: int, idx: Tensor) -> tuple[dict[int, Tensor], Te
     return {i: A}, torch.zeros(B, 2 * R, dtype=dtype, device=device)
 
 
-def final_linear(net: Network, domains: Domains, state: CrownState, C: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
-    """Linear lower bounds ``A x + c`` of ``C f(x) - d`` on each domain: ``A`` ``(B, S, n_in)``, ``c`` ``(B, S)``."""
-    B, S = d.shape
-    start = {net.output: C.reshape(B, S, *net.nodes[net.output].shape)}
-    A0, const = backward_linear(net, start, -d, state.relax)
-    if A0 is None:
-        A0 = const.new_zeros(B, S, domains.lower.shape[1])
+def final_linear(
+    net: Network,
+    state: CrownState,
+    C: Tensor,
+    d: Tensor,
+    slopes: Mapping[int, Tensor] | None = None,
+    split_terms: Mapping[int, Tensor] | None = None,
+    need_upper: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Linear lower bounds ``A x + c`` of ``C f(x) - d`` on each domain from the relaxations in
+    ``state``: ``A`` ``(B, S, n_in)``, ``c`` ``(B, S)``; with ``need_upper`` ``2 S`` rows, the last
+    ``S`` bounding ``d - C f(x)`` from below."""
+    B = d.shape[0]
+    A, const = C, -d
+    if need_upper:
+        A, const = torch.cat([C, -C], 1), torch.cat([-d, d], 1)
+    start = {net.output: A.reshape(B, A.shape[1], *net.nodes[net.output].shape)}
+    A0, const = backward_linear(net, start, const, state.relax, slopes, split_terms)
+    if A0 is None:  # the rows do not depend on the input
+        A0 = const.new_zeros(B, const.shape[1], net.n_inputs)
     return A0, const
 
 
@@ -155,14 +166,9 @@ def final_bounds(
     need_upper: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """Lower (and upper) bounds ``(B, S)`` of ``C f(x) - d`` from the node bounds in ``state``."""
-    B, S = d.shape
-    out_shape = net.nodes[net.output].shape
-    A, const = C, -d
-    if need_upper:
-        A, const = torch.cat([C, -C], 1), torch.cat([-d, d], 1)
-    start = {net.output: A.reshape(B, A.shape[1], *out_shape)}
-    box = (domains.lower, domains.upper)
-    bound = backward_lower(net, start, const, box, state.relax, slopes, split_terms)
+    S = d.shape[1]
+    bound = concretize(*final_linear(net, state, C, d, slopes, split_terms, need_upper),
+                       (domains.lower, domains.upper))
     if need_upper:
         return bound[:, :S], -bound[:, S:]
     return bound, None

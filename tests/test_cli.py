@@ -66,6 +66,18 @@ def test_timeout_is_honoured_within_a_second():
     assert elapsed < 0.5 + 1.0 + 0.5  # + interpreter start-up
 
 
+def test_json_record_on_timeout(tmp_path):
+    # the watchdog may answer before the pipeline does; either way the record is written
+    out = tmp_path / "r.json"
+    proc = run_verify(MODELS / "acasxu" / "ACASXU_run2a_1_1_batch_2000.onnx", MODELS / "acasxu" / "prop_1.vnnlib",
+                      "--timeout", "0.3", "--json", out)
+    import json
+
+    rec = json.loads(out.read_text())
+    assert proc.stdout.splitlines()[0] == rec["result"] and rec["result"] in ("timeout", "unsat")
+    assert rec["counterexample"] is None
+
+
 def _write(path: Path, data: bytes | str) -> Path:
     path.write_bytes(data if isinstance(data, bytes) else data.encode())
     return path

@@ -67,3 +67,19 @@ def test_row_combinations_keep_the_unsafe_set_and_rule_out_crossing_rows():
     lower = rows.min(0).values.unsqueeze(0)
     assert not bool(obj.ruled_out(lower[:, :2]))
     assert bool(comb.ruled_out(lower))
+
+
+def test_midpoint_rows_keep_the_spec_rows_and_one_combination_per_pair():
+    from verifier.objective import with_row_combinations
+
+    obj = case_objective(_case(), torch.float64)
+    assert obj.midpoint_rows().tolist() == [True] * 3  # no combinations: every row is the spec's own
+    comb = with_row_combinations(obj, steps=9)  # polytope 0 has one pair: 9 combinations
+    keep = comb.midpoint_rows()
+    assert keep.tolist() == [True] * 3 + [False] * 4 + [True] + [False] * 4
+    small = comb.select_rows(keep)
+    assert small.n_rows == 4 and small.groups.tolist() == [[True, True, False, True], [False, False, True, False]]
+    assert torch.allclose(small.C[3], (obj.C[0] + obj.C[1]) / 2) and float(small.d[3]) == 0.5
+    y = torch.rand(500, 2, dtype=torch.float64) * 6 - 3
+    assert torch.equal(small.violation(y), obj.violation(y))
+    assert with_row_combinations(obj, steps=2).midpoint_rows().sum() == 3  # 1/3, 2/3: no midpoint

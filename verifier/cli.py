@@ -89,13 +89,18 @@ def _overrides(args: argparse.Namespace) -> dict:
     return o
 
 
-def _start_watchdog(reporter: _Reporter, timeout: float | None) -> None:
+def _start_watchdog(reporter: _Reporter, args: argparse.Namespace, start: float) -> None:
+    timeout = args.timeout
     if timeout is None:
         return
 
     def fire() -> None:
         if reporter.emit(format_result("timeout")):
             log.warning("deadline passed: answered timeout")
+            if args.json:
+                _write_json(args.json, {"model": args.model, "spec": args.spec, "result": "timeout",
+                                        "time": time.monotonic() - start, "stats": {},
+                                        "message": "deadline passed", "counterexample": None})
             os._exit(EXIT_OK)
 
     timer = threading.Timer(max(0.0, timeout) + _WATCHDOG_GRACE, fire)
@@ -110,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.INFO if args.verbose else logging.ERROR if args.quiet else logging.WARNING
     logging.basicConfig(level=level, format="verify: %(message)s", stream=sys.stderr, force=True)
     reporter = _Reporter(args.out)
-    _start_watchdog(reporter, args.timeout)
+    _start_watchdog(reporter, args, start)
     try:
         from vnnlib.spec import SpecError
 
@@ -144,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         stats = " ".join(f"{k}={v}" for k, v in result.stats.items())
         print(f"verify: {result.status} in {result.time:.2f}s {stats}", file=sys.stderr)
     if args.json:
-        _write_json(args.json, result, args)
+        _write_json(args.json, _record(result, args))
     return EXIT_OK
 
 
@@ -154,16 +159,22 @@ def _bad_input(message: str) -> VerifierError:
     return err
 
 
-def _write_json(path: str, result, args: argparse.Namespace) -> None:
-    import json
-
+def _record(result, args: argparse.Namespace) -> dict:
     cex = result.counterexample
-    record = {
+    return {
         "model": args.model, "spec": args.spec, "result": str(result.status), "time": result.time,
         "stats": result.stats, "message": result.message,
         "counterexample": None if cex is None else {"x": cex.x.tolist(), "y": cex.y.tolist()},
     }
-    Path(path).write_text(json.dumps(record, indent=1) + "\n")
+
+
+def _write_json(path: str, record: dict) -> None:
+    import json
+
+    try:
+        Path(path).write_text(json.dumps(record, indent=1) + "\n")
+    except OSError as exc:
+        print(f"verify: error: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
 
 
 def run() -> None:

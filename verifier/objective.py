@@ -28,6 +28,9 @@ class CaseObjective:
     d: Tensor  # (S,)
     groups: Tensor  # (P, S) bool: row s belongs to polytope p
     strict: Tensor  # (S,) bool
+    # (S,) for a row combining two rows (``with_row_combinations``), the weight of the first; 0 on the
+    # spec's own rows (None: every row is the spec's own)
+    mix: Tensor | None = None
 
     @property
     def n_rows(self) -> int:
@@ -53,6 +56,18 @@ class CaseObjective:
         """The rows ``(..., S)`` belonging to any of the marked polytopes ``(..., P)`` (bool)."""
         return polytopes.to(self.C.dtype) @ self.groups.to(self.C.dtype) > 0
 
+    def select_rows(self, keep: Tensor) -> CaseObjective:
+        """The objective with only the rows ``keep`` ``(S,)`` (bool); keep every row of the spec's own
+        so that the unsafe set stays the same."""
+        return CaseObjective(self.lower, self.upper, self.C[keep], self.d[keep], self.groups[:, keep],
+                             self.strict[keep], None if self.mix is None else self.mix[keep])
+
+    def midpoint_rows(self) -> Tensor:
+        """``(S,)`` bool: the spec's own rows and the combinations of two rows with equal weights."""
+        if self.mix is None:
+            return torch.ones(self.n_rows, dtype=torch.bool, device=self.C.device)
+        return (self.mix == 0) | (self.mix == 0.5)
+
     def ruled_out(self, row_lower: Tensor) -> Tensor:
         """Per domain ``(B,)``: every polytope has a row whose lower bound is above 0."""
         return (self.polytope_margins(row_lower) > 0).all(dim=-1)
@@ -68,6 +83,7 @@ def with_row_combinations(obj: CaseObjective, steps: int = 9, max_rows: int = 8)
     """
     lam = torch.arange(1, steps + 1, dtype=obj.C.dtype, device=obj.C.device) / (steps + 1)  # (L,)
     C, d, groups, strict = [obj.C], [obj.d], [obj.groups], [obj.strict]
+    mix = [obj.mix if obj.mix is not None else torch.zeros_like(obj.d)]
     for p in range(obj.groups.shape[0]):
         rows = torch.nonzero(obj.groups[p]).flatten()
         if not 2 <= rows.numel() <= max_rows:
@@ -82,8 +98,9 @@ def with_row_combinations(obj: CaseObjective, steps: int = 9, max_rows: int = 8)
         g[p] = True
         groups.append(g)
         strict.append(torch.zeros(i.numel(), dtype=torch.bool, device=obj.strict.device))
+        mix.append(l.squeeze(1))
     return CaseObjective(obj.lower, obj.upper, torch.cat(C), torch.cat(d), torch.cat(groups, dim=1),
-                         torch.cat(strict))
+                         torch.cat(strict), torch.cat(mix))
 
 
 def round_toward(a: np.ndarray, dtype: torch.dtype, toward: float) -> np.ndarray:

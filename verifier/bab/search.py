@@ -36,7 +36,7 @@ class BabOptions:
     input_split_max_dim: int = 16  # auto picks input splitting up to this many inputs
     # auto with input splitting: its share of the time before ReLU splitting takes over (on ACAS Xu, ReLU
     # splitting after input splitting decided none of the 186; benchmarks/results/README.md)
-    input_share: float = 0.85
+    input_share: float = 0.95
     batch_size: int = 2048  # parents popped per round (input splitting)
     relu_batch_size: int = 256  # parents popped per round (ReLU splitting)
     bound: str = "crown"  # input splitting: crown, alpha (CROWN, then alpha-CROWN on the open), symbolic
@@ -44,7 +44,12 @@ class BabOptions:
     # on the spec rows only ("final"), with full CROWN ("full"), or not at all ("none": gradient x width)
     strong_branching: str = "full"
     contract: bool = True  # input splitting: shrink each box by its rows' linear bounds (bab/contract.py)
+    bound_chunk: int = 512  # input splitting: children bounded per CROWN call
+    input_all_combinations: bool = False  # input splitting: bound every row combination, not only midpoints
     exact_unstable: int = 12  # input splitting: decide open subdomains with at most this many unstable ReLUs by MILP
+    # ... while the MILP has taken at most this share of the search's time (on ACAS Xu the MILP leaves
+    # decided nothing that splitting did not, and took up to half of the time when not held back)
+    exact_share: float = 0.1
     exact_per_round: int = 16  # at most this many MILP-decided subdomains per round
     warm_start: bool = False  # start a child's slope optimization from its parent's slopes
     relu_branching: str = "fsb"  # ReLU splitting: babsr (intercept score) | fsb (best of the top candidates)

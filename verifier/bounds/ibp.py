@@ -108,17 +108,21 @@ def interval_node(node: Node, args: list[Interval]) -> Interval:
     """Interval of one (non-input) node from the intervals of its inputs."""
     op = node.op
     if isinstance(op, (Dense, Conv, Scale)):
+        # each weight meets the end of the input interval that minimizes (maximizes) the output, as
+        # the ends are: a centre-radius form rounds the centre and the radius, which can lift the
+        # lower bound of a box that touches the unsafe set above 0
         (lo, hi), = args
-        mid, rad = (hi + lo) / 2, (hi - lo) / 2
         if isinstance(op, Dense):
-            m, r = F.linear(mid, op.weight, op.bias), F.linear(rad, op.weight.abs())
-        elif isinstance(op, Conv):
+            pos, neg = op.weight.clamp(min=0), op.weight.clamp(max=0)
+            return (F.linear(lo, pos, op.bias) + F.linear(hi, neg), F.linear(hi, pos, op.bias) + F.linear(lo, neg))
+        if isinstance(op, Conv):
             conv = (op.stride, 0, op.dilation, op.groups)
-            m = F.conv2d(pad_hw(mid, op.padding), op.weight, op.bias, *conv)
-            r = F.conv2d(pad_hw(rad, op.padding), op.weight.abs(), None, *conv)
-        else:
-            m, r = mid * op.scale + op.shift, rad * op.scale.abs()
-        return m - r, m + r
+            pos, neg = op.weight.clamp(min=0), op.weight.clamp(max=0)
+            lo, hi = pad_hw(lo, op.padding), pad_hw(hi, op.padding)
+            return (F.conv2d(lo, pos, op.bias, *conv) + F.conv2d(hi, neg, None, *conv),
+                    F.conv2d(hi, pos, op.bias, *conv) + F.conv2d(lo, neg, None, *conv))
+        a, b = lo * op.scale + op.shift, hi * op.scale + op.shift
+        return torch.minimum(a, b), torch.maximum(a, b)
     if isinstance(op, Add):
         return args[0][0] + args[1][0], args[0][1] + args[1][1]
     # every remaining op is monotone (nondecreasing) in each input
@@ -141,10 +145,11 @@ def spec_interval(net: Network, bounds: list[Interval], C: Tensor, d: Tensor) ->
     else:
         lo, hi = bounds[net.output]
         W, c = C, -d
-    mid, rad = (hi + lo).flatten(1) / 2, (hi - lo).flatten(1) / 2  # (B, n)
-    m = torch.einsum("bsn,bn->bs", W, mid) + c
-    r = torch.einsum("bsn,bn->bs", W.abs(), rad)
-    return m - r, m + r
+    lo, hi = lo.flatten(1), hi.flatten(1)  # (B, n)
+    pos, neg = W.clamp(min=0), W.clamp(max=0)
+    lower = torch.einsum("bsn,bn->bs", pos, lo) + torch.einsum("bsn,bn->bs", neg, hi) + c
+    upper = torch.einsum("bsn,bn->bs", pos, hi) + torch.einsum("bsn,bn->bs", neg, lo) + c
+    return lower, upper
 
 
 def mark_empty(lower: Tensor, upper: Tensor | None, empty: Tensor) -> tuple[Tensor, Tensor | None]:

@@ -13,8 +13,9 @@ import numpy as np
 import torch
 
 from tests.nets import Builder, one_thread  # noqa: F401 (fixture)
+from verifier.bab.probes import unsafe_corners
 from verifier.bab.search import BabOptions, BabStats
-from verifier.bab.solve import solve_case, unsafe_corners
+from verifier.bab.solve import solve_case
 from verifier.bab.subproblems import SubproblemBatch
 from verifier.bounds import Domains, crown
 from verifier.bounds.alpha import AlphaOptions

@@ -98,9 +98,10 @@ def _start_watchdog(reporter: _Reporter, args: argparse.Namespace, start: float)
         if reporter.emit(format_result("timeout")):
             log.warning("deadline passed: answered timeout")
             if args.json:
-                _write_json(args.json, {"model": args.model, "spec": args.spec, "result": "timeout",
-                                        "time": time.monotonic() - start, "stats": {},
-                                        "message": "deadline passed", "counterexample": None})
+                from verifier.result import Result, Status
+
+                timed_out = Result(Status.TIMEOUT, time=time.monotonic() - start, message="deadline passed")
+                _write_json(args.json, _record(timed_out, args))
             os._exit(EXIT_OK)
 
     timer = threading.Timer(max(0.0, timeout) + _WATCHDOG_GRACE, fire)

@@ -41,24 +41,23 @@ import numpy as np
 import torch
 
 from verifier.bab.branching import relu_scores, split_relus, target_rows
+from verifier.bab.probes import check_points
 from verifier.bab.search import BabOptions, BabStats, Rule, ValidateFn, physical_memory, search
 from verifier.bab.spec_rows import RowSubset, combine_rows, mix_rows, needed_rows, one_polytope_each, open_polytopes
-from verifier.bab.subproblems import SubproblemBatch, concat
+from verifier.bab.subproblems import SubproblemBatch, concat, in_chunks
 from verifier.bounds.alpha import AlphaOptions
-from verifier.bounds.backward import Relaxations
+from verifier.bounds.backward import Relaxations, concretize
 from verifier.bounds.beta import beta_crown
-from verifier.bounds.crown import CrownState, crown_sweep, final_bounds
+from verifier.bounds.crown import CrownState, crown_sweep, final_linear
 from verifier.bounds.ibp import mark_empty
 from verifier.bounds.types import Betas, BoundResult, Slopes
 from verifier.deadline import Deadline
-from verifier.forward import forward
 from verifier.network import Network
 from verifier.objective import CaseObjective
 from verifier.result import Counterexample, Status
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
-_PRIMAL_CHECKS = 8  # most candidates validated per round
 _MIN_GROUP = 64  # children bounded together at least (unless fewer are left), whatever layer they split
 # the backward rows of one bounding call may take this fraction of BabOptions.max_memory (the optimization
 # keeps several such tensors and their gradients alive at once)
@@ -140,8 +139,7 @@ def _final_lower(net: Network, batch: SubproblemBatch, state: CrownState, C: Ten
         # beta-CROWN's split term (beta.py): -beta_j s_j added to the coefficient of z_j
         terms = {r: -b * s.to(b.dtype).unsqueeze(1) for r, b, s in zip(relus, batch.betas.values, batch.splits,
                                                                           strict=True)}
-    lower, _ = final_bounds(net, batch.domains, state, C, d, slopes, terms)
-    return lower
+    return concretize(*final_linear(net, state, C, d, slopes, terms), (batch.lower, batch.upper))
 
 
 def _worst_rows(obj: CaseObjective, bound: Tensor) -> Tensor:
@@ -321,8 +319,8 @@ def relu_rule(
             step = chunk_size(members, reuse, largest, row_budget)
             if step < members.batch:
                 stats.extra["bab_bound_chunks"] = stats.extra.get("bab_bound_chunks", 0) + 1
-            for i in range(0, members.batch, step):  # chunks only where the rows would not fit in memory
-                parts.append(tight(members.select(torch.arange(i, min(i + step, members.batch))), reuse))
+            # one chunk unless the backward rows would not fit in memory
+            parts.append(in_chunks(lambda b, reuse=reuse: tight(b, reuse), members, step))
         return concat(parts) if len(parts) > 1 else parts[0]
 
     def tight(children: SubproblemBatch, reuse: int) -> SubproblemBatch:
@@ -360,18 +358,7 @@ def relu_rule(
 def check_primals(net: Network, obj: CaseObjective, batch: SubproblemBatch, validate_fn: ValidateFn
                   ) -> Counterexample | None:
     """Validate the primal corners (``primal_inputs``) whose concrete outputs already look unsafe."""
-    if batch.batch == 0:
-        return None
-    x = primal_inputs(net, obj, batch)
-    with torch.no_grad():
-        v = obj.violation(forward(net, x))
-    for i in torch.argsort(v)[: _PRIMAL_CHECKS].tolist():
-        if float(v[i]) > 0:
-            break
-        cex = validate_fn(x[i])
-        if cex is not None:
-            return cex
-    return None
+    return None if batch.batch == 0 else check_points(net, obj, primal_inputs(net, obj, batch), validate_fn)
 
 
 def decide_leaves(

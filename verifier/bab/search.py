@@ -228,21 +228,6 @@ def physical_memory() -> float:
         return 8.0 * 2**30
 
 
-def check_centres(net: Network, obj: CaseObjective, batch: SubproblemBatch, validate_fn: ValidateFn
-                   ) -> Counterexample | None:
-    """Validate the box centres whose concrete outputs already look unsafe."""
-    if batch.batch == 0:
-        return None
-    centre = (batch.lower + batch.upper) / 2
-    with torch.no_grad():
-        v = obj.violation(forward(net, centre))
-    for i in torch.nonzero(v <= 0).flatten()[:8].tolist():
-        cex = validate_fn(centre[i])
-        if cex is not None:
-            return cex
-    return None
-
-
 def _attack_worst(
     net: Network, obj: CaseObjective, batch: SubproblemBatch, m: Tensor, validate_fn: ValidateFn,
     opts: BabOptions, deadline: Deadline, gen: torch.Generator,

@@ -8,7 +8,6 @@ on the whole case box takes over after branch and bound's share of the time.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -16,15 +15,15 @@ import torch
 
 from verifier.bab.branching import bisect_inputs, input_split_dims, strong_input_split
 from verifier.bab.contract import contract
+from verifier.bab.probes import check_centres, unsafe_corners, validate_best
 from verifier.bab.relu_split import solve_relu
-from verifier.bab.search import BabOptions, BabStats, Rule, ValidateFn, check_centres, margins, search
-from verifier.bab.subproblems import SubproblemBatch, concat
+from verifier.bab.search import BabOptions, BabStats, Rule, ValidateFn, search
+from verifier.bab.subproblems import SubproblemBatch, in_chunks
 from verifier.bounds.alpha import AlphaOptions, alpha_crown
 from verifier.bounds.crown import crown
 from verifier.bounds.symbolic import supports_symbolic, symbolic_bounds
 from verifier.bounds.types import BoundResult
 from verifier.deadline import Deadline
-from verifier.forward import forward
 from verifier.network import Network
 from verifier.objective import CaseObjective
 from verifier.result import Counterexample, Status
@@ -157,7 +156,11 @@ def _input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts:
                        slopes=res.slopes if slopes else children.slopes)
 
     def cheap(children: SubproblemBatch) -> SubproblemBatch:
-        return in_chunks(cheap_chunk, children, opts.bound_chunk)
+        # in chunks that keep the backward rows in the CPU's cache (ACAS Xu 3_3/p2: 1.25x more children per
+        # second), of children with similar numbers of unstable ReLUs (a chunk's backward pass has as many
+        # rows as its most unstable child needs)
+        key = None if children.intermediate is None else children.intermediate.unstable_count(children.batch)
+        return in_chunks(cheap_chunk, children, opts.bound_chunk, key)
 
     def cheap_chunk(children: SubproblemBatch) -> SubproblemBatch:
         # a child's box lies in its parent's: the parent's intermediate bounds stay valid
@@ -200,69 +203,21 @@ def _input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts:
     def settle(open_: SubproblemBatch) -> tuple[SubproblemBatch, Counterexample | None, bool]:
         cex = validate_best(probes, validate_fn) or check_centres(net, obj, open_, validate_fn)
         probes.clear()
-        exact_time = spent["exact"] <= opts.exact_share * (time.monotonic() - start)
-        if cex is not None or opts.exact_unstable <= 0 or open_.intermediate is None or not exact_time:
+        nonlocal exact_time
+        in_share = exact_time <= opts.exact_share * (time.monotonic() - start)
+        if cex is not None or opts.exact_unstable <= 0 or open_.intermediate is None or not in_share:
             return open_, cex, False
         t = time.monotonic()
         try:
             return exact_leaves(net, obj, open_, validate_fn, opts, deadline)
         finally:
-            spent["exact"] += time.monotonic() - t
+            exact_time += time.monotonic() - t
 
-    start, spent = time.monotonic(), {"exact": 0.0}
+    start, exact_time = time.monotonic(), 0.0  # the MILP leaves' time, held to opts.exact_share
 
     strong = opts.strong_branching != "none"
     batch = max(1, opts.batch_size // (2 * net.n_inputs)) if strong else opts.batch_size
     return Rule(branch=branch, bound=tight, batch_size=batch, settle=settle)
-
-
-def in_chunks(bound: Callable[[SubproblemBatch], SubproblemBatch], children: SubproblemBatch, size: int
-              ) -> SubproblemBatch:
-    """``bound`` applied to chunks of at most ``size`` children, in the children's order.
-
-    Chunks keep the backward rows in the CPU's cache (ACAS Xu 3_3/p2: 1.25x more children per second),
-    and group children with similar numbers of unstable ReLUs (a chunk's backward pass has as many
-    rows as its most unstable child needs)."""
-    if children.batch <= size or children.intermediate is None:
-        return bound(children)
-    order = torch.argsort(children.intermediate.unstable_count(children.batch), stable=True)
-    parts = [bound(children.select(order[s : s + size])) for s in range(0, children.batch, size)]
-    return concat(parts).select(torch.argsort(order))
-
-
-_PROBES = 8  # candidates replayed per round
-
-
-def unsafe_corners(net: Network, obj: CaseObjective, children: SubproblemBatch, A: Tensor
-                   ) -> tuple[Tensor, Tensor]:
-    """The box corners minimizing each row's linear lower bound ``A`` ``(B, S, n_in)`` on the children
-    still open, whose concrete violation is at most 0: ``(points (K, n_in), violations (K,))``, best first.
-
-    A narrow counterexample of a low-dimensional input often sits on the boundary of the case box,
-    where no box centre ever lies; once a box is small, the minimizers of its nearly exact linear
-    bounds land on it."""
-    open_ = margins(obj, children.bound) <= 0
-    if not bool(open_.any()):
-        return children.lower[:0], children.bound[:0, 0]
-    lo, hi = children.lower[open_].unsqueeze(1), children.upper[open_].unsqueeze(1)
-    x = torch.where(A[open_] >= 0, lo, hi).reshape(-1, lo.shape[-1])  # (B' S, n_in)
-    with torch.no_grad():
-        v = obj.violation(forward(net, x))
-    keep = torch.nonzero(v <= 0).flatten()
-    keep = keep[torch.argsort(v[keep])[:_PROBES]]
-    return x[keep], v[keep]
-
-
-def validate_best(probes: list[tuple[Tensor, Tensor]], validate_fn: ValidateFn) -> Counterexample | None:
-    """Replay the best ``_PROBES`` candidates of ``probes`` (lists of points and violations)."""
-    if not probes:
-        return None
-    x, v = torch.cat([p[0] for p in probes]), torch.cat([p[1] for p in probes])
-    for i in torch.argsort(v)[:_PROBES].tolist():
-        cex = validate_fn(x[i])
-        if cex is not None:
-            return cex
-    return None
 
 
 def contract_children(obj: CaseObjective, children: SubproblemBatch, linear: tuple[torch.Tensor, torch.Tensor]

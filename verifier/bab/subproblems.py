@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -95,6 +96,17 @@ def concat(batches: list[SubproblemBatch]) -> SubproblemBatch:
                   for rows in zip(*(b.slopes.intermediate for b in batches)))),
         betas=None if first.betas is None else Betas(cat_tuple(lambda b: b.betas.values)),
     )
+
+
+def in_chunks(bound: Callable[[SubproblemBatch], SubproblemBatch], batch: SubproblemBatch, size: int,
+              key: Tensor | None = None) -> SubproblemBatch:
+    """``bound`` applied to chunks of at most ``size`` of ``batch`` (in increasing ``key`` ``(B,)`` when
+    given, so that a chunk holds similar subdomains); the result is in the batch's order."""
+    if batch.batch <= size:
+        return bound(batch)
+    order = torch.arange(batch.batch, device=batch.lower.device) if key is None else torch.argsort(key, stable=True)
+    parts = concat([bound(batch.select(order[s : s + size])) for s in range(0, batch.batch, size)])
+    return parts if key is None else parts.select(torch.argsort(order))
 
 
 class Store:

@@ -19,7 +19,8 @@ from typing import Literal
 import torch
 
 from verifier.bounds.adam import Adam
-from verifier.bounds.crown import CrownState, crown_sweep, final_bounds
+from verifier.bounds.backward import concretize
+from verifier.bounds.crown import CrownState, crown_sweep, final_linear
 from verifier.bounds.graph import bounded_nodes
 from verifier.bounds.ibp import intermediate_of, mark_empty, spec_interval
 from verifier.bounds.prepare import check_domains, check_known, disable_tf32, spec_rows
@@ -169,7 +170,7 @@ def _final(net: Network, domains: Domains, state: CrownState, C: Tensor, d: Tens
     if beta_params:
         terms = {r: -b * s.to(b.dtype).unsqueeze(1)
                  for r, b, s in zip(relus, beta_params, domains.splits, strict=True)}
-    lower, _ = final_bounds(net, domains, state, C, d, slopes, terms)
+    lower = concretize(*final_linear(net, state, C, d, slopes, terms), (domains.lower, domains.upper))
     return torch.maximum(lower, spec_interval(net, state.nodes.bounds, C, d)[0])
 
 

@@ -153,22 +153,3 @@ def final_linear(
     if A0 is None:  # the rows do not depend on the input
         A0 = const.new_zeros(B, const.shape[1], net.n_inputs)
     return A0, const
-
-
-def final_bounds(
-    net: Network,
-    domains: Domains,
-    state: CrownState,
-    C: Tensor,
-    d: Tensor,
-    slopes: Mapping[int, Tensor] | None = None,
-    split_terms: Mapping[int, Tensor] | None = None,
-    need_upper: bool = False,
-) -> tuple[Tensor, Tensor | None]:
-    """Lower (and upper) bounds ``(B, S)`` of ``C f(x) - d`` from the node bounds in ``state``."""
-    S = d.shape[1]
-    bound = concretize(*final_linear(net, state, C, d, slopes, split_terms, need_upper),
-                       (domains.lower, domains.upper))
-    if need_upper:
-        return bound[:, :S], -bound[:, S:]
-    return bound, None

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from verifier.bounds.backward import concretize
 from verifier.bounds.graph import bounded_nodes, relu_inputs, relu_layers_of
 from verifier.bounds.prepare import check_domains, check_known, disable_tf32, spec_rows
 from verifier.bounds.types import BoundResult, Domains, IntermediateBounds, Tensor
@@ -145,11 +146,8 @@ def spec_interval(net: Network, bounds: list[Interval], C: Tensor, d: Tensor) ->
     else:
         lo, hi = bounds[net.output]
         W, c = C, -d
-    lo, hi = lo.flatten(1), hi.flatten(1)  # (B, n)
-    pos, neg = W.clamp(min=0), W.clamp(max=0)
-    lower = torch.einsum("bsn,bn->bs", pos, lo) + torch.einsum("bsn,bn->bs", neg, hi) + c
-    upper = torch.einsum("bsn,bn->bs", pos, hi) + torch.einsum("bsn,bn->bs", neg, lo) + c
-    return lower, upper
+    box = (lo.flatten(1), hi.flatten(1))  # (B, n)
+    return concretize(W, c, box), -concretize(-W, -c, box)
 
 
 def mark_empty(lower: Tensor, upper: Tensor | None, empty: Tensor) -> tuple[Tensor, Tensor | None]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from verifier.attack import AttackOptions, attack_case
+from verifier.attack import AttackOptions, attack_case, pgd_candidates
 from verifier.deadline import Deadline
 from verifier.network import Dense, Input, Network, Node, Relu
 from verifier.objective import case_objective
@@ -43,6 +43,21 @@ def test_pgd_reaches_a_corner_region_and_hands_only_unsafe_points_to_validation(
     opts = AttackOptions(samples=4, restarts=4, steps=50)
     cex = attack_case(net, obj, check, opts, Deadline.after(10), torch.Generator().manual_seed(0))
     assert cex is not None and abs(cex.x[0]) >= 0.99
+
+
+def test_pgd_restarts_also_descend_a_polytope_that_is_not_the_nearest():
+    # y1 = relu(x) + 0.1 (never <= 0; nearest, and flat once x < 0), y2 = 0.7 (x + 2) - 0.9 (<= 0 for x <= -5/7)
+    w1 = torch.tensor([[1.0], [1.0]], dtype=torch.float64)
+    w2 = torch.tensor([[1.0, 0.0], [0.0, 0.7]], dtype=torch.float64)
+    nodes = (Node(Input(), (), (1,)), Node(Dense(w1, torch.tensor([0.0, 2.0], dtype=torch.float64)), (0,), (2,)),
+             Node(Relu(), (1,), (2,)), Node(Dense(w2, torch.tensor([0.1, -0.9], dtype=torch.float64)), (2,), (2,)))
+    net = Network(nodes, 3)
+    polys = (Polytope(np.array([[1.0, 0.0]]), np.array([0.0])), Polytope(np.array([[0.0, 1.0]]), np.array([0.0])))
+    obj = case_objective(Case(np.array([-1.0]), np.array([1.0]), polys), torch.float64)
+    start = torch.full((6, 1), 0.5, dtype=torch.float64)  # every restart where polytope 1 is the nearest
+    x, v = pgd_candidates(net, obj, obj.lower[None], obj.upper[None], AttackOptions(restarts=6, steps=50),
+                          torch.Generator().manual_seed(0), Deadline(), start)
+    assert float(v[0]) <= 0 and float(x[0, 0]) <= -5 / 7
 
 
 def test_no_candidate_when_the_property_holds():

@@ -72,20 +72,38 @@ def pgd_candidates(
     width = hi - lo
     x = _uniform(lower, upper, n_res, gen) if start is None else start
     best_x, best_v = x.clone(), torch.full((x.shape[0],), torch.inf, dtype=x.dtype, device=x.device)
+    target = _targets(obj, x.shape[0] // n_res, n_res, x.device)
     for t in range(opts.steps + 1):
         x = x.detach().requires_grad_(True)
-        v = obj.violation(forward(net, x))  # (K R,)
+        y = forward(net, x)
+        v = obj.violation(y)  # (K R,)
         with torch.no_grad():
             better = v < best_v
             best_x[better], best_v[better] = x[better], v[better]
         if t == opts.steps or deadline.expired() or bool((best_v < 0).any()):
             break
-        (grad,) = torch.autograd.grad(v.sum(), x)
+        # each restart descends the margin of its own polytope, or (target -1) of the nearest one
+        margins = obj.polytope_margins(y.reshape(y.shape[0], -1) @ obj.C.T - obj.d)  # (K R, P)
+        loss = torch.where(target >= 0, margins.gather(1, target.clamp(min=0).unsqueeze(1)).squeeze(1), v)
+        (grad,) = torch.autograd.grad(loss.sum(), x)
         frac = opts.step_start * (opts.step_end / opts.step_start) ** (t / max(1, opts.steps - 1))
         with torch.no_grad():
             x = torch.minimum(torch.maximum(x - frac * width * grad.sign(), lo), hi)
     order = torch.argsort(best_v)
     return best_x[order].detach(), best_v[order].detach()
+
+
+def _targets(obj: CaseObjective, boxes: int, restarts: int, device) -> Tensor:
+    """Per restart ``(boxes * restarts,)``, the polytope whose margin it descends: restart ``i`` of a box
+    takes polytope ``i mod (P + 1)``, where ``P`` means the nearest polytope at each step (``-1``).
+
+    Descending only the nearest polytope's margin follows one output class; an unsafe point of
+    another polytope (e.g. another wrong MNIST label) can be missed by every restart.
+    """
+    P = obj.groups.shape[0]
+    i = torch.arange(restarts, device=device) % (P + 1)
+    return torch.where(i < P, i, torch.full_like(i, -1)).repeat(boxes) if P > 1 else \
+        torch.full((boxes * restarts,), -1, dtype=torch.long, device=device)
 
 
 def attack_case(

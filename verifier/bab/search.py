@@ -57,6 +57,12 @@ class BabOptions:
     beta_iterations: int = 20  # ReLU splitting: beta-CROWN iterations per batch of children
     beta_intermediate: bool = False  # ReLU splitting: also optimize the intermediate layers' slopes
     relu_per_polytope: bool = True  # ReLU splitting: one search per polytope left open by the root bound
+    # ReLU splitting on networks of two or more ReLU layers: after refine_after of the time, the search
+    # starts again from a root whose unstable neurons were proven stable where possible (bab/refine.py),
+    # which may take refine_share of the time left, at most refine_neuron_time seconds per neuron
+    refine_after: float = 0.05
+    refine_share: float = 0.6  # 0 turns the refinement off
+    refine_neuron_time: float = 0.5
     attack_every: int = 10  # rounds between PGD attacks on the worst subdomains
     attack_domains: int = 16  # worst subdomains attacked each time
     attack: AttackOptions = field(default_factory=lambda: AttackOptions(

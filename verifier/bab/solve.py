@@ -16,6 +16,7 @@ import torch
 from verifier.bab.branching import bisect_inputs, input_split_dims, strong_input_split
 from verifier.bab.contract import contract
 from verifier.bab.probes import check_centres, unsafe_corners, validate_best
+from verifier.bab.refine import refined_root
 from verifier.bab.relu_split import solve_relu
 from verifier.bab.search import BabOptions, BabStats, Rule, ValidateFn, search
 from verifier.bab.subproblems import SubproblemBatch, in_chunks
@@ -48,8 +49,7 @@ def solve_case(
         depth=torch.zeros(1, dtype=torch.int32, device=obj.lower.device), intermediate=root.intermediate,
     )
     unstable = int(root.intermediate.unstable_count(1)[0]) if root.intermediate is not None else None
-    milp = (opts.branching == "auto" and opts.milp_max_unstable > 0 and unstable is not None
-            and unstable <= opts.milp_max_unstable)
+    milp = _milp_applies(opts, root)
     stats.extra["root_unstable"] = unstable if unstable is not None else -1
     if choose_branching(net, opts) == "input":
         # a portfolio: input splitting first; if it runs out of its share of the time, the MILP when few
@@ -72,7 +72,24 @@ def solve_case(
                 return status, cex
         stats.extra["bab_switched_to_relu"] = 1
         return solve_relu(net, obj, root, validate_fn, opts, alpha_opts, deadline, gen, stats)
-    if not milp:
+    return _relu_portfolio(net, obj, root, validate_fn, opts, alpha_opts, deadline, gen, stats)
+
+
+def _relu_portfolio(
+    net: Network, obj: CaseObjective, root: BoundResult, validate_fn: ValidateFn, opts: BabOptions,
+    alpha_opts: AlphaOptions, deadline: Deadline, gen: torch.Generator, stats: BabStats,
+) -> tuple[Status, Counterexample | None]:
+    """ReLU splitting; if it runs out of its first share, again from a refined root; then the MILP
+    (auto engine, few unstable ReLUs)."""
+    if opts.refine_share > 0 and len(net.relu_indices) >= 2 and root.intermediate is not None:
+        status, cex = solve_relu(net, obj, root, validate_fn, opts, alpha_opts, _share(deadline, opts.refine_after),
+                                 gen, stats)
+        if status not in (Status.TIMEOUT, Status.UNKNOWN) or deadline.expired():
+            return status, cex
+        root = refined_root(net, obj, root, opts, alpha_opts, _share(deadline, opts.refine_share), gen, stats)
+        if bool(obj.ruled_out(root.lower).all()):
+            return Status.UNSAT, None
+    if not _milp_applies(opts, root):
         return solve_relu(net, obj, root, validate_fn, opts, alpha_opts, deadline, gen, stats)
     # ReLU splitting first (it decides most high-dimensional cases sooner), then the MILP
     status, cex = solve_relu(net, obj, root, validate_fn, opts, alpha_opts, _share(deadline, opts.relu_share_milp),
@@ -80,6 +97,13 @@ def solve_case(
     if status not in (Status.TIMEOUT, Status.UNKNOWN) or deadline.expired():
         return status, cex
     return milp_case(net, obj, root, validate_fn, deadline, stats)
+
+
+def _milp_applies(opts: BabOptions, root: BoundResult) -> bool:
+    """Whether the auto engine's portfolio ends with the MILP: the root leaves few ReLUs unstable."""
+    unstable = None if root.intermediate is None else int(root.intermediate.unstable_count(1)[0])
+    return (opts.branching == "auto" and opts.milp_max_unstable > 0 and unstable is not None
+            and unstable <= opts.milp_max_unstable)
 
 
 def _share(deadline: Deadline, share: float) -> Deadline:

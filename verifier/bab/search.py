@@ -59,10 +59,16 @@ class BabOptions:
     relu_per_polytope: bool = True  # ReLU splitting: one search per polytope left open by the root bound
     # ReLU splitting on networks of two or more ReLU layers: after refine_after of the time, the search
     # starts again from a root whose unstable neurons were proven stable where possible (bab/refine.py),
-    # which may take refine_share of the time left, at most refine_neuron_time seconds per neuron
-    refine_after: float = 0.05
+    # which may take refine_share of the time left, at most refine_neuron_time seconds per neuron (more
+    # in later passes).  With refine_after 0.05, mnistfc 256x2 prop_1_0.03 took 84 s instead of 9 s and
+    # 256x4 prop_13_0.03 134 s instead of 7.5 s: plain ReLU splitting decides them, given 24 and 60 s
+    refine_after: float = 0.2
     refine_share: float = 0.6  # 0 turns the refinement off
     refine_neuron_time: float = 0.5
+    # ... on networks whose ReLU layers have at most this many neurons each (measured on mnistfc's 256-wide
+    # layers; oval21's convolutional layers have 1024-4096, and its cases decided by ReLU splitting took up
+    # to 63 s of it: not measured with the refinement)
+    refine_max_width: int = 1024
     attack_every: int = 10  # rounds between PGD attacks on the worst subdomains
     attack_domains: int = 16  # worst subdomains attacked each time
     attack: AttackOptions = field(default_factory=lambda: AttackOptions(

@@ -81,7 +81,9 @@ def _relu_portfolio(
 ) -> tuple[Status, Counterexample | None]:
     """ReLU splitting; if it runs out of its first share, again from a refined root; then the MILP
     (auto engine, few unstable ReLUs)."""
-    if opts.refine_share > 0 and len(net.relu_indices) >= 2 and root.intermediate is not None:
+    widest = max((net.nodes[r].size for r in net.relu_indices), default=0)
+    if (opts.refine_share > 0 and len(net.relu_indices) >= 2 and widest <= opts.refine_max_width
+            and root.intermediate is not None):
         status, cex = solve_relu(net, obj, root, validate_fn, opts, alpha_opts, _share(deadline, opts.refine_after),
                                  gen, stats)
         if status not in (Status.TIMEOUT, Status.UNKNOWN) or deadline.expired():

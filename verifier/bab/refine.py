@@ -8,8 +8,9 @@ Then each neuron that sampled inputs have only seen on one side of 0 gets a
 short ReLU-splitting search (the beta-CROWN branch and bound of ``relu_split``,
 on the cut network) that tries to prove it never crosses to the other side; a
 proof makes the neuron stable.  A search ends early when its primal corners or
-its attack reach the other side.  Neurons nearest to stable go first, and each
-layer gets an equal share of the time left.
+its attack reach the other side.  Neurons nearest to stable go first, each
+layer gets an equal share of the time left, and later passes give the searches
+that ran out of time four times as long.
 
 alpha-beta-CROWN tightens intermediate bounds by MILP for the same reason (its
 MNIST fully connected configurations); here HiGHS took 3-5 s per neuron, the

@@ -75,15 +75,14 @@ def pgd_candidates(
     target = _targets(obj, x.shape[0] // n_res, n_res, x.device)
     for t in range(opts.steps + 1):
         x = x.detach().requires_grad_(True)
-        y = forward(net, x)
-        v = obj.violation(y)  # (K R,)
+        margins = obj.output_margins(forward(net, x))  # (K R, P)
+        v = margins.amin(dim=-1)  # the violation
         with torch.no_grad():
             better = v < best_v
             best_x[better], best_v[better] = x[better], v[better]
         if t == opts.steps or deadline.expired() or bool((best_v < 0).any()):
             break
         # each restart descends the margin of its own polytope, or (target -1) of the nearest one
-        margins = obj.polytope_margins(y.reshape(y.shape[0], -1) @ obj.C.T - obj.d)  # (K R, P)
         loss = torch.where(target >= 0, margins.gather(1, target.clamp(min=0).unsqueeze(1)).squeeze(1), v)
         (grad,) = torch.autograd.grad(loss.sum(), x)
         frac = opts.step_start * (opts.step_end / opts.step_start) ** (t / max(1, opts.steps - 1))
@@ -102,8 +101,7 @@ def _targets(obj: CaseObjective, boxes: int, restarts: int, device) -> Tensor:
     """
     P = obj.groups.shape[0]
     i = torch.arange(restarts, device=device) % (P + 1)
-    return torch.where(i < P, i, torch.full_like(i, -1)).repeat(boxes) if P > 1 else \
-        torch.full((boxes * restarts,), -1, dtype=torch.long, device=device)
+    return torch.where(i < P, i, torch.full_like(i, -1)).repeat(boxes)
 
 
 def attack_case(

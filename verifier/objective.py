@@ -47,10 +47,13 @@ class CaseObjective:
         masked = torch.where(self.groups, rows.unsqueeze(-2), torch.full_like(rows.unsqueeze(-2), -torch.inf))
         return masked.amax(dim=-1)
 
+    def output_margins(self, y: Tensor) -> Tensor:
+        """Per polytope, ``max_j C_j y - d_j`` of the outputs ``y`` ``(B, ...)`` -> ``(B, P)``."""
+        return self.polytope_margins(y.reshape(y.shape[0], -1) @ self.C.T - self.d)
+
     def violation(self, y: Tensor) -> Tensor:
         """Signed distance to the unsafe set, ``(B,)``: ``<= 0`` means ``y`` is (closure-)unsafe."""
-        rows = y.reshape(y.shape[0], -1) @ self.C.T - self.d  # (B, S)
-        return self.polytope_margins(rows).amin(dim=-1)
+        return self.output_margins(y).amin(dim=-1)
 
     def rows_of(self, polytopes: Tensor) -> Tensor:
         """The rows ``(..., S)`` belonging to any of the marked polytopes ``(..., P)`` (bool)."""

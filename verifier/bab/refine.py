@@ -78,7 +78,7 @@ def refine_bounds(
     Pass ``i`` gives each search ``neuron_time * 4**i`` seconds; a later pass (while time is left)
     tries again the neurons whose searches ran out of time, from the tighter earlier layers.
     """
-    bounds = IntermediateBounds(tuple(known.lower), tuple(known.upper))
+    bounds = known
     reached: set[tuple[int, int]] = set()  # (layer, neuron) shown to take both signs
     tried = stabilized = 0
     for i in range(passes):
@@ -111,7 +111,10 @@ def _refine_pass(
         unstable = int(((lo < 0) & (hi > 0)).sum())
         if unstable == 0:
             continue
-        earlier = IntermediateBounds(tuple(lower[:k]), tuple(upper[:k]))
+        # the cut network's ReLUs are the first ones of ``net`` (those before this pre-activation): k of
+        # them in a chain, fewer where this layer reads an earlier branch
+        r = len(sub.relu_indices)
+        earlier = IntermediateBounds(tuple(lower[:r]), tuple(upper[:r]))
         candidates = [c for c in _candidates(sub, obj, earlier, lo, hi, alpha_opts, layer_deadline, gen, samples,
                                              rows_per_call) if (k, c.neuron) not in reached]
         after_alpha, layer_tried, layer_stabilized, misses = int(((lo < 0) & (hi > 0)).sum()), 0, 0, 0
@@ -169,12 +172,13 @@ def _candidates(
         lo[part] = torch.maximum(lo[part], res.lower[0, :m])
         hi[part] = torch.minimum(hi[part], -res.lower[0, m:])
         # a neuron seen on both sides cannot be stable; otherwise try to prove the side it was seen on
-        for i, j in enumerate(part.tolist()):
-            if lo[j] < 0 < hi[j] and not (bool(above[j]) and bool(below[j])):
-                inactive = bool(below[j])
-                row = m + i if inactive else i
-                near = float(torch.minimum(-lo[j], hi[j]) / (hi[j] - lo[j]))
-                out.append(_Candidate(near, j, inactive, res, row, C[0, row]))
+        l, u = lo[part], hi[part]
+        keep = (l < 0) & (u > 0) & ~(above[part] & below[part])
+        near = (torch.minimum(-l, u) / (u - l)).tolist()
+        for i in torch.nonzero(keep).flatten().tolist():
+            inactive = bool(below[part[i]])
+            row = m + i if inactive else i
+            out.append(_Candidate(near[i], int(part[i]), inactive, res, row, C[0, row]))
         if deadline.expired():
             break
     return sorted(out, key=lambda c: c.near)
@@ -219,10 +223,9 @@ def refined_root(
     res = alpha_crown(net, Domains(obj.lower.unsqueeze(0), obj.upper.unsqueeze(0)), obj.C.unsqueeze(0),
                       obj.d.unsqueeze(0), alpha_opts, known=out.bounds)
     best = replace(res, lower=torch.maximum(res.lower, root.lower))
-    log.info("refine: %d unstable ReLUs -> %d, worst margin %.5g -> %.5g", before,
-             int(best.intermediate.unstable_count(1)[0]), float(obj.polytope_margins(root.lower).min()),
-             float(obj.polytope_margins(best.lower).min()))
+    after = int(best.intermediate.unstable_count(1)[0])
+    log.info("refine: %d unstable ReLUs -> %d, worst margin %.5g -> %.5g", before, after,
+             float(obj.polytope_margins(root.lower).min()), float(obj.polytope_margins(best.lower).min()))
     stats.extra.update(refine_time=round(time.monotonic() - t, 4), refine_tried=out.tried,
-                       refine_stabilized=out.stabilized, refine_unstable_before=before,
-                       refine_unstable_after=int(best.intermediate.unstable_count(1)[0]))
+                       refine_stabilized=out.stabilized, refine_unstable_before=before, refine_unstable_after=after)
     return best

@@ -57,7 +57,8 @@ class BabOptions:
     beta_iterations: int = 20  # ReLU splitting: beta-CROWN iterations per batch of children
     beta_intermediate: bool = False  # ReLU splitting: also optimize the intermediate layers' slopes
     relu_per_polytope: bool = True  # ReLU splitting: one search per polytope left open by the root bound
-    # ReLU splitting on networks of two or more ReLU layers: after refine_after of the time, the search
+    # ReLU splitting on networks of two or more ReLU layers whose root leaves too many ReLUs unstable for the
+    # MILP stage (milp_max_unstable): after refine_after of the time, the search
     # starts again from a root whose unstable neurons were proven stable where possible (bab/refine.py),
     # which may take refine_share of the time left, at most refine_neuron_time seconds per neuron (more
     # in later passes).  With refine_after 0.05, mnistfc 256x2 prop_1_0.03 took 84 s instead of 9 s and

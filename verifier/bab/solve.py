@@ -79,11 +79,11 @@ def _relu_portfolio(
     net: Network, obj: CaseObjective, root: BoundResult, validate_fn: ValidateFn, opts: BabOptions,
     alpha_opts: AlphaOptions, deadline: Deadline, gen: torch.Generator, stats: BabStats,
 ) -> tuple[Status, Counterexample | None]:
-    """ReLU splitting; if it runs out of its first share, again from a refined root; then the MILP
-    (auto engine, few unstable ReLUs)."""
+    """ReLU splitting, then the MILP (auto engine, few unstable ReLUs at the root); with too many for the
+    MILP, ReLU splitting starts again from a refined root once it has used its first share."""
     widest = max((net.nodes[r].size for r in net.relu_indices), default=0)
     if (opts.refine_share > 0 and len(net.relu_indices) >= 2 and widest <= opts.refine_max_width
-            and root.intermediate is not None):
+            and root.intermediate is not None and not _milp_applies(opts, root)):
         status, cex = solve_relu(net, obj, root, validate_fn, opts, alpha_opts, _share(deadline, opts.refine_after),
                                  gen, stats)
         if status not in (Status.TIMEOUT, Status.UNKNOWN) or deadline.expired():

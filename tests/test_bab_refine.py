@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.nets import Builder, dense_net, one_thread, relu_pre, sample_box  # noqa: F401  (autouse fixture)
-from verifier.bab.refine import cut_at, refine_bounds, refined_root
+from verifier.bab.refine import cut_at, prove_rows, refine_bounds, refined_root
 from verifier.bab.search import BabOptions, BabStats
 from verifier.bounds import AlphaOptions, Domains, alpha_crown
 from verifier.deadline import Deadline
@@ -61,9 +61,25 @@ def test_a_neuron_only_splitting_proves_stable_is_made_stable():
     root = _root(net, obj)
     assert float(root.intermediate.upper[1][0, 0]) > 0  # the relaxation leaves it unstable
     out = refine_bounds(net, obj, root.intermediate, BabOptions(), ALPHA, Deadline(time.monotonic() + 20),
-                        torch.Generator().manual_seed(0), neuron_time=5.0)
+                        torch.Generator().manual_seed(0), budget=64)
     assert out.tried == 1 and out.stabilized == 1
     assert float(out.bounds.upper[1][0, 0]) <= 0
+
+
+def test_prove_rows_answers_each_row_of_one_batched_search():
+    # on the cut network z = -0.1 everywhere: -z > 0 holds (only splitting proves it), z > 0 never does
+    net = abs_trick_net()
+    lower, upper = torch.tensor([-1.0], dtype=torch.float64), torch.tensor([1.0], dtype=torch.float64)
+    obj = _objective(lower, upper, torch.tensor([[1.0]], dtype=torch.float64), torch.tensor([0.0], dtype=torch.float64))
+    root = _root(net, obj)
+    sub = cut_at(net, 1)
+    earlier = type(root.intermediate)(root.intermediate.lower[:1], root.intermediate.upper[:1])
+    C = torch.tensor([[-1.0], [1.0]], dtype=torch.float64)
+    out = prove_rows(sub, obj, earlier, C, BabOptions(), ALPHA, Deadline(time.monotonic() + 20), budget=64)
+    assert out.tolist() == [1, -1]
+    # out of time before the first round: nothing is proven
+    out = prove_rows(sub, obj, earlier, C, BabOptions(), ALPHA, Deadline(time.monotonic()), budget=64)
+    assert out.tolist() == [0, 0]
 
 
 def test_the_refined_root_proves_what_the_root_could_not():
@@ -90,7 +106,7 @@ def test_refined_bounds_contain_every_sampled_pre_activation(seed):
                      torch.zeros(1, dtype=torch.float64))
     root = _root(net, obj)
     out = refine_bounds(net, obj, root.intermediate, BabOptions(), ALPHA, Deadline(time.monotonic() + 20),
-                        torch.Generator().manual_seed(seed), neuron_time=0.5)
+                        torch.Generator().manual_seed(seed), budget=64)
     xs = sample_box(gen, obj.lower[None], obj.upper[None], 4000)[0]
     pre, _ = relu_pre(net, xs)
     for k, z in enumerate(pre):

@@ -28,17 +28,16 @@ from dataclasses import dataclass, replace
 import torch
 
 from verifier.bab.search import BabOptions, BabStats
+from verifier.bab.subproblems import Store
 from verifier.bounds.alpha import AlphaOptions, alpha_crown
-from verifier.bounds.types import BoundResult, Domains, IntermediateBounds, Slopes
+from verifier.bounds.types import BoundResult, Domains, IntermediateBounds
 from verifier.deadline import Deadline
 from verifier.forward import forward
 from verifier.network import Network
 from verifier.objective import CaseObjective
-from verifier.result import Counterexample, Status
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
-_GIVE_UP = 8  # searches in a row out of time after which a layer's pass stops
 
 
 @dataclass(frozen=True)
@@ -69,36 +68,17 @@ def observed_signs(sub: Network, lower: Tensor, upper: Tensor, samples: int, gen
 
 def refine_bounds(
     net: Network, obj: CaseObjective, known: IntermediateBounds, opts: BabOptions, alpha_opts: AlphaOptions,
-    deadline: Deadline, gen: torch.Generator, neuron_time: float, samples: int = 1024, rows_per_call: int = 256,
-    passes: int = 3,
+    deadline: Deadline, gen: torch.Generator, budget: int, samples: int = 1024, rows_per_call: int = 256,
+    passes: int = 3, rows_per_search: int = 64,
 ) -> RefineOutcome:
     """``known`` (sound on the case box, batch of 1) with unstable neurons proven stable where the
     searches can within ``deadline``; never looser than ``known``.
 
-    Pass ``i`` gives each search ``neuron_time * 4**i`` seconds; a later pass (while time is left)
-    tries again the neurons whose searches ran out of time, from the tighter earlier layers.
+    Layer by layer (each an equal share of the time left): pass ``i`` lets each neuron's search bound
+    ``budget * 4**i`` subdomains, and a later pass tries again the neurons whose searches ran out.
+    Up to ``rows_per_search`` neurons are searched at once (``prove_rows``), nearest to stable first; a
+    pass stops at a group of which fewer than 1 in 8 were proven (the rest seldom pay).
     """
-    bounds = known
-    reached: set[tuple[int, int]] = set()  # (layer, neuron) shown to take both signs
-    tried = stabilized = 0
-    for i in range(passes):
-        if deadline.expired():
-            break
-        bounds, t, s = _refine_pass(net, obj, bounds, opts, alpha_opts, deadline, gen, neuron_time * 4**i,
-                                    samples, rows_per_call, reached)
-        tried, stabilized = tried + t, stabilized + s
-        if t == 0:
-            break
-    return RefineOutcome(bounds, tried, stabilized)
-
-
-def _refine_pass(
-    net: Network, obj: CaseObjective, known: IntermediateBounds, opts: BabOptions, alpha_opts: AlphaOptions,
-    deadline: Deadline, gen: torch.Generator, neuron_time: float, samples: int, rows_per_call: int,
-    reached: set[tuple[int, int]],
-) -> tuple[IntermediateBounds, int, int]:
-    """One pass over the layers (``refine_bounds``); adds to ``reached``; returns the bounds, the number
-    of searches and of neurons made stable."""
     lower, upper = list(known.lower), list(known.upper)
     K = len(net.relu_indices)
     tried = stabilized = 0
@@ -115,43 +95,47 @@ def _refine_pass(
         # them in a chain, fewer where this layer reads an earlier branch
         r = len(sub.relu_indices)
         earlier = IntermediateBounds(tuple(lower[:r]), tuple(upper[:r]))
-        candidates = [c for c in _candidates(sub, obj, earlier, lo, hi, alpha_opts, layer_deadline, gen, samples,
-                                             rows_per_call) if (k, c.neuron) not in reached]
-        after_alpha, layer_tried, layer_stabilized, misses = int(((lo < 0) & (hi > 0)).sum()), 0, 0, 0
-        for cand in candidates:
-            # neurons come nearest to stable first: after a run of searches out of time, the rest seldom pay
-            if layer_deadline.expired() or misses >= _GIVE_UP:
+        todo = _candidates(sub, obj, earlier, lo, hi, alpha_opts, layer_deadline, gen, samples, rows_per_call)
+        after_alpha, layer_tried, layer_stabilized = int(((lo < 0) & (hi > 0)).sum()), 0, 0
+        for i in range(passes):
+            if not todo or layer_deadline.expired():
                 break
-            layer_tried += 1
-            limit = Deadline(min(layer_deadline.at, time.monotonic() + neuron_time))
-            status = prove_row(sub, obj, cand.res, cand.row, cand.c, opts, alpha_opts, limit, gen)
-            misses = misses + 1 if status not in (Status.SAT, Status.UNSAT) else 0
-            if status is Status.SAT:
-                reached.add((k, cand.neuron))
-            elif status is Status.UNSAT:
-                layer_stabilized += 1
-                if cand.inactive:
-                    hi[cand.neuron] = 0.0  # -z_j > 0 proven
-                else:
-                    lo[cand.neuron] = 0.0  # z_j > 0 proven
+            out_of_budget = []
+            for g in range(0, len(todo), rows_per_search):
+                if layer_deadline.expired():
+                    break
+                group = todo[g : g + rows_per_search]
+                share = layer_deadline.remaining() * len(group) / (len(todo) - g)  # its share, by size
+                outcome = prove_rows(sub, obj, earlier, torch.stack([c.c for c in group]), opts, alpha_opts,
+                                     Deadline(time.monotonic() + share), budget * 4**i).tolist()
+                layer_tried += len(group)
+                for cand, o in zip(group, outcome, strict=True):
+                    if o == 0:
+                        out_of_budget.append(cand)
+                    elif o > 0 and cand.inactive:
+                        hi[cand.neuron] = 0.0  # -z_j > 0 proven
+                    elif o > 0:
+                        lo[cand.neuron] = 0.0  # z_j > 0 proven
+                proven = sum(o > 0 for o in outcome)
+                layer_stabilized += proven
+                if 8 * proven < len(group):
+                    break
+            todo = out_of_budget
         lower[k], upper[k] = lo.unsqueeze(0), hi.unsqueeze(0)
         tried, stabilized = tried + layer_tried, stabilized + layer_stabilized
-        log.info("refine: relu layer %d: %d unstable, %d after alpha-CROWN, %d searched (%.1fs each at most), "
-                 "%d made stable, %.1fs left", k, unstable, after_alpha, layer_tried, neuron_time, layer_stabilized,
-                 deadline.remaining())
-    return IntermediateBounds(tuple(lower), tuple(upper)), tried, stabilized
+        log.info("refine: relu layer %d: %d unstable, %d after alpha-CROWN, %d searches, %d made stable, "
+                 "%.1fs left", k, unstable, after_alpha, layer_tried, layer_stabilized, deadline.remaining())
+    return RefineOutcome(IntermediateBounds(tuple(lower), tuple(upper)), tried, stabilized)
 
 
 @dataclass(frozen=True, eq=False)
 class _Candidate:
-    """A neuron to try, the side to prove, and the cut network's alpha-CROWN result to start from."""
+    """A neuron to try and the side to prove."""
 
     near: float  # min(-l, u) / (u - l): how near to stable
     neuron: int
     inactive: bool  # prove z_j < 0 (else z_j > 0)
-    res: BoundResult
-    row: int  # its row in ``res``
-    c: Tensor  # (n,) that row: -e_j or e_j
+    c: Tensor  # (n,) the row to prove positive: -e_j or e_j
 
 
 def _candidates(
@@ -178,37 +162,77 @@ def _candidates(
         for i in torch.nonzero(keep).flatten().tolist():
             inactive = bool(below[part[i]])
             row = m + i if inactive else i
-            out.append(_Candidate(near[i], int(part[i]), inactive, res, row, C[0, row]))
+            out.append(_Candidate(near[i], int(part[i]), inactive, C[0, row]))
         if deadline.expired():
             break
     return sorted(out, key=lambda c: c.near)
 
 
-def prove_row(
-    sub: Network, obj: CaseObjective, res: BoundResult, row: int, c: Tensor, opts: BabOptions,
-    alpha_opts: AlphaOptions, deadline: Deadline, gen: torch.Generator,
-) -> Status:
-    """``UNSAT`` when ReLU splitting proves ``c @ sub(x) > 0`` on the whole box within ``deadline``,
-    ``SAT`` when it finds an input where ``c @ sub(x) <= 0``, else ``TIMEOUT`` or ``UNKNOWN``; it starts
-    from row ``row`` of the cut network's alpha-CROWN result ``res``."""
-    from verifier.bab.relu_split import solve_relu
+def prove_rows(
+    sub: Network, obj: CaseObjective, earlier: IntermediateBounds, C: Tensor, opts: BabOptions,
+    alpha_opts: AlphaOptions, deadline: Deadline, budget: int,
+) -> Tensor:
+    """Per row ``c_p`` of ``C`` ``(P, n)``: ``1`` when ReLU splitting proves ``c_p @ sub(x) > 0`` on the
+    whole case box, ``-1`` when it meets an input where ``c_p @ sub(x) <= 0``, else ``0`` (out of time,
+    or more than ``budget`` subdomains bounded for the row, or an undecided leaf).
 
-    one = CaseObjective(lower=obj.lower, upper=obj.upper, C=c.unsqueeze(0), d=c.new_zeros(1),
-                        groups=torch.ones(1, 1, dtype=torch.bool, device=c.device),
-                        strict=torch.zeros(1, dtype=torch.bool, device=c.device))
-    slopes = None if res.slopes is None else Slopes(tuple(s[:, row : row + 1] for s in res.slopes.final),
-                                                    res.slopes.intermediate)
-    root = BoundResult(res.lower[:, row : row + 1], None, res.intermediate, slopes, None)
-    if bool(one.ruled_out(root.lower).all()):
-        return Status.UNSAT
+    One branch-and-bound over a tree per row: each subdomain answers for its own row only
+    (``relu_start``'s copies of the root), and every round bounds the children of all trees in one
+    batch.  The roundest subdomains (margins nearest to 0) go first, so that many rows finish early.
+    ``earlier``: the bounds of ``sub``'s ReLU layers on the case box.
+    """
+    from verifier.bab.relu_split import is_leaf, primal_inputs, relu_rule, relu_start
 
-    def reaches(x: Tensor) -> Counterexample | None:
-        # a point on the other side: the neuron is unstable (an internal witness, never reported)
+    P = C.shape[0]
+    rows = CaseObjective(lower=obj.lower, upper=obj.upper, C=C, d=C.new_zeros(P),
+                         groups=torch.eye(P, dtype=torch.bool, device=C.device),
+                         strict=torch.zeros(P, dtype=torch.bool, device=C.device))
+    domains = Domains(obj.lower.unsqueeze(0), obj.upper.unsqueeze(0))
+    root = alpha_crown(sub, domains, C.unsqueeze(0), C.new_zeros(1, P), alpha_opts, known=earlier, deadline=deadline)
+    outcome = torch.zeros(P, dtype=torch.long, device=C.device)
+    rows, start = relu_start(sub, rows, root, per_polytope=True)
+    rule = relu_rule(sub, rows, lambda x: None, opts, alpha_opts, deadline, BabStats())
+    effort = torch.zeros(P, dtype=torch.long, device=C.device)
+    given_up = torch.zeros(P, dtype=torch.bool, device=C.device)
+    store = Store()
+    store.push(start, -_margin(rows, start.bound))
+    while store.size and not deadline.expired():
+        parents = store.pop(rule.batch_size).to(sub.device)
+        parents = parents.select(~given_up[_owner(parents.bound)])
+        if parents.batch == 0:
+            continue
+        children = rule.branch(parents)
+        owner = _owner(children.bound)  # before bounding: an empty child's own row becomes +inf
+        children = rule.bound(children)
+        effort += torch.bincount(owner, minlength=P)
+        is_open = _margin(rows, children.bound) <= 0
+        open_, owner = children.select(is_open), owner[is_open]
+        if open_.batch == 0:
+            continue
+        # a primal corner on the other side, or a leaf still open: the row cannot be proven here
         with torch.no_grad():
-            y = forward(sub, x.reshape(1, -1).to(c.dtype)).reshape(-1)
-        return Counterexample(x.cpu().numpy(), y.cpu().numpy()) if float(c @ y) <= 0 else None
+            y = forward(sub, primal_inputs(sub, rows, open_)).reshape(open_.batch, -1)
+        reached = (y * C[owner]).sum(1) <= 0
+        outcome[owner[reached]] = -1
+        given_up[owner[reached | is_leaf(open_)]] = True
+        given_up |= effort > budget
+        keep = ~given_up[owner]
+        store.push(open_.select(keep), -_margin(rows, open_.bound[keep]))
+    # a row is proven when its tree has no open subdomain left and it was never given up
+    still_open = torch.zeros(P, dtype=torch.bool, device=C.device)
+    if store.size:
+        still_open[_owner(store.pop(store.size).bound.to(C.device))] = True
+    outcome[~given_up & ~still_open] = 1
+    return outcome
 
-    return solve_relu(sub, one, root, reaches, opts, alpha_opts, deadline, gen, BabStats())[0]
+
+def _owner(bound: Tensor) -> Tensor:
+    """The row each subdomain ``(B, P)`` answers for: the one that is not ``+inf``."""
+    return torch.isfinite(bound).to(torch.int8).argmax(dim=1)
+
+
+def _margin(rows: CaseObjective, bound: Tensor) -> Tensor:
+    return rows.polytope_margins(bound).amin(dim=-1)
 
 
 def refined_root(
@@ -219,7 +243,7 @@ def refined_root(
     again by alpha-CROWN from them; each bound is the better of the two."""
     t = time.monotonic()
     before = int(root.intermediate.unstable_count(1)[0])
-    out = refine_bounds(net, obj, root.intermediate, opts, alpha_opts, deadline, gen, opts.refine_neuron_time)
+    out = refine_bounds(net, obj, root.intermediate, opts, alpha_opts, deadline, gen, opts.refine_neuron_budget)
     res = alpha_crown(net, Domains(obj.lower.unsqueeze(0), obj.upper.unsqueeze(0)), obj.C.unsqueeze(0),
                       obj.d.unsqueeze(0), alpha_opts, known=out.bounds)
     best = replace(res, lower=torch.maximum(res.lower, root.lower))

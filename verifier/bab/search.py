@@ -60,12 +60,13 @@ class BabOptions:
     # ReLU splitting on networks of two or more ReLU layers whose root leaves too many ReLUs unstable for the
     # MILP stage (milp_max_unstable): after refine_after of the time, the search
     # starts again from a root whose unstable neurons were proven stable where possible (bab/refine.py),
-    # which may take refine_share of the time left, at most refine_neuron_time seconds per neuron (more
-    # in later passes).  With refine_after 0.05, mnistfc 256x2 prop_1_0.03 took 84 s instead of 9 s and
-    # 256x4 prop_13_0.03 134 s instead of 7.5 s: plain ReLU splitting decides them, given 24 and 60 s
+    # which may take refine_share of the time left, at most refine_neuron_budget subdomains bounded per
+    # neuron (four times as many in each later pass).  With refine_after 0.05, mnistfc 256x2 prop_1_0.03
+    # took 84 s instead of 9 s and 256x4 prop_13_0.03 134 s instead of 7.5 s: plain ReLU splitting decides
+    # them, given 24 and 60 s (session 5, with one search per neuron)
     refine_after: float = 0.2
     refine_share: float = 0.6  # 0 turns the refinement off
-    refine_neuron_time: float = 0.5
+    refine_neuron_budget: int = 64
     # ... on networks whose ReLU layers have at most this many neurons each (measured on mnistfc's 256-wide
     # layers; oval21's convolutional layers have 1024-4096, and its cases decided by ReLU splitting took up
     # to 63 s of it: not measured with the refinement)

@@ -88,3 +88,21 @@ def test_attack_finds_the_known_sat_acasxu_instances(model, prop):
                       Deadline.after(30), torch.Generator().manual_seed(0))
     assert cex is not None
     assert spec.is_violated_by(cex.x.astype(np.float64), replayer.run(cex.x).astype(np.float64))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_attack_finds_the_mnistfc_counterexample_that_small_first_steps_miss(bench, seed):
+    # mnistfc 256x4 prop_1_0.05 (sat): PGD whose steps start at 0.1 of the box width stalls at a margin
+    # of +0.985 from every start; restarts that start at the full width reach it
+    from verifier.onnx_import import load_onnx
+    from vnnlib import read_spec
+
+    model, prop = bench / "mnistfc" / "mnist-net_256x4.onnx", bench / "mnistfc" / "prop_1_0.05.vnnlib"
+    net = load_onnx(model)
+    spec = read_spec(prop, net.n_inputs, net.n_outputs)
+    replayer = Replayer(model)
+    obj = case_objective(spec.cases[0], net.dtype)
+    cex = attack_case(net, obj, lambda x: validate(replayer, spec, x.double().numpy(), 0), AttackOptions(),
+                      Deadline.after(30), torch.Generator().manual_seed(seed))
+    assert cex is not None
+    assert spec.is_violated_by(cex.x.astype(np.float64), replayer.run(cex.x).astype(np.float64))

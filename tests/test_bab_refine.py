@@ -75,11 +75,14 @@ def test_prove_rows_answers_each_row_of_one_batched_search():
     sub = cut_at(net, 1)
     earlier = type(root.intermediate)(root.intermediate.lower[:1], root.intermediate.upper[:1])
     C = torch.tensor([[-1.0], [1.0]], dtype=torch.float64)
-    out = prove_rows(sub, obj, earlier, C, BabOptions(), ALPHA, Deadline(time.monotonic() + 20), budget=64)
+    out, bound = prove_rows(sub, obj, earlier, C, BabOptions(), ALPHA, Deadline(time.monotonic() + 20), budget=64)
     assert out.tolist() == [1, -1]
-    # out of time before the first round: nothing is proven
-    out = prove_rows(sub, obj, earlier, C, BabOptions(), ALPHA, Deadline(time.monotonic()), budget=64)
+    # proven: no bound needed; reached: a lower bound of z, which is -0.1 everywhere
+    assert float(bound[0]) == float("inf") and float(bound[1]) <= -0.1 + 1e-9
+    # out of time before the first round: nothing is proven; the root's bounds, sound
+    out, bound = prove_rows(sub, obj, earlier, C, BabOptions(), ALPHA, Deadline(time.monotonic()), budget=64)
     assert out.tolist() == [0, 0]
+    assert float(bound[0]) <= 0.1 + 1e-9 and float(bound[1]) <= -0.1 + 1e-9
 
 
 def test_the_refined_root_proves_what_the_root_could_not():

@@ -106,16 +106,20 @@ def refine_bounds(
                     break
                 group = todo[g : g + rows_per_search]
                 share = layer_deadline.remaining() * len(group) / (len(todo) - g)  # its share, by size
-                outcome = prove_rows(sub, obj, earlier, torch.stack([c.c for c in group]), opts, alpha_opts,
-                                     Deadline(time.monotonic() + share), budget * 4**i).tolist()
+                outcome, bound = prove_rows(sub, obj, earlier, torch.stack([c.c for c in group]), opts,
+                                            alpha_opts, Deadline(time.monotonic() + share), budget * 4**i)
                 layer_tried += len(group)
-                for cand, o in zip(group, outcome, strict=True):
+                for cand, o, b in zip(group, outcome.tolist(), bound.tolist(), strict=True):
                     if o == 0:
                         out_of_budget.append(cand)
-                    elif o > 0 and cand.inactive:
-                        hi[cand.neuron] = 0.0  # -z_j > 0 proven
-                    elif o > 0:
-                        lo[cand.neuron] = 0.0  # z_j > 0 proven
+                    # proven (b = +inf): the bound on that side becomes 0; else the search's lowest bound
+                    # of c_j z_j tightens that side (c_j = -e_j: z_j <= -b; c_j = e_j: z_j >= b)
+                    b = 0.0 if o > 0 else b
+                    if cand.inactive:
+                        hi[cand.neuron] = min(float(hi[cand.neuron]), -b)
+                    else:
+                        lo[cand.neuron] = max(float(lo[cand.neuron]), b)
+                outcome = outcome.tolist()
                 proven = sum(o > 0 for o in outcome)
                 layer_stabilized += proven
                 if 8 * proven < len(group):
@@ -171,10 +175,12 @@ def _candidates(
 def prove_rows(
     sub: Network, obj: CaseObjective, earlier: IntermediateBounds, C: Tensor, opts: BabOptions,
     alpha_opts: AlphaOptions, deadline: Deadline, budget: int,
-) -> Tensor:
+) -> tuple[Tensor, Tensor]:
     """Per row ``c_p`` of ``C`` ``(P, n)``: ``1`` when ReLU splitting proves ``c_p @ sub(x) > 0`` on the
     whole case box, ``-1`` when it meets an input where ``c_p @ sub(x) <= 0``, else ``0`` (out of time,
-    or more than ``budget`` subdomains bounded for the row, or an undecided leaf).
+    or more than ``budget`` subdomains bounded for the row, or an undecided leaf); and a lower bound
+    ``(P,)`` of ``c_p @ sub(x)`` on the box (``+inf`` where proven): the lowest bound of the row's open
+    subdomains when its search stopped.
 
     One branch-and-bound over a tree per row: each subdomain answers for its own row only
     (``relu_start``'s copies of the root), and every round bounds the children of all trees in one
@@ -194,10 +200,13 @@ def prove_rows(
     rule = relu_rule(sub, rows, lambda x: None, opts, alpha_opts, deadline, BabStats())
     effort = torch.zeros(P, dtype=torch.long, device=C.device)
     given_up = torch.zeros(P, dtype=torch.bool, device=C.device)
+    # per row, the lowest bound of its open subdomains dropped (given up) so far
+    frontier = torch.full((P,), torch.inf, dtype=C.dtype, device=C.device)
     store = Store()
     store.push(start, -_margin(rows, start.bound))
     while store.size and not deadline.expired():
         parents = store.pop(rule.batch_size).to(sub.device)
+        _drop(frontier, parents.select(given_up[_owner(parents.bound)]).bound)
         parents = parents.select(~given_up[_owner(parents.bound)])
         if parents.batch == 0:
             continue
@@ -217,13 +226,22 @@ def prove_rows(
         given_up[owner[reached | is_leaf(open_)]] = True
         given_up |= effort > budget
         keep = ~given_up[owner]
+        _drop(frontier, open_.bound[~keep])
         store.push(open_.select(keep), -_margin(rows, open_.bound[keep]))
+    if store.size:  # out of time: the rows still open
+        left = store.pop(store.size).bound.to(C.device)
+        given_up[_owner(left)] = True
+        _drop(frontier, left)
     # a row is proven when its tree has no open subdomain left and it was never given up
-    still_open = torch.zeros(P, dtype=torch.bool, device=C.device)
-    if store.size:
-        still_open[_owner(store.pop(store.size).bound.to(C.device))] = True
-    outcome[~given_up & ~still_open] = 1
-    return outcome
+    outcome[~given_up] = 1
+    return outcome, torch.where(given_up, frontier, torch.full_like(frontier, torch.inf))
+
+
+def _drop(frontier: Tensor, bound: Tensor) -> None:
+    """Lower ``frontier`` ``(P,)`` to the own-row bounds of the subdomains ``bound`` ``(B, P)`` let go."""
+    if bound.shape[0]:
+        own = bound.gather(1, _owner(bound).unsqueeze(1)).squeeze(1)
+        frontier.scatter_reduce_(0, _owner(bound), own, reduce="amin")
 
 
 def _owner(bound: Tensor) -> Tensor:

@@ -61,10 +61,11 @@ class BabOptions:
     # MILP stage (milp_max_unstable): after refine_after of the time, the search
     # starts again from a root whose unstable neurons were proven stable where possible (bab/refine.py),
     # which may take refine_share of the time left, at most refine_neuron_budget subdomains bounded per
-    # neuron (four times as many in each later pass).  With refine_after 0.05, mnistfc 256x2 prop_1_0.03
-    # took 84 s instead of 9 s and 256x4 prop_13_0.03 134 s instead of 7.5 s: plain ReLU splitting decides
-    # them, given 24 and 60 s (session 5, with one search per neuron)
-    refine_after: float = 0.2
+    # neuron (four times as many in each later pass).  With one search per neuron (session 5), refine_after
+    # 0.05 made mnistfc 256x2 prop_1_0.03 take 84 s instead of 9 s.  Session 6 (batched searches, 0.1)
+    # against session 5 (one search per neuron, 0.2): 256x4 prop_0_0.03 52 s instead of 153 s,
+    # prop_10_0.05 63 s instead of 145 s, 256x2 prop_1_0.03 33 s instead of 26 s
+    refine_after: float = 0.1
     refine_share: float = 0.6  # 0 turns the refinement off
     refine_neuron_budget: int = 64
     # ... on networks whose ReLU layers have at most this many neurons each (measured on mnistfc's 256-wide

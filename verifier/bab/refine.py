@@ -129,8 +129,8 @@ def refine_bounds(
             layer_tried, layer_stabilized = layer_tried + pass_tried, layer_stabilized + pass_proven
             if 16 * pass_proven < pass_tried:
                 # larger budgets seldom pay either (mnistfc 256x4 prop_4_0.05, last layer: 1 of 49, and 72 s
-                # instead of 194 s without this stop; prop_3_0.03: 4 of 58, and later passes still tightened
-                # its bounds enough to decide it in 220 s, which it was not in 300 s when stopped at 1 in 8)
+                # instead of 194 s without this stop; prop_3_0.03: 4 of 58, and the later passes tightened
+                # its bounds: 220 s without the stop, a timeout at 300 s with it at 1 in 8)
                 break
             todo = out_of_budget
         lower[k], upper[k] = lo.unsqueeze(0), hi.unsqueeze(0)

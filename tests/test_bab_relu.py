@@ -27,7 +27,7 @@ from verifier.bab.relu_split import (
     relu_start,
     reuse_groups,
 )
-from verifier.bab.search import BabOptions, BabStats
+from verifier.bab.search import BabOptions, BabStats, still_open
 from verifier.bab.solve import solve_case
 from verifier.bab.spec_rows import combine_rows, mix_rows, needed_rows, one_polytope_each
 from verifier.bounds import AlphaOptions, Domains, alpha_crown, crown
@@ -317,3 +317,12 @@ def test_bab_options_reject_unknown_relu_branching() -> None:
     with pytest.raises(ValueError, match="relu_branching"):
         BabOptions(relu_branching="random")
     assert np.isfinite(BabOptions().beta_iterations)
+
+
+def test_a_nan_bound_leaves_its_subdomain_open():
+    # a NaN bound must never count as a proof (NaN > 0 and NaN <= 0 are both false)
+    obj = case_objective(Case(np.zeros(1), np.ones(1), (Polytope(np.array([[1.0, 0.0]]), np.array([0.0])),
+                                                       Polytope(np.array([[0.0, 1.0]]), np.array([0.0])))),
+                         torch.float64)
+    bound = torch.tensor([[1.0, 2.0], [float("nan"), 2.0], [1.0, -0.5], [float("inf"), 3.0]], dtype=torch.float64)
+    assert still_open(obj, bound).tolist() == [False, True, True, False]

@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from verifier.bab.search import BabOptions, BabStats
+from verifier.bab.search import BabOptions, BabStats, margins, still_open
 from verifier.bab.subproblems import Store
 from verifier.bounds.alpha import AlphaOptions, alpha_crown
 from verifier.bounds.types import BoundResult, Domains, IntermediateBounds
@@ -211,7 +211,7 @@ def prove_rows(
     # per row, the lowest bound of its open subdomains dropped (given up) so far
     frontier = torch.full((P,), torch.inf, dtype=C.dtype, device=C.device)
     store = Store()
-    store.push(start, -_margin(rows, start.bound))
+    store.push(start, -margins(rows, start.bound))
     while store.size and not deadline.expired():
         parents = store.pop(rule.batch_size).to(sub.device)
         _drop(frontier, parents.select(given_up[_owner(parents.bound)]).bound)
@@ -222,7 +222,7 @@ def prove_rows(
         owner = _owner(children.bound)  # before bounding: an empty child's own row becomes +inf
         children = rule.bound(children)
         effort += torch.bincount(owner, minlength=P)
-        is_open = _margin(rows, children.bound) <= 0
+        is_open = still_open(rows, children.bound)
         open_, owner = children.select(is_open), owner[is_open]
         if open_.batch == 0:
             continue
@@ -235,7 +235,7 @@ def prove_rows(
         given_up |= effort > budget
         keep = ~given_up[owner]
         _drop(frontier, open_.bound[~keep])
-        store.push(open_.select(keep), -_margin(rows, open_.bound[keep]))
+        store.push(open_.select(keep), -margins(rows, open_.bound[keep]))
     if store.size:  # out of time: the rows still open
         left = store.pop(store.size).bound.to(C.device)
         given_up[_owner(left)] = True
@@ -254,11 +254,7 @@ def _drop(frontier: Tensor, bound: Tensor) -> None:
 
 def _owner(bound: Tensor) -> Tensor:
     """The row each subdomain ``(B, P)`` answers for: the one that is not ``+inf``."""
-    return torch.isfinite(bound).to(torch.int8).argmax(dim=1)
-
-
-def _margin(rows: CaseObjective, bound: Tensor) -> Tensor:
-    return rows.polytope_margins(bound).amin(dim=-1)
+    return (bound != torch.inf).to(torch.int8).argmax(dim=1)
 
 
 def refined_root(

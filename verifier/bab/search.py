@@ -124,6 +124,11 @@ def margins(obj: CaseObjective, bound: Tensor) -> Tensor:
     return obj.polytope_margins(bound).amin(dim=-1)
 
 
+def still_open(obj: CaseObjective, bound: Tensor) -> Tensor:
+    """Per domain ``(B,)``, whether ``bound`` leaves it open: not proven safe, a NaN bound included."""
+    return ~(margins(obj, bound) > 0)
+
+
 BoundFn = Callable[[SubproblemBatch], SubproblemBatch]
 
 
@@ -174,7 +179,7 @@ def search(
         stats.max_depth = max(stats.max_depth, int(children.depth.max()))
 
         t = time.monotonic()
-        open_, cex, left = rule.settle(children.select(margins(obj, children.bound) <= 0))
+        open_, cex, left = rule.settle(children.select(still_open(obj, children.bound)))
         stats.time_exact += time.monotonic() - t
         undecided |= left
         if cex is None and open_.batch and stats.rounds % opts.attack_every == 0:

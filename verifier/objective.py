@@ -47,6 +47,11 @@ class CaseObjective:
         masked = torch.where(self.groups, rows.unsqueeze(-2), torch.full_like(rows.unsqueeze(-2), -torch.inf))
         return masked.amax(dim=-1)
 
+    def left_open(self, rows: Tensor) -> Tensor:
+        """Per polytope ``(..., P)``, whether the row lower bounds ``rows`` ``(..., S)`` leave it open: not
+        ruled out, a NaN bound included (``NaN > 0`` and ``NaN <= 0`` are both false)."""
+        return ~(self.polytope_margins(rows) > 0)
+
     def output_margins(self, y: Tensor) -> Tensor:
         """Per polytope, ``max_j C_j y - d_j`` of the outputs ``y`` ``(B, ...)`` -> ``(B, P)``."""
         return self.polytope_margins(y.reshape(y.shape[0], -1) @ self.C.T - self.d)

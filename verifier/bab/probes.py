@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from verifier.bab.search import ValidateFn, margins
+from verifier.bab.search import ValidateFn, still_open
 from verifier.bab.subproblems import SubproblemBatch
 from verifier.forward import forward
 from verifier.network import Network
@@ -61,6 +61,6 @@ def unsafe_corners(net: Network, obj: CaseObjective, children: SubproblemBatch, 
     A narrow counterexample of a low-dimensional input often sits on the boundary of the case box,
     where no box centre ever lies; once a box is small, the minimizers of its nearly exact linear
     bounds land on it."""
-    open_ = margins(obj, children.bound) <= 0
+    open_ = still_open(obj, children.bound)
     lo, hi = children.lower[open_].unsqueeze(1), children.upper[open_].unsqueeze(1)
     return unsafe_points(net, obj, torch.where(A[open_] >= 0, lo, hi).reshape(-1, children.lower.shape[1]))

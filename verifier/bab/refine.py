@@ -111,7 +111,8 @@ def refine_bounds(
                 share = layer_deadline.remaining() * len(group) / (len(todo) - g)  # its share, by size
                 outcome, bound = prove_rows(sub, obj, earlier, torch.stack([c.c for c in group]), opts,
                                             alpha_opts, Deadline(time.monotonic() + share), budget * 4**i)
-                for cand, o, b in zip(group, outcome.tolist(), bound.tolist(), strict=True):
+                outcome = outcome.tolist()
+                for cand, o, b in zip(group, outcome, bound.tolist(), strict=True):
                     if o == 0:
                         out_of_budget.append(cand)
                     # proven (b = +inf): the bound on that side becomes 0; else the search's lowest bound
@@ -121,7 +122,6 @@ def refine_bounds(
                         hi[cand.neuron] = min(float(hi[cand.neuron]), -b)
                     else:
                         lo[cand.neuron] = max(float(lo[cand.neuron]), b)
-                outcome = outcome.tolist()
                 proven = sum(o > 0 for o in outcome)
                 pass_tried, pass_proven = pass_tried + len(group), pass_proven + proven
                 if 8 * proven < len(group):
@@ -214,8 +214,9 @@ def prove_rows(
     store.push(start, -margins(rows, start.bound))
     while store.size and not deadline.expired():
         parents = store.pop(rule.batch_size).to(sub.device)
-        _drop(frontier, parents.select(given_up[_owner(parents.bound)]).bound)
-        parents = parents.select(~given_up[_owner(parents.bound)])
+        dead = given_up[_owner(parents.bound)]
+        _drop(frontier, parents.bound[dead])
+        parents = parents.select(~dead)
         if parents.batch == 0:
             continue
         children = rule.branch(parents)
@@ -248,8 +249,8 @@ def prove_rows(
 def _drop(frontier: Tensor, bound: Tensor) -> None:
     """Lower ``frontier`` ``(P,)`` to the own-row bounds of the subdomains ``bound`` ``(B, P)`` let go."""
     if bound.shape[0]:
-        own = bound.gather(1, _owner(bound).unsqueeze(1)).squeeze(1)
-        frontier.scatter_reduce_(0, _owner(bound), own, reduce="amin")
+        owner = _owner(bound)
+        frontier.scatter_reduce_(0, owner, bound.gather(1, owner.unsqueeze(1)).squeeze(1), reduce="amin")
 
 
 def _owner(bound: Tensor) -> Tensor:

@@ -375,7 +375,7 @@ def decide_leaves(
     """
     from verifier.exact.encoding import as_relu_bounds, as_splits, encode_network, margin_problem
 
-    open_polytopes = obj.polytope_margins(leaves.bound) <= 0  # (B, P)
+    open_polytopes = obj.left_open(leaves.bound)  # (B, P)
     C, d = obj.C.detach().cpu().double().numpy(), obj.d.detach().cpu().double().numpy()
     groups = obj.groups.cpu().numpy()
     undecided = False

@@ -126,7 +126,7 @@ def margins(obj: CaseObjective, bound: Tensor) -> Tensor:
 
 def still_open(obj: CaseObjective, bound: Tensor) -> Tensor:
     """Per domain ``(B,)``, whether ``bound`` leaves it open: not proven safe, a NaN bound included."""
-    return ~(margins(obj, bound) > 0)
+    return obj.left_open(bound).any(dim=-1)
 
 
 BoundFn = Callable[[SubproblemBatch], SubproblemBatch]

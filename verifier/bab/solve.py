@@ -130,7 +130,7 @@ def milp_case(
     try:
         lower, upper = obj.lower.double().cpu().numpy(), obj.upper.double().cpu().numpy()
         bounds = lp_tighten(net, lower, upper, as_relu_bounds(root.intermediate, net), deadline=_share(deadline, 0.3))
-        open_polytopes = obj.polytope_margins(root.lower)[0] <= 0  # (P,)
+        open_polytopes = obj.left_open(root.lower)[0]  # (P,)
         for p in torch.nonzero(open_polytopes).flatten().tolist():
             verdict, cex = milp_polytope(net, obj, p, lower, upper, bounds, validate_fn, deadline)
             if verdict == "sat":
@@ -250,7 +250,7 @@ def contract_children(obj: CaseObjective, children: SubproblemBatch, linear: tup
                       ) -> SubproblemBatch:
     """``children`` with their boxes shrunk by their rows' linear bounds (``contract``); the rows of a
     polytope ruled out that way get a ``+inf`` bound."""
-    open_ = obj.polytope_margins(children.bound) <= 0  # (B, P)
+    open_ = obj.left_open(children.bound)  # (B, P)
     lower, upper, out = contract(*linear, children.lower, children.upper, obj.groups, open_)
     bound = torch.where(obj.rows_of(out), torch.full_like(children.bound, torch.inf), children.bound)
     return replace(children, lower=lower, upper=upper, bound=bound)
@@ -271,7 +271,7 @@ def exact_leaves(
     for i in picks:
         if deadline.expired():
             break
-        open_polytopes = obj.polytope_margins(open_.bound[i : i + 1])[0] <= 0  # (P,)
+        open_polytopes = obj.left_open(open_.bound[i : i + 1])[0]  # (P,)
         inter = open_.intermediate.select(torch.tensor([i]))
         lower, upper = open_.lower[i].double().cpu().numpy(), open_.upper[i].double().cpu().numpy()
         results = []

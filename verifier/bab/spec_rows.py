@@ -55,7 +55,7 @@ def mix_rows(t: Tensor, mix: Tensor) -> Tensor:
 def open_polytopes(obj: CaseObjective, bound: Tensor) -> Tensor:
     """Indices of the polytopes that ``bound`` ``(S,)`` leaves open, highest margin first."""
     margin = obj.polytope_margins(bound)  # (P,)
-    idx = torch.nonzero(margin <= 0).flatten()
+    idx = torch.nonzero(obj.left_open(bound)).flatten()
     return idx[torch.argsort(margin[idx], descending=True)]
 
 
@@ -87,7 +87,7 @@ class RowSubset:
 
 def needed_rows(obj: CaseObjective, bound: Tensor) -> RowSubset:
     """The rows of the polytopes each subdomain leaves open (``bound`` ``(B, S)``), at least one."""
-    need = obj.rows_of(obj.polytope_margins(bound) <= 0)  # (B, S)
+    need = obj.rows_of(obj.left_open(bound))  # (B, S)
     K = max(1, int(need.sum(1).max())) if need.numel() else 1
     order = torch.sort(need.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :K]  # (B, K)
     valid = need.gather(1, order)

@@ -265,7 +265,7 @@ def tiny_net(seed: int) -> Network:
 def test_pure_z3_agrees_with_milp_and_enumeration() -> None:
     """z3 on the bare disjunctive encoding (no bounds, no LP, no splitting) is an exact
     oracle independent of every bound; it must agree with the MILP and the enumeration."""
-    opts = SmtOptions(bounds="none", lp_prune=False, split_unstable=0, fork=False)
+    opts = SmtOptions(bounds="none", lp_probe=False, split_unstable=0, fork=False)
     tally = {"sat": 0, "unsat": 0}
     for seed in range(60):
         net = tiny_net(seed)

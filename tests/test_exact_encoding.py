@@ -83,7 +83,7 @@ def test_point_box_reproduces_forward_in_milp_and_smt(family: str) -> None:
         assert res.status == "feasible"
         assert res.objective == pytest.approx(y0[i], abs=1e-6)
     # z3 (interval bounds fix every ReLU of a point box): y_0 <= y0_0 -+ 1e-9 is unsat / sat
-    opts = SmtOptions(bounds="interval", lp_prune=False)
+    opts = SmtOptions(bounds="interval", lp_probe=False)
     A = np.eye(net.n_outputs)[:1]
     assert smt_check(net, x0, x0, A, y0[:1] - 1e-9, Deadline.after(30), opts).verdict == "unsat"
     assert smt_check(net, x0, x0, A, y0[:1] + 1e-9, Deadline.after(30), opts).verdict == "sat"

@@ -57,7 +57,7 @@ def test_test_set_is_decided(onnx_name: str, vnnlib_name: str, want: str, engine
 
 
 def test_pure_z3_decides_the_small_test_instances() -> None:
-    opts = SmtOptions(bounds="none", lp_prune=False, split_unstable=0)
+    opts = SmtOptions(bounds="none", lp_probe=False, split_unstable=0)
     for onnx_name, vnnlib_name, want in TEST_SET[:3]:
         out = smt_verify(load_onnx(MODELS / onnx_name), read_spec(MODELS / vnnlib_name), Deadline.after(60), opts)
         assert out.verdict == want and out.problems >= 1
@@ -104,7 +104,7 @@ def test_smt_forked_check_is_killed_at_the_deadline() -> None:
     """Without bounds every ReLU is a disjunction: z3 cannot finish, the child is killed."""
     net, spec = _hard_problem()
     start = time.monotonic()
-    out = smt_verify(net, spec, Deadline.after(2.0), SmtOptions(bounds="none", lp_prune=False))
+    out = smt_verify(net, spec, Deadline.after(2.0), SmtOptions(bounds="none", lp_probe=False))
     assert out.verdict == "timeout" and time.monotonic() - start < 3.0
 
 

@@ -33,7 +33,8 @@ def _spec(strict=False):
 def test_true_counterexample_is_accepted_with_onnxruntime_outputs(tmp_path, dtype):
     rep = Replayer(_model(tmp_path / "m.onnx", dtype))
     cex = validate(rep, _spec(), np.array([0.9, 0.8]))
-    assert cex is not None and cex.x.dtype == dtype
+    # the values as written are float64; the model ran on them cast to its dtype
+    assert cex is not None and cex.x.dtype == np.float64 and cex.y.dtype == dtype
     np.testing.assert_allclose(cex.y, [1.7, 0.1], rtol=1e-6)
 
 
@@ -53,11 +54,25 @@ def test_strict_rows_are_checked_strictly(tmp_path):
 def test_snap_moves_a_rounded_point_back_inside():
     lo = np.array([-0.30353115613746867, 0.1])
     case = Case(lo, lo + 1e-9, (Polytope(np.zeros((0, 1)), np.zeros(0)),))
-    x = snap_into_box(lo, case, np.float32)
-    assert x is None or (np.all(x.astype(np.float64) >= case.lower) and np.all(x.astype(np.float64) <= case.upper))
-    wide = Case(lo, lo + 1e-3, case.polytopes)
-    x = snap_into_box(lo, wide, np.float32)
-    assert x is not None and np.all(x.astype(np.float64) >= wide.lower)
+    x32 = lo.astype(np.float32)  # a float32 candidate, outside the box by its rounding
+    x = snap_into_box(x32, case)
+    assert x is not None and np.all(x >= case.lower) and np.all(x <= case.upper)
+    assert snap_into_box(lo + 1e-3, case) is None  # far outside: not moved
+
+
+def test_a_box_that_float32_cannot_represent_still_has_counterexamples(tmp_path):
+    """Mechanism 3 of the soundness issue: fixed inputs at float64 values that are not float32 numbers.
+    Every point of the box is unsafe; the written values (float64, in the box) are the counterexample
+    and the float32 model runs on them cast.  The old replay cast first and rejected every point."""
+    rep = Replayer(_model(tmp_path / "m.onnx"))
+    x0 = 0.9000000000000000222  # not a float32 number
+    assert np.float64(np.float32(x0)) != x0
+    box = Case(np.array([x0, 0.8]), np.array([x0, 0.8]), (Polytope(np.array([[-1.0, 0.0]]), np.array([-1.5])),))
+    cex = validate(rep, Spec((box,), 2, 2), np.array([x0, 0.8]))
+    assert cex is not None and cex.x[0] == x0 and cex.x[1] == 0.8
+    # a float32 candidate near the fixed value is snapped onto it
+    cex = validate(rep, Spec((box,), 2, 2), np.array([x0, 0.8], dtype=np.float32))
+    assert cex is not None and cex.x[0] == x0
 
 
 def test_replayer_opens_onnxruntime_lazily_and_unreadable_models_confirm_nothing(tmp_path):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ from verifier.config import Config
 from verifier.deadline import Deadline
 from verifier.errors import ShapeMismatchError
 from verifier.network import Network
-from verifier.objective import CaseObjective, case_objective, with_row_combinations
+from verifier.objective import CaseObjective, case_objective, spec_fits, with_row_combinations
 from verifier.result import Counterexample, Result, Status
 from verifier.validate import Replayer, validate
 from vnnlib.spec import Spec
@@ -83,6 +83,9 @@ def load_problem(
             f"the model has {net.n_inputs} inputs and {net.n_outputs} outputs"
         )
     dtype = torch.float64 if config.dtype == "float64" else torch.float32
+    if not all(spec_fits(case, dtype) for case in spec.cases):
+        log.info("the spec's output coefficients need float64: bounding in float64")
+        dtype = torch.float64
     torch.set_num_threads(_threads(net, config))
     if config.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = False  # too imprecise for verification
@@ -122,7 +125,16 @@ def run_pipeline(
     gen = torch.Generator(device=net.device).manual_seed(config.seed)
 
     if config.engine in ("milp", "smt"):
-        return _exact_engine(problem, config, deadline, stats)
+        status, cex = _exact_engine(problem, config, deadline, stats)
+        if config.engine == "smt" or status is not Status.UNSAT:
+            return status, cex
+        # HiGHS's infeasibility is a hint, not a proof: the bounds and the search must prove it
+        log.info("milp: infeasible by HiGHS; certifying by branch and bound")
+        stats["milp_certify"] = 1
+        status, cex = _prove(problem, objectives, config, deadline, stats, gen)
+        if status is Status.SAT:
+            log.warning("milp: HiGHS called a spec with a counterexample infeasible")
+        return status, cex
     if config.attack.enabled:
         t = time.monotonic()
         cex = _attack_all(problem, objectives, config, deadline, gen)
@@ -131,12 +143,19 @@ def run_pipeline(
             return Status.SAT, cex
     if config.stop_after == "attack" or deadline.expired():
         return Status.UNKNOWN, None
+    return _prove(problem, objectives, config, deadline, stats, gen)
 
+
+def _prove(
+    problem: Problem, objectives: list[CaseObjective], config: Config, deadline: Deadline, stats: dict,
+    gen: torch.Generator,
+) -> tuple[Status, Counterexample | None]:
+    """Incomplete bounds on every case, then branch and bound on those left open."""
     from verifier.incomplete import incomplete_stages
 
     roots = {}
     for index, obj in enumerate(objectives):
-        proven, root = incomplete_stages(net, obj, config, deadline, stats)
+        proven, root = incomplete_stages(problem.net, obj, config, deadline, stats)
         if not proven:
             roots[index] = root
     if not roots:
@@ -148,7 +167,8 @@ def run_pipeline(
 
 def _exact_engine(problem: Problem, config: Config, deadline: Deadline, stats: dict
                   ) -> tuple[Status, Counterexample | None]:
-    """The whole spec by the MILP (HiGHS) or SMT (z3) engine; a witness is validated like any other."""
+    """The whole spec by the MILP (HiGHS) or SMT (z3) engine; a witness is validated like any other.
+    The MILP's ``unsat`` is only HiGHS's word (``run_pipeline`` certifies it); z3's is exact."""
     if config.engine == "milp":
         from verifier.exact.milp import milp_verify
 
@@ -200,11 +220,9 @@ def _complete(
     from verifier.bab.solve import solve_case
 
     bab_stats = BabStats()
-    # the MILP stage of the portfolio belongs to the auto engine; "bab" is branch and bound alone
-    bab_opts = config.bab if config.engine == "auto" else replace(config.bab, milp_max_unstable=0)
     verdict = Status.UNSAT
     for index, root in roots.items():
-        status, cex = solve_case(problem.net, objectives[index], root, _validator(problem, index), bab_opts,
+        status, cex = solve_case(problem.net, objectives[index], root, _validator(problem, index), config.bab,
                                  config.alpha, deadline, gen, bab_stats)
         if status is Status.SAT:
             stats.update(bab_stats.as_dict())

@@ -8,7 +8,8 @@ polytope has ``C_j y - d_j <= 0`` (``< 0`` for strict rows).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from fractions import Fraction
 
 import numpy as np
 import torch
@@ -83,32 +84,77 @@ class CaseObjective:
 
 def with_row_combinations(obj: CaseObjective, steps: int = 9, max_rows: int = 8) -> CaseObjective:
     """``obj`` plus, for each polytope of 2 to ``max_rows`` rows, the rows
-    ``lam r_i + (1 - lam) r_j`` of each pair for ``lam`` in ``1/(steps+1) .. steps/(steps+1)``.
+    ``lam r_i + (1 - lam) r_j`` of each pair for ``lam`` near ``1/(steps+1) .. steps/(steps+1)``.
 
     A combination is below ``max(r_i, r_j)``, so one with a positive lower bound
     rules its polytope out just like a positive row does (where the rows cross,
-    no single row can).  The unsafe set and ``violation`` are unchanged.
+    no single row can).  The unsafe set and ``violation`` are unchanged.  ``lam`` is
+    rounded to a multiple of 1/256 so that combinations of small integer coefficients
+    are exact (``exact_rows`` keeps only exact combinations).
     """
-    lam = torch.arange(1, steps + 1, dtype=obj.C.dtype, device=obj.C.device) / (steps + 1)  # (L,)
-    C, d, groups, strict = [obj.C], [obj.d], [obj.groups], [obj.strict]
-    mix = [obj.mix if obj.mix is not None else torch.zeros_like(obj.d)]
+    lam = np.round(np.arange(1, steps + 1) / (steps + 1) * 256) / 256  # (L,) multiples of 1/256
+    C64, d64 = obj.C.double().cpu().numpy(), obj.d.double().cpu().numpy()
+    weights, owner, first = [], [], []
     for p in range(obj.groups.shape[0]):
-        rows = torch.nonzero(obj.groups[p]).flatten()
-        if not 2 <= rows.numel() <= max_rows:
+        rows = torch.nonzero(obj.groups[p]).flatten().tolist()
+        if not 2 <= len(rows) <= max_rows:
             continue
-        i, j = torch.triu_indices(rows.numel(), rows.numel(), 1, device=rows.device)
-        i, j = rows[i], rows[j]  # (Q,) pairs
-        l = lam.repeat(i.numel()).unsqueeze(1)  # (Q L, 1)
-        i, j = i.repeat_interleave(steps), j.repeat_interleave(steps)
-        C.append(l * obj.C[i] + (1 - l) * obj.C[j])
-        d.append(l.squeeze(1) * obj.d[i] + (1 - l.squeeze(1)) * obj.d[j])
-        g = torch.zeros(obj.groups.shape[0], i.numel(), dtype=torch.bool, device=obj.groups.device)
-        g[p] = True
-        groups.append(g)
-        strict.append(torch.zeros(i.numel(), dtype=torch.bool, device=obj.strict.device))
-        mix.append(l.squeeze(1))
-    return CaseObjective(obj.lower, obj.upper, torch.cat(C), torch.cat(d), torch.cat(groups, dim=1),
-                         torch.cat(strict), torch.cat(mix))
+        for a, i in enumerate(rows):
+            for j in rows[a + 1:]:
+                w = np.zeros((steps, obj.n_rows))
+                w[:, i], w[:, j] = lam, 1 - lam
+                weights.append(w)
+                owner += [p] * steps
+                first += list(lam)
+    if not weights:
+        return replace(obj, mix=obj.mix if obj.mix is not None else torch.zeros_like(obj.d))
+    w = np.concatenate(weights)
+    C, d, keep = exact_rows(w, C64, d64, obj.C.dtype)
+    owner_t = torch.as_tensor(owner, device=obj.groups.device)[torch.as_tensor(keep)]
+    g = torch.zeros(obj.groups.shape[0], int(keep.sum()), dtype=torch.bool, device=obj.groups.device)
+    g[owner_t, torch.arange(owner_t.numel(), device=g.device)] = True
+    lam_kept = torch.as_tensor(np.asarray(first)[keep], dtype=obj.d.dtype, device=obj.d.device)
+    mix = obj.mix if obj.mix is not None else torch.zeros_like(obj.d)
+    return CaseObjective(obj.lower, obj.upper, torch.cat([obj.C, C.to(obj.C)]), torch.cat([obj.d, d.to(obj.d)]),
+                         torch.cat([obj.groups, g], dim=1),
+                         torch.cat([obj.strict, torch.zeros(g.shape[1], dtype=torch.bool, device=obj.strict.device)]),
+                         torch.cat([mix, lam_kept]))
+
+
+def exact_rows(weights: np.ndarray, C: np.ndarray, d: np.ndarray, dtype: torch.dtype,
+               y_mag: np.ndarray | None = None) -> tuple[Tensor, Tensor, np.ndarray]:
+    """The rows ``weights @ [C, d]`` (``weights`` ``(S', S)`` non-negative), as far as ``dtype`` holds them.
+
+    A non-negative combination of a polytope's rows is ``<= 0`` wherever all of them are, so it may
+    rule the polytope out, but only if it is at most the combination it claims to be.  ``d'`` is
+    rounded up.  Where ``dtype`` cannot hold ``C'`` exactly, the row is kept only when ``y_mag``
+    ``(n_out,)`` bounds ``|y|`` on the whole case box: ``d'`` then also rises by
+    ``sum |C' - C_exact| y_mag``, which covers the difference at every point.  Returns ``C'``
+    ``(K, n_out)``, ``d'`` ``(K,)`` and which rows were kept ``(S',)``.
+    """
+    np_dtype = np.float32 if dtype == torch.float32 else np.float64
+    exact_C = [[sum((Fraction(float(w)) * Fraction(float(c)) for w, c in zip(col_w, col) if w), Fraction(0))
+                for col in C.T] for col_w in weights]
+    cast = np.array([[float(v) for v in row] for row in exact_C], dtype=np.float64).reshape(len(exact_C), C.shape[1])
+    cast = cast.astype(np_dtype)
+    error = [sum((abs(Fraction(float(c)) - e) * Fraction(float(m)) for c, e, m in
+                  zip(row_c, row_e, y_mag if y_mag is not None else np.zeros(len(row_c)))), Fraction(0))
+             for row_c, row_e in zip(cast, exact_C)]
+    exact = np.array([all(Fraction(float(c)) == e for c, e in zip(row_c, row_e))
+                      for row_c, row_e in zip(cast, exact_C)], dtype=bool)
+    keep = exact if y_mag is None else np.ones(len(exact_C), dtype=bool)
+    exact_d = [sum((Fraction(float(w)) * Fraction(float(v)) for w, v in zip(row_w, d) if w), Fraction(0)) + err
+               for row_w, err in zip(weights, error)]
+    d_up = np.array([_round_up(v, np_dtype) for v in exact_d], dtype=np_dtype)
+    return torch.as_tensor(cast[keep]), torch.as_tensor(d_up[keep]), keep
+
+
+def _round_up(value: Fraction, np_dtype: type) -> float:
+    """The least ``np_dtype`` number at least ``value``."""
+    f = np_dtype(float(value))
+    while Fraction(float(f)) < value:
+        f = np.nextafter(f, np_dtype(np.inf))
+    return f
 
 
 def round_toward(a: np.ndarray, dtype: torch.dtype, toward: float) -> np.ndarray:
@@ -123,6 +169,14 @@ def round_toward(a: np.ndarray, dtype: torch.dtype, toward: float) -> np.ndarray
         return cast
     wrong = cast < a if toward > 0 else cast > a
     return np.where(wrong, np.nextafter(cast, np_dtype(toward)), cast)
+
+
+def spec_fits(case: Case, dtype: torch.dtype) -> bool:
+    """Whether ``dtype`` holds every output coefficient of ``case`` exactly (the box and the offsets are
+    rounded outward instead)."""
+    if dtype == torch.float64:
+        return True
+    return all(np.array_equal(p.A.astype(np.float32).astype(np.float64), p.A) for p in case.polytopes)
 
 
 def case_objective(case: Case, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> CaseObjective:
@@ -140,6 +194,8 @@ def case_objective(case: Case, dtype: torch.dtype = torch.float32, device: str |
     def t(a: np.ndarray, toward: float = 0.0) -> Tensor:
         return torch.as_tensor(round_toward(a, dtype, toward), device=device)
 
+    if not spec_fits(case, dtype):
+        raise ValueError(f"the spec's output coefficients are not exact in {dtype}; bound in float64")
     return CaseObjective(
         lower=t(case.lower, -np.inf), upper=t(case.upper, np.inf), C=t(A), d=t(b, np.inf),
         groups=torch.as_tensor(groups, device=device), strict=torch.as_tensor(strict, device=device),

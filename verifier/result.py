@@ -23,7 +23,7 @@ class Status(enum.Enum):
 class Counterexample:
     """An input inside the spec box and the onnxruntime outputs on it (both flat)."""
 
-    x: np.ndarray  # (n_in,) in the model's dtype
+    x: np.ndarray  # (n_in,) float64, inside the box: the values written (the model runs on them cast to its dtype)
     y: np.ndarray  # (n_out,) as onnxruntime computed it
 
 

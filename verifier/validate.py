@@ -1,9 +1,12 @@
 """Strict counterexample validation: replay through onnxruntime on the original model.
 
-A candidate becomes a ``Counterexample`` only if, in the model's own input
-dtype, it lies inside the input box of a spec case (no tolerance) and the
-onnxruntime outputs lie in one of that case's unsafe polytopes (no tolerance,
-strict rows strictly).  This is the only place that creates counterexamples.
+VNN-COMP's rule, with zero tolerance everywhere: the values *as written* in the
+counterexample must lie in the input box of a spec case, the model is run on
+them cast to its input dtype, and the onnxruntime outputs must lie in one of
+that case's unsafe polytopes (strict rows strictly).  The written values are
+float64 (printed at full precision), so a box bound that the model's dtype
+cannot represent (a fixed input at such a value) still admits counterexamples.
+This is the only place that creates counterexamples.
 """
 
 from __future__ import annotations
@@ -69,31 +72,35 @@ class Replayer:
         return np.asarray(self.session.run(None, feed)[0]).reshape(-1)
 
 
-def snap_into_box(x: np.ndarray, case: Case, dtype: type) -> np.ndarray | None:
-    """``x`` cast to ``dtype`` and moved by at most one ulp so it is inside the box, or None."""
-    lo, hi = case.lower, case.upper
-    xc = np.asarray(x, dtype=np.float64).reshape(-1).astype(dtype)
-    xc = np.where(xc.astype(np.float64) < lo, np.nextafter(xc, dtype(np.inf)), xc)
-    xc = np.where(xc.astype(np.float64) > hi, np.nextafter(xc, dtype(-np.inf)), xc)
-    inside = np.all(xc.astype(np.float64) >= lo) and np.all(xc.astype(np.float64) <= hi)
-    return xc if inside else None
+def snap_into_box(x: np.ndarray, case: Case, ulps: int = 4) -> np.ndarray | None:
+    """``x`` as float64, clipped into the case's box if it lies outside by at most ``ulps`` float32 units
+    in the last place (the rounding of a candidate computed in float32); else None."""
+    xc = np.asarray(x, dtype=np.float64).reshape(-1)
+    if xc.shape != case.lower.shape or not np.all(np.isfinite(xc)):
+        return None
+    inside = np.clip(xc, case.lower, case.upper)
+    if np.any(np.abs(inside - xc) > ulps * np.spacing(np.abs(xc).astype(np.float32)).astype(np.float64)):
+        return None
+    return inside
 
 
 def validate(replayer: Replayer, spec: Spec, x: np.ndarray, case_index: int | None = None) -> Counterexample | None:
     """A strictly validated counterexample from candidate ``x``, or None.
 
-    With ``case_index`` the candidate is first snapped into that case's box.
+    The candidate is snapped into the box of each case tried (``case_index``, or every case); the
+    snapped float64 values are the counterexample as written, and the model runs on them cast to
+    its input dtype.
     """
     cases = range(len(spec.cases)) if case_index is None else [case_index]
     if not replayer.available:
         return None
     for c in cases:
         case = spec.cases[c]
-        xc = snap_into_box(x, case, replayer.dtype)
+        xc = snap_into_box(x, case)
         if xc is None:
             continue
-        y = replayer.run(xc)
-        if spec.is_violated_by(xc.astype(np.float64), y.astype(np.float64)):
+        y = replayer.run(xc.astype(replayer.dtype))
+        if spec.is_violated_by(xc, y.astype(np.float64)):
             return Counterexample(x=xc, y=y)
     return None
 

@@ -9,16 +9,19 @@ box per polytope; a polytope whose box becomes empty is ruled out, and the
 subdomain keeps the hull of the boxes of the polytopes left.  Every point cut off
 is proven safe, so the search only has to cover what remains (this is the
 input-space counterpart of LP-exact bounds on a star set, at interval cost).
+
+Dropping part of a box is a proof step: the linear bounds are rigorous
+(``backward_linear``), each cut is loosened by a bound of its own rounding
+(``rounding.gamma``), and each new end is rounded outward.
 """
 
 from __future__ import annotations
 
 import torch
 
-Tensor = torch.Tensor
+from verifier.bounds.rounding import down, eta, gamma, up
 
-# relative slack added to every cut so that float rounding never cuts off a point of the true halfspace
-_SLACK = 1e-5
+Tensor = torch.Tensor
 
 
 def contract(
@@ -62,12 +65,13 @@ def _propagate(A: Tensor, b: Tensor, lo: Tensor, hi: Tensor, member: Tensor) -> 
     a = A.unsqueeze(1)  # (B, 1, S, n)
     low_term = torch.minimum(a * lo.unsqueeze(2), a * hi.unsqueeze(2))  # (B, P, S, n)
     total = low_term.sum(-1)  # (B, P, S)
-    slack = _SLACK * (low_term.abs().sum(-1) + b.abs().unsqueeze(1)) + 1e-30
+    # the products, the sum and the subtractions below round by at most this much
+    slack = gamma(A.shape[-1] + 4, A.dtype) * (low_term.abs().sum(-1) + b.abs().unsqueeze(1)) + eta(A.dtype)
     bb = b.unsqueeze(1)  # (B, 1, S)
     row_empty = member & (total > bb + slack)  # min over the box already above b
     rhs = (bb + slack - total).unsqueeze(-1) + low_term  # (B, P, S, n): b - sum_{k != j} min_k, loosened
-    bound = rhs / torch.where(a == 0, torch.ones_like(a), a)
+    quotient = rhs / torch.where(a == 0, torch.ones_like(a), a)
     on = member.unsqueeze(-1)
-    new_hi = torch.where(on & (a > 0), bound, torch.full_like(bound, torch.inf)).amin(2)  # (B, P, n)
-    new_lo = torch.where(on & (a < 0), bound, torch.full_like(bound, -torch.inf)).amax(2)
+    new_hi = torch.where(on & (a > 0), up(quotient), torch.full_like(quotient, torch.inf)).amin(2)  # (B, P, n)
+    new_lo = torch.where(on & (a < 0), down(quotient), torch.full_like(quotient, -torch.inf)).amax(2)
     return torch.maximum(lo, new_lo), torch.minimum(hi, new_hi), row_empty.any(-1)

@@ -24,9 +24,9 @@ up to that one and recomputes (by CROWN, intersected with the parent's) only
 the layers after it.
 
 Settle: a child whose pre-activation bounds leave no neuron unstable is a leaf:
-the network is linear on it, so one LP per open polytope decides it (a positive
-certified minimum margin rules the polytope out, else the deepest point must
-pass the strict replay); anything else leaves the case undecided, never unsat.
+the network is affine on it, and ``leaves.decide_leaves`` decides it (an LP's
+duals recomputed rigorously rule a polytope out, or its deepest point passes
+the strict replay); anything else leaves the case undecided, never unsat.
 Before that, the input corner minimizing each open child's linear bound is
 evaluated, and validated when it looks unsafe.
 """
@@ -34,23 +34,31 @@ evaluated, and validated when it looks unsafe.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, replace
 
-import numpy as np
 import torch
 
 from verifier.bab.branching import relu_scores, split_relus, target_rows
+from verifier.bab.leaves import decide_leaves
 from verifier.bab.probes import check_points
 from verifier.bab.search import BabOptions, BabStats, Rule, ValidateFn, physical_memory, search
-from verifier.bab.spec_rows import RowSubset, combine_rows, mix_rows, needed_rows, one_polytope_each, open_polytopes
+from verifier.bab.spec_rows import (
+    RowSubset,
+    combine_rows,
+    mix_lower,
+    mix_rows,
+    needed_rows,
+    one_polytope_each,
+    open_polytopes,
+)
 from verifier.bab.subproblems import SubproblemBatch, concat, in_chunks
 from verifier.bounds.alpha import AlphaOptions
-from verifier.bounds.backward import Relaxations, concretize
+from verifier.bounds.backward import concretize
 from verifier.bounds.beta import beta_crown
 from verifier.bounds.crown import CrownState, crown_sweep, final_linear
-from verifier.bounds.ibp import mark_empty
-from verifier.bounds.types import Betas, BoundResult, Slopes
+from verifier.bounds.ibp import ibp, mark_empty
+from verifier.bounds.rounding import magnitude
+from verifier.bounds.types import Betas, BoundResult, Domains, Slopes
 from verifier.deadline import Deadline
 from verifier.network import Network
 from verifier.objective import CaseObjective
@@ -74,13 +82,19 @@ def relu_start(net: Network, obj: CaseObjective, root: BoundResult, per_polytope
     of all the polytopes it leaves open.  A root has no split yet, the root bound, and
     the root's final-layer slopes and multipliers.
     """
-    rows, mix = combine_rows(obj)
+    rows, mix = combine_rows(obj, output_magnitude(net, obj))
     start = relu_root(net, rows, root, mix)
     polytopes = open_polytopes(rows, start.bound[0])
     if not per_polytope or polytopes.numel() == 0:
         return rows, start
     copies = start.select(torch.zeros(polytopes.numel(), dtype=torch.long, device=polytopes.device))
     return rows, replace(copies, bound=one_polytope_each(rows, start.bound[0], polytopes))
+
+
+def output_magnitude(net: Network, obj: CaseObjective) -> Tensor:
+    """A rigorous bound ``(n_out,)`` of ``|f(x)|`` on the case box (interval bounds)."""
+    res = ibp(net, Domains(obj.lower.unsqueeze(0), obj.upper.unsqueeze(0)))
+    return magnitude(res.lower[0], res.upper[0])
 
 
 def relu_root(net: Network, obj: CaseObjective, root: BoundResult, mix: Tensor) -> SubproblemBatch:
@@ -100,7 +114,7 @@ def relu_root(net: Network, obj: CaseObjective, root: BoundResult, mix: Tensor) 
     betas = None if root.betas is None else Betas(tuple(mix_rows(t, mix) for t in root.betas.values))
     return SubproblemBatch(
         lower=obj.lower.expand(B, -1), upper=obj.upper.expand(B, -1), splits=splits,
-        bound=mix_rows(root.lower, mix), depth=torch.zeros(B, dtype=torch.int32, device=obj.lower.device),
+        bound=mix_lower(root.lower, mix), depth=torch.zeros(B, dtype=torch.int32, device=obj.lower.device),
         intermediate=root.intermediate, slopes=slopes, betas=betas,
     )
 
@@ -172,8 +186,7 @@ def babsr_scores(net: Network, obj: CaseObjective, parents: SubproblemBatch) -> 
                         device=gap.device)
     with torch.enable_grad():
         bias = {r: state.relax.relu[r].upper_bias.detach().clone().requires_grad_() for r in relus}
-        relax = Relaxations({r: replace(state.relax.relu[r], upper_bias=bias[r]) for r in relus},
-                            state.relax.maxpool)
+        relax = replace(state.relax, relu={r: replace(state.relax.relu[r], upper_bias=bias[r]) for r in relus})
         lower = _final_lower(net, sub, CrownState(state.nodes, relax), C, d)  # (B, K)
         for q, weight in enumerate(slots):
             grads = torch.autograd.grad((lower * weight).sum(), [bias[r] for r in relus], allow_unused=True,
@@ -359,64 +372,6 @@ def check_primals(net: Network, obj: CaseObjective, batch: SubproblemBatch, vali
                   ) -> Counterexample | None:
     """Validate the primal corners (``primal_inputs``) whose concrete outputs already look unsafe."""
     return None if batch.batch == 0 else check_points(net, obj, primal_inputs(net, obj, batch), validate_fn)
-
-
-def decide_leaves(
-    net: Network, obj: CaseObjective, leaves: SubproblemBatch, validate_fn: ValidateFn, deadline: Deadline,
-) -> tuple[Counterexample | None, bool]:
-    """Decide each leaf exactly, one problem per polytope its bound leaves open.
-
-    The problem (the exact engine's encoding with the splits) minimizes the polytope's
-    margin ``max_j C_j y - d_j``: a positive optimum rules the polytope out; otherwise
-    the deepest point is the candidate, so that rounding in the replay does not reject
-    a point on the boundary.  Returns a validated counterexample (the first found) and
-    whether some leaf stayed undecided (time limit, solver trouble, or a candidate the
-    replay rejected).
-    """
-    from verifier.exact.encoding import as_relu_bounds, as_splits, encode_network, margin_problem
-
-    open_polytopes = obj.left_open(leaves.bound)  # (B, P)
-    C, d = obj.C.detach().cpu().double().numpy(), obj.d.detach().cpu().double().numpy()
-    groups = obj.groups.cpu().numpy()
-    undecided = False
-    for i in range(leaves.batch):
-        leaf = leaves.select(torch.tensor([i], device=leaves.lower.device))
-        enc = encode_network(net, leaf.lower.cpu().double().numpy(), leaf.upper.cpu().double().numpy(),
-                             as_relu_bounds(leaf.intermediate, net), as_splits(leaf.splits, net))
-        if enc.empty:
-            continue
-        for p in torch.nonzero(open_polytopes[i]).flatten().tolist():
-            if deadline.expired():
-                return None, True
-            rows = groups[p]
-            lower, values = _min_margin(margin_problem(enc, C[rows], d[rows]), deadline)
-            if lower > 0:
-                continue
-            if values is not None:
-                cex = validate_fn(torch.as_tensor(enc.input_of(values), dtype=net.dtype))
-                if cex is not None:
-                    return cex, undecided
-                log.info("leaf: deepest point rejected by the replay; the leaf stays undecided")
-            undecided = True
-            break
-    return None, undecided
-
-
-def _min_margin(problem, deadline: Deadline) -> tuple[float, np.ndarray | None]:
-    """A lower bound on the margin problem's optimum, and its best point (None if none).
-
-    Without binaries (no MaxPool) it is an LP, and the bound is certified by weak
-    duality (``LpSession``): HiGHS's presolve was seen to call such a small feasible LP
-    infeasible.  With binaries the MILP solver's own dual bound is taken.
-    """
-    from verifier.exact.highs import LpSession, solve_mip
-
-    if problem.n_binary == 0:
-        session = LpSession(problem)
-        lower = session.minimize(problem.cost, problem.offset, deadline.remaining())
-        return lower, (session.values() if lower <= 0 else None)
-    solve = solve_mip(problem, deadline.remaining())
-    return (math.inf if solve.status == "infeasible" else solve.dual_bound), solve.values
 
 
 def solve_relu(

@@ -39,32 +39,28 @@ class BabOptions:
     input_share: float = 0.95
     batch_size: int = 2048  # parents popped per round (input splitting)
     relu_batch_size: int = 256  # parents popped per round (ReLU splitting)
-    bound: str = "crown"  # input splitting: crown, alpha (CROWN, then alpha-CROWN on the open), symbolic
+    bound: str = "crown"  # input splitting: crown, or alpha (CROWN, then alpha-CROWN on the open)
     # input splitting: bound both halves for every dimension and keep the best split, scoring with CROWN
     # on the spec rows only ("final"), with full CROWN ("full"), or not at all ("none": gradient x width)
     strong_branching: str = "full"
     contract: bool = True  # input splitting: shrink each box by its rows' linear bounds (bab/contract.py)
     bound_chunk: int = 512  # input splitting: children bounded per CROWN call
     input_all_combinations: bool = False  # input splitting: bound every row combination, not only midpoints
-    exact_unstable: int = 12  # input splitting: decide open subdomains with at most this many unstable ReLUs by MILP
-    # ... while the MILP has taken at most this share of the search's time (on ACAS Xu the MILP leaves
-    # decided nothing that splitting did not, and took up to half of the time when not held back)
-    exact_share: float = 0.1
-    exact_per_round: int = 16  # at most this many MILP-decided subdomains per round
+    # input splitting: open subdomains with at most this many unstable ReLUs are searched by ReLU splitting
+    # on their box (0: never) ...
+    exact_unstable: int = 12
+    exact_share: float = 0.1  # ... while those searches have taken at most this share of the time
+    exact_per_round: int = 16  # ... at most this many per round
     warm_start: bool = False  # start a child's slope optimization from its parent's slopes
     relu_branching: str = "fsb"  # ReLU splitting: babsr (intercept score) | fsb (best of the top candidates)
     fsb_candidates: int = 4  # ReLU splitting, fsb: candidates per parent bounded before choosing
     beta_iterations: int = 20  # ReLU splitting: beta-CROWN iterations per batch of children
     beta_intermediate: bool = False  # ReLU splitting: also optimize the intermediate layers' slopes
     relu_per_polytope: bool = True  # ReLU splitting: one search per polytope left open by the root bound
-    # ReLU splitting on networks of two or more ReLU layers whose root leaves too many ReLUs unstable for the
-    # MILP stage (milp_max_unstable): after refine_after of the time, the search
+    # ReLU splitting on networks of two or more ReLU layers: after refine_after of the time, the search
     # starts again from a root whose unstable neurons were proven stable where possible (bab/refine.py),
     # which may take refine_share of the time left, at most refine_neuron_budget subdomains bounded per
-    # neuron (four times as many in each later pass).  With one search per neuron (session 5), refine_after
-    # 0.05 made mnistfc 256x2 prop_1_0.03 take 84 s instead of 9 s.  Session 6 (batched searches, 0.1)
-    # against session 5 (one search per neuron, 0.2): 256x4 prop_0_0.03 52 s instead of 153 s,
-    # prop_10_0.05 63 s instead of 145 s, 256x2 prop_1_0.03 33 s instead of 26 s
+    # neuron (four times as many in each later pass); measured in benchmarks/results/README.md
     refine_after: float = 0.1
     refine_share: float = 0.6  # 0 turns the refinement off
     refine_neuron_budget: int = 64
@@ -76,12 +72,6 @@ class BabOptions:
     attack_domains: int = 16  # worst subdomains attacked each time
     attack: AttackOptions = field(default_factory=lambda: AttackOptions(
         samples=64, restarts=8, steps=20, rounds=1, candidates=4))  # per attacked subdomain
-    # the auto engine: a case whose root leaves at most this many ReLUs unstable (after alpha-CROWN) is handed
-    # to the MILP (HiGHS) once branch and bound has used its share of the time; 0 turns the MILP stage off
-    # (engine "bab").  Measured: benchmarks/results/README.md
-    milp_max_unstable: int = 120
-    input_share_milp: float = 0.25  # input splitting's share of the time when the MILP follows
-    relu_share_milp: float = 0.6  # ReLU splitting's share of the time when the MILP follows
     max_domains: int = 5_000_000  # open subdomains before giving up (memory)
     # memory: the open subdomains may hold this fraction of the machine's physical memory; past half of
     # it the search pops deepest first (depth-first keeps the store from growing), past all of it it
@@ -90,6 +80,10 @@ class BabOptions:
     progress_every: float = 2.0  # seconds between progress lines (-v)
 
     def __post_init__(self) -> None:
+        for name, allowed in (("branching", ("auto", "input", "relu")), ("bound", ("crown", "alpha")),
+                              ("strong_branching", ("full", "final", "none"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
         if self.relu_branching not in ("babsr", "fsb"):
             raise ValueError(f"relu_branching must be babsr or fsb, not {self.relu_branching!r}")
         if not 0 < self.max_memory <= 1:

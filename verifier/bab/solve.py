@@ -1,8 +1,10 @@
-"""Complete verification of one spec case: branch and bound, and (auto engine) the MILP.
+"""Complete verification of one spec case by branch and bound.
 
-The portfolio per case: input splitting for low-dimensional inputs, ReLU splitting
-otherwise; when the root leaves few ReLUs unstable (``milp_max_unstable``), the MILP
-on the whole case box takes over after branch and bound's share of the time.
+The portfolio per case: input splitting for low-dimensional inputs (then ReLU
+splitting, for ReLUs that no input split makes stable), ReLU splitting otherwise,
+restarted from refined intermediate bounds on deep networks.  Every region the
+search drops is ruled out by a rigorous bound (``verifier.bounds``) or a leaf's
+rigorously recomputed LP certificate (``leaves``); solvers only propose.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-import numpy as np
 import torch
 
 from verifier.bab.branching import bisect_inputs, input_split_dims, strong_input_split
@@ -22,7 +23,6 @@ from verifier.bab.search import BabOptions, BabStats, Rule, ValidateFn, search
 from verifier.bab.subproblems import SubproblemBatch, in_chunks
 from verifier.bounds.alpha import AlphaOptions, alpha_crown
 from verifier.bounds.crown import crown
-from verifier.bounds.symbolic import supports_symbolic, symbolic_bounds
 from verifier.bounds.types import BoundResult
 from verifier.deadline import Deadline
 from verifier.network import Network
@@ -49,14 +49,11 @@ def solve_case(
         depth=torch.zeros(1, dtype=torch.int32, device=obj.lower.device), intermediate=root.intermediate,
     )
     unstable = int(root.intermediate.unstable_count(1)[0]) if root.intermediate is not None else None
-    milp = _milp_applies(opts, root)
     stats.extra["root_unstable"] = unstable if unstable is not None else -1
     if choose_branching(net, opts) == "input":
-        # a portfolio: input splitting first; if it runs out of its share of the time, the MILP when few
-        # ReLUs are unstable, then ReLU splitting (some low-dimensional instances have ReLUs that no input
-        # split makes stable)
-        share = (opts.input_share_milp if milp else opts.input_share) if opts.branching == "auto" else 1.0
-        input_deadline = _share(deadline, share)
+        # a portfolio: input splitting first, then ReLU splitting (some low-dimensional instances have
+        # ReLUs that no input split makes stable)
+        input_deadline = _share(deadline, opts.input_share if opts.branching == "auto" else 1.0)
         # on small boxes the rows seldom cross: the combinations other than the midpoints proved nothing
         # more on ACAS Xu but took about half of the bounding time (benchmarks/results/README.md)
         keep = torch.ones_like(obj.strict) if opts.input_all_combinations else obj.midpoint_rows()
@@ -66,10 +63,6 @@ def solve_case(
         status, cex = search(net, obj_in, root_in, rule, validate_fn, opts, input_deadline, gen, stats)
         if status not in (Status.TIMEOUT, Status.UNKNOWN) or deadline.expired():
             return status, cex
-        if milp:
-            status, cex = milp_case(net, obj, root, validate_fn, deadline, stats)
-            if status not in (Status.TIMEOUT, Status.UNKNOWN) or deadline.expired():
-                return status, cex
         stats.extra["bab_switched_to_relu"] = 1
         return solve_relu(net, obj, root, validate_fn, opts, alpha_opts, deadline, gen, stats)
     return _relu_portfolio(net, obj, root, validate_fn, opts, alpha_opts, deadline, gen, stats)
@@ -79,11 +72,11 @@ def _relu_portfolio(
     net: Network, obj: CaseObjective, root: BoundResult, validate_fn: ValidateFn, opts: BabOptions,
     alpha_opts: AlphaOptions, deadline: Deadline, gen: torch.Generator, stats: BabStats,
 ) -> tuple[Status, Counterexample | None]:
-    """ReLU splitting, then the MILP (auto engine, few unstable ReLUs at the root); with too many for the
-    MILP, ReLU splitting starts again from a refined root once it has used its first share."""
+    """ReLU splitting; on networks of several ReLU layers it starts again from a refined root once it
+    has used its first share."""
     widest = max((net.nodes[r].size for r in net.relu_indices), default=0)
     if (opts.refine_share > 0 and len(net.relu_indices) >= 2 and widest <= opts.refine_max_width
-            and root.intermediate is not None and not _milp_applies(opts, root)):
+            and root.intermediate is not None):
         status, cex = solve_relu(net, obj, root, validate_fn, opts, alpha_opts, _share(deadline, opts.refine_after),
                                  gen, stats)
         if status not in (Status.TIMEOUT, Status.UNKNOWN) or deadline.expired():
@@ -91,83 +84,12 @@ def _relu_portfolio(
         root = refined_root(net, obj, root, opts, alpha_opts, _share(deadline, opts.refine_share), gen, stats)
         if bool(obj.ruled_out(root.lower).all()):
             return Status.UNSAT, None
-    if not _milp_applies(opts, root):
-        return solve_relu(net, obj, root, validate_fn, opts, alpha_opts, deadline, gen, stats)
-    # ReLU splitting first (it decides most high-dimensional cases sooner), then the MILP
-    status, cex = solve_relu(net, obj, root, validate_fn, opts, alpha_opts, _share(deadline, opts.relu_share_milp),
-                             gen, stats)
-    if status not in (Status.TIMEOUT, Status.UNKNOWN) or deadline.expired():
-        return status, cex
-    return milp_case(net, obj, root, validate_fn, deadline, stats)
-
-
-def _milp_applies(opts: BabOptions, root: BoundResult) -> bool:
-    """Whether the auto engine's portfolio ends with the MILP: the root leaves few ReLUs unstable."""
-    unstable = None if root.intermediate is None else int(root.intermediate.unstable_count(1)[0])
-    return (opts.branching == "auto" and opts.milp_max_unstable > 0 and unstable is not None
-            and unstable <= opts.milp_max_unstable)
+    return solve_relu(net, obj, root, validate_fn, opts, alpha_opts, deadline, gen, stats)
 
 
 def _share(deadline: Deadline, share: float) -> Deadline:
     """A deadline after ``share`` of the time left (never later than ``deadline``)."""
     return Deadline(min(deadline.at, time.monotonic() + share * deadline.remaining()))
-
-
-def milp_case(
-    net: Network, obj: CaseObjective, root: BoundResult, validate_fn: ValidateFn, deadline: Deadline,
-    stats: BabStats,
-) -> tuple[Status, Counterexample | None]:
-    """Decide the case's polytopes that the root bound leaves open by MILP on the whole case box.
-
-    The root's pre-activation bounds (sound on the box) are LP-tightened once, then
-    each open polytope is one MILP; a feasible one gives a candidate for the strict replay.
-    """
-    from verifier.exact.encoding import as_relu_bounds
-    from verifier.exact.lp_relaxation import lp_tighten
-
-    t = time.monotonic()
-    stats.extra["bab_milp"] = 1
-    try:
-        lower, upper = obj.lower.double().cpu().numpy(), obj.upper.double().cpu().numpy()
-        bounds = lp_tighten(net, lower, upper, as_relu_bounds(root.intermediate, net), deadline=_share(deadline, 0.3))
-        open_polytopes = obj.left_open(root.lower)[0]  # (P,)
-        for p in torch.nonzero(open_polytopes).flatten().tolist():
-            verdict, cex = milp_polytope(net, obj, p, lower, upper, bounds, validate_fn, deadline)
-            if verdict == "sat":
-                return Status.SAT, cex
-            if verdict != "unsat":
-                return (Status.TIMEOUT if deadline.expired() else Status.UNKNOWN), None
-        return Status.UNSAT, None
-    finally:
-        stats.time_exact += time.monotonic() - t
-
-
-def milp_polytope(
-    net: Network, obj: CaseObjective, p: int, lower, upper, bounds, validate_fn: ValidateFn, deadline: Deadline,
-) -> tuple[str, Counterexample | None]:
-    """One MILP: polytope ``p`` of ``obj`` on the box ``[lower, upper]`` with sound pre-activation ``bounds``.
-
-    ``("unsat", None)`` rules it out; ``("sat", cex)`` carries a strictly replayed counterexample (the MILP
-    only takes witnesses the replay accepts, so a boundary point is followed by the deepest point).
-    """
-    from verifier.exact.milp import MilpOptions, milp_check
-
-    replayed: list[tuple[np.ndarray, Counterexample]] = []  # the witness the MILP accepted, with its replay
-
-    def accept(x: np.ndarray) -> bool:
-        cex = validate_fn(torch.as_tensor(x, dtype=obj.lower.dtype, device=obj.lower.device))
-        if cex is not None:
-            replayed.append((x, cex))
-        return cex is not None
-
-    rows = obj.groups[p]
-    out = milp_check(net, lower, upper, obj.C[rows].double().cpu().numpy(), obj.d[rows].double().cpu().numpy(),
-                     bounds, deadline, options=MilpOptions(lp_tighten=False, crown_bounds=False),
-                     strict=obj.strict[rows].cpu().numpy(), accept=accept)
-    if out.verdict != "sat":
-        return out.verdict, None
-    cex = next((c for x, c in replayed if np.array_equal(x, out.x)), None)
-    return ("sat", cex) if cex is not None else ("unknown", None)
 
 
 def _input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts: BabOptions,
@@ -190,10 +112,6 @@ def _input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts:
 
     def cheap_chunk(children: SubproblemBatch) -> SubproblemBatch:
         # a child's box lies in its parent's: the parent's intermediate bounds stay valid
-        if opts.bound == "symbolic" and supports_symbolic(net):
-            known = symbolic_bounds(net, children.domains)
-            return keep_best(children, crown(net, children.domains, C, d, known=known,
-                                             reuse_known=len(net.relu_indices)))
         res = crown(net, children.domains, C, d, known=children.intermediate, need_linear=opts.contract)
         children = keep_best(children, res)
         if res.linear is None:
@@ -235,11 +153,11 @@ def _input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts:
             return open_, cex, False
         t = time.monotonic()
         try:
-            return exact_leaves(net, obj, open_, validate_fn, opts, deadline)
+            return relu_leaves(net, obj, open_, validate_fn, opts, alpha_opts, deadline)
         finally:
             exact_time += time.monotonic() - t
 
-    start, exact_time = time.monotonic(), 0.0  # the MILP leaves' time, held to opts.exact_share
+    start, exact_time = time.monotonic(), 0.0  # the ReLU-splitting leaves' time, held to opts.exact_share
 
     strong = opts.strong_branching != "none"
     batch = max(1, opts.batch_size // (2 * net.n_inputs)) if strong else opts.batch_size
@@ -256,31 +174,26 @@ def contract_children(obj: CaseObjective, children: SubproblemBatch, linear: tup
     return replace(children, lower=lower, upper=upper, bound=bound)
 
 
-def exact_leaves(
+def relu_leaves(
     net: Network, obj: CaseObjective, open_: SubproblemBatch, validate_fn: ValidateFn, opts: BabOptions,
-    deadline: Deadline,
+    alpha_opts: AlphaOptions, deadline: Deadline,
 ) -> tuple[SubproblemBatch, Counterexample | None, bool]:
-    """Decide the open subdomains with few unstable ReLUs by MILP, one polytope at a time.
-
-    A subdomain leaves the search only when the MILP proves every polytope infeasible on it;
-    a feasible MILP gives a candidate that must pass the strict replay.
-    """
+    """Search the open boxes with few unstable ReLUs by ReLU splitting (each box its own case), where
+    bisecting the input would take many more subdomains; a box leaves only when that search proves it."""
     unstable = open_.intermediate.unstable_count(open_.batch)  # (B,)
     picks = torch.nonzero(unstable <= opts.exact_unstable).flatten()[: opts.exact_per_round].tolist()
     proven = torch.zeros(open_.batch, dtype=torch.bool)
-    for i in picks:
+    relu_opts = replace(opts, branching="relu", refine_share=0.0)
+    for n, i in enumerate(picks):
         if deadline.expired():
             break
-        open_polytopes = obj.left_open(open_.bound[i : i + 1])[0]  # (P,)
-        inter = open_.intermediate.select(torch.tensor([i]))
-        lower, upper = open_.lower[i].double().cpu().numpy(), open_.upper[i].double().cpu().numpy()
-        results = []
-        for p in torch.nonzero(open_polytopes).flatten().tolist():
-            verdict, cex = milp_polytope(net, obj, p, lower, upper, inter, validate_fn, deadline)
-            results.append(verdict)
-            if cex is not None:
-                return open_, cex, False
-            if verdict != "unsat":
-                break
-        proven[i] = all(v == "unsat" for v in results)
-    return open_.select(torch.nonzero(~proven).flatten()), None, False
+        box = open_.select(torch.tensor([i], device=open_.lower.device))
+        sub = replace(obj, lower=box.lower[0], upper=box.upper[0])
+        root = BoundResult(box.bound, None, box.intermediate)
+        budget = Deadline(min(deadline.at, time.monotonic() + deadline.remaining() / (len(picks) - n) / 4))
+        status, cex = solve_relu(net, sub, root, validate_fn, relu_opts, alpha_opts, budget,
+                                 torch.Generator(device=net.device).manual_seed(i), BabStats())
+        if status is Status.SAT:
+            return open_, cex, False
+        proven[i] = status is Status.UNSAT
+    return open_.select(torch.nonzero(~proven).flatten().to(open_.lower.device)), None, False

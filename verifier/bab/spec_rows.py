@@ -18,38 +18,55 @@ from dataclasses import dataclass
 
 import torch
 
-from verifier.objective import CaseObjective
+from verifier.bounds.rounding import down, gamma
+from verifier.objective import CaseObjective, exact_rows
 
 Tensor = torch.Tensor
 
 
-def combine_rows(obj: CaseObjective) -> tuple[CaseObjective, Tensor]:
-    """``obj`` with one more row per polytope of several rows: their average; and the map ``(S', S)``.
+def combine_rows(obj: CaseObjective, y_mag: Tensor | None = None) -> tuple[CaseObjective, Tensor]:
+    """``obj`` with one more row per polytope of several rows: their sum scaled by a power of 2 near
+    their average; and the map ``(S', S)``.
 
-    A point of the polytope has every ``C_j y - d_j <= 0``, hence any convex combination
-    ``<= 0`` too, so a positive lower bound of the average also rules the polytope out
+    A point of the polytope has every ``C_j y - d_j <= 0``, hence any non-negative combination
+    ``<= 0`` too, so a positive lower bound of the combination also rules the polytope out
     (and the concrete violation, a max over rows, is unchanged).  Per-row bounds cannot
     prove ``max_j (C_j y - d_j) > 0`` on a domain where each row alone dips below 0;
-    the average often can, long before the leaves.
+    the combination often can, long before the leaves.  ``y_mag`` ``(n_out,)``, a bound of ``|y|`` on
+    the case box, covers the rounding of combinations that the working precision cannot hold
+    exactly; without it they are left out (``exact_rows``).
     """
     S = obj.n_rows
     multi = torch.nonzero(obj.groups.sum(1) >= 2).flatten()
-    weights = obj.groups[multi].to(obj.C.dtype)  # (P', S)
-    weights = weights / weights.sum(1, keepdim=True)
+    counts = obj.groups[multi].sum(1, keepdim=True).double()
+    weights = obj.groups[multi].double() / torch.exp2(torch.ceil(torch.log2(counts)))  # (P', S) dyadic
+    C, d, keep = exact_rows(weights.cpu().numpy(), obj.C.double().cpu().numpy(), obj.d.double().cpu().numpy(),
+                            obj.C.dtype, None if y_mag is None else y_mag.double().cpu().numpy())
+    keep_t = torch.as_tensor(keep, device=multi.device)
+    multi, weights = multi[keep_t], weights[keep_t].to(obj.C)
     mix = torch.cat([torch.eye(S, dtype=obj.C.dtype, device=obj.C.device), weights])  # (S', S)
     extra = torch.zeros(obj.groups.shape[0], multi.shape[0], dtype=torch.bool, device=obj.groups.device)
     extra[multi, torch.arange(multi.shape[0], device=multi.device)] = True
     return CaseObjective(
-        lower=obj.lower, upper=obj.upper, C=mix @ obj.C, d=mix @ obj.d, groups=torch.cat([obj.groups, extra], 1),
-        strict=torch.cat([obj.strict, obj.strict.new_zeros(multi.shape[0])]),
+        lower=obj.lower, upper=obj.upper, C=torch.cat([obj.C, C.to(obj.C)]), d=torch.cat([obj.d, d.to(obj.d)]),
+        groups=torch.cat([obj.groups, extra], 1), strict=torch.cat([obj.strict, obj.strict.new_zeros(multi.shape[0])]),
     ), mix
 
 
 def mix_rows(t: Tensor, mix: Tensor) -> Tensor:
     """Rows ``(B, S, ...)`` combined by ``mix`` ``(S', S)`` (non-negative) into ``(B, S', ...)``; an
-    infinite row with weight 0 does not contribute."""
+    infinite row with weight 0 does not contribute.  For warm starts (slopes, multipliers): a lower
+    bound of a combination is ``mix_lower``."""
     w = mix.reshape(1, *mix.shape, *([1] * (t.dim() - 2)))
     return torch.where(w > 0, w * t.unsqueeze(1), torch.zeros_like(w)).sum(2)
+
+
+def mix_lower(lower: Tensor, mix: Tensor) -> Tensor:
+    """A rigorous lower bound ``(B, S')`` of each combined row from lower bounds ``(B, S)`` of the rows
+    (``mix_rows`` rounded down by a bound of its rounding)."""
+    value = mix_rows(lower, mix)
+    terms = mix_rows(lower.abs(), mix)
+    return down(value - gamma(mix.shape[1] + 1, lower.dtype) * terms.nan_to_num(0.0, posinf=0.0))
 
 
 def open_polytopes(obj: CaseObjective, bound: Tensor) -> Tensor:

@@ -171,7 +171,7 @@ def _final(net: Network, domains: Domains, state: CrownState, C: Tensor, d: Tens
         terms = {r: -b * s.to(b.dtype).unsqueeze(1)
                  for r, b, s in zip(relus, beta_params, domains.splits, strict=True)}
     lower = concretize(*final_linear(net, state, C, d, slopes, terms), (domains.lower, domains.upper))
-    return torch.maximum(lower, spec_interval(net, state.nodes.bounds, C, d)[0])
+    return torch.maximum(lower, spec_interval(net, state.nodes, C, d)[0])
 
 
 def _keep(best: list[Tensor], current: list[Tensor], mask: Tensor) -> None:

@@ -11,12 +11,13 @@ on (residual Adds).  All rows of all domains are processed together.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from verifier.bounds.relaxation import MaxPoolRelaxation, ReluRelaxation
+from verifier.bounds.rounding import down, eta, gamma, magnitude, unit
 from verifier.bounds.types import Tensor
 from verifier.network import (
     Add,
@@ -38,10 +39,13 @@ from verifier.network import (
 
 @dataclass(frozen=True, eq=False)
 class Relaxations:
-    """Relaxations of the nonlinear nodes, keyed by node index."""
+    """Relaxations of the nonlinear nodes, keyed by node index, and the magnitudes of every node's
+    values and terms that bound the passes' rounding (``NodeBounds.mags`` and ``NodeBounds.arith``)."""
 
     relu: dict[int, ReluRelaxation]
     maxpool: dict[int, MaxPoolRelaxation]
+    mags: list[Tensor] = field(default_factory=list)
+    arith: list[Tensor | None] = field(default_factory=list)
 
 
 def backward_lower(
@@ -53,7 +57,7 @@ def backward_lower(
     lower_slopes: Mapping[int, Tensor] | None = None,
     split_terms: Mapping[int, Tensor] | None = None,
 ) -> Tensor:
-    """Lower bound ``(B, R)`` of ``sum <A_i, x_i> + const`` over the input box ``(B, n_in)``.
+    """Rigorous lower bound ``(B, R)`` of ``sum <A_i, x_i> + const`` over the input box ``(B, n_in)``.
 
     ``start[i]`` is ``(B, R, *shape_i)``.  ``lower_slopes[r]`` ``(B, R or 1, n_r)`` are the
     ReLU lower-line slopes of Relu node ``r`` (CROWN's choice when absent);
@@ -71,43 +75,107 @@ def backward_linear(
     relax: Relaxations,
     lower_slopes: Mapping[int, Tensor] | None = None,
     split_terms: Mapping[int, Tensor] | None = None,
+    given: Mapping[int, Tensor] | None = None,
 ) -> tuple[Tensor | None, Tensor]:
     """The linear lower bound ``A0 x + c`` (``A0`` ``(B, R, n_in)``, ``c`` ``(B, R)``) of
     ``sum <A_i, x_i> + const`` that holds on the box the relaxations were built for
-    (``backward_lower`` without the last step; ``A0`` is None when the rows do not depend on ``x``)."""
+    (``backward_lower`` without the last step; ``A0`` is None when the rows do not depend on ``x``).
+
+    ``given[r]`` ``(B, R, n_r)`` replaces the relaxation of Relu node ``r``: any coefficients ``nu``
+    are passed to its pre-activation, with the exact ``min`` over its bounds of
+    ``A relu(z) - nu z`` as constant (the Lagrangian form; e.g. ``nu`` from an LP's duals).
+
+    The bound holds in real arithmetic for the coefficients ``A0`` as computed: every rounding of
+    the pass is bounded by a term of ``rounding.py`` and subtracted from ``c``.
+    """
     acc = dict(start)
     lower_slopes = lower_slopes or {}
     split_terms = split_terms or {}
+    given = given or {}
+    dtype = const.dtype
+    slack = torch.zeros_like(const)
+    u = unit(dtype)
     for i in range(max(acc), 0, -1):
         A = acc.pop(i, None)
         if A is None:
             continue
         node = net.nodes[i]
         ins = [net.nodes[j].shape for j in node.inputs]
-        if isinstance(node.op, Relu):
+        if isinstance(node.op, Relu) and i in given:
+            A_in, c, s = _relu_given(A, relax.relu[i], given[i])
+            grads = [A_in.reshape(*A.shape[:2], *ins[0])]
+            slack = slack + s
+        elif isinstance(node.op, Relu):
             A_in, c = _relu_back(A, relax.relu[i], lower_slopes.get(i), split_terms.get(i))
             grads = [A_in.reshape(*A.shape[:2], *ins[0])]
+            slack = slack + _dot(A, relax.relu[i].terms)
+            if i in split_terms:  # the split term's sum rounds once more
+                slack = slack + u * _dot(A_in, relax.mags[node.inputs[0]])
         elif isinstance(node.op, MaxPool):
             A_in, c = _maxpool_back(node.op, ins[0], A, relax.maxpool[i])
             grads = [A_in]
+            slack = slack + _dot(A, relax.maxpool[i].terms)
         else:
             grads, c = linear_back(node, ins, A)
+            slack = slack + _linear_slack(node, ins, A, relax.arith[i])
         if c is not None:
             const = const + c
+            slack = slack + u * const.detach().abs()
         for j, g in zip(node.inputs, grads, strict=True):
-            acc[j] = acc[j] + g if j in acc else g
+            if j in acc:
+                acc[j] = acc[j] + g
+                slack = slack + u * _dot(acc[j], relax.mags[j])
+            else:
+                acc[j] = g
     A0 = acc.get(0)
-    return (None if A0 is None else A0.flatten(2)), const
+    # the slack's own sums of non-negative terms are covered by the reserve in ``gamma``
+    return (None if A0 is None else A0.flatten(2)), down(const - (slack + eta(dtype)))
+
+
+def _dot(A: Tensor, w: Tensor) -> Tensor:
+    """``<|A_r|, w>`` per row: ``A`` ``(B, R, *shape)``, ``w`` ``(B, *shape)`` non-negative -> ``(B, R)``."""
+    with torch.no_grad():
+        return (A.detach().flatten(2).abs() @ w.flatten(1).unsqueeze(2)).squeeze(2)
+
+
+def _linear_slack(node: Node, ins: list[tuple[int, ...]], A: Tensor, terms: Tensor | None) -> Tensor | float:
+    """A bound of the rounding of ``linear_back`` on rows ``A``; ``terms`` are the node's ``arith``."""
+    if isinstance(node.op, Pad) and node.op.value:
+        g = gamma(backward_terms(node, ins), A.dtype)
+        with torch.no_grad():
+            return g * abs(node.op.value) * A.detach().flatten(2).abs().sum(-1)
+    if terms is None or isinstance(node.op, Add):  # Add only copies the rows
+        return 0.0
+    return gamma(backward_terms(node, ins), A.dtype) * _dot(A, terms)
+
+
+def backward_terms(node: Node, in_shapes: list[tuple[int, ...]]) -> int:
+    """The most roundings of one coefficient or constant that the backward pass of ``node`` computes."""
+    op = node.op
+    if isinstance(op, Dense):
+        return op.weight.shape[0] + 1
+    if isinstance(op, Conv):
+        c_out, _, kh, kw = op.weight.shape
+        return max(c_out * kh * kw, node.shape[1] * node.shape[2] + c_out) + 1
+    if isinstance(op, AvgPool):
+        return op.kernel[0] * op.kernel[1] + 2
+    if isinstance(op, Pad):
+        return 2 * node.size + 1
+    return node.size + 1  # Scale: a product per coefficient, and the sum of the constant terms
 
 
 def concretize(A0: Tensor | None, const: Tensor, box: tuple[Tensor, Tensor]) -> Tensor:
-    """The minimum ``(B, R)`` of ``A0 x + const`` over the box ``[lo, hi]`` ``(B, n_in)``."""
+    """A rigorous lower bound ``(B, R)`` of the minimum of ``A0 x + const`` over the box ``[lo, hi]`` ``(B, n_in)``."""
     if A0 is None:
         return const
     lo, hi = box
     # each coefficient takes its minimizing end of the box as it is: the centre-radius form rounds the
     # centre and the radius, which can lift the bound of a box touching the unsafe set above 0
-    return const + (A0.clamp(min=0) @ lo.unsqueeze(2)).squeeze(2) + (A0.clamp(max=0) @ hi.unsqueeze(2)).squeeze(2)
+    value = const + (A0.clamp(min=0) @ lo.unsqueeze(2)).squeeze(2) + (A0.clamp(max=0) @ hi.unsqueeze(2)).squeeze(2)
+    with torch.no_grad():
+        terms = (A0.detach().abs() @ magnitude(lo, hi).unsqueeze(2)).squeeze(2) + const.detach().abs()
+        slack = gamma(2 * A0.shape[-1] + 3, A0.dtype) * terms + eta(A0.dtype)
+    return down(value - slack)
 
 
 def _relu_back(
@@ -125,6 +193,23 @@ def _relu_back(
     if split_term is not None:
         A_in = A_in + split_term
     return A_in, c
+
+
+def _relu_given(A: Tensor, relax: ReluRelaxation, nu: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``A relu(z) >= nu z + h`` with ``h = min`` over ``z`` in ``[l, u]`` of ``A relu(z) - nu z`` (at ``l``,
+    ``u`` or ``0``: the function is piecewise linear), and a bound of the rounding of ``h``."""
+    A = A.flatten(2)  # (B, R, n)
+    lo, hi = relax.lower.unsqueeze(1), relax.upper.unsqueeze(1)  # (B, 1, n)
+    at_lo = A * lo.clamp(min=0) - nu * lo
+    at_hi = A * hi.clamp(min=0) - nu * hi
+    h = torch.minimum(at_lo, at_hi)
+    h = torch.where((lo < 0) & (hi > 0), h.clamp(max=0), h)  # z = 0 gives 0
+    c = h.sum(-1)
+    with torch.no_grad():
+        m = magnitude(relax.lower, relax.upper)
+        n = A.shape[-1]
+        slack = gamma(3, A.dtype) * (_dot(A, m) + _dot(nu, m)) + gamma(n + 1, A.dtype) * h.detach().abs().sum(-1)
+    return nu, c, slack
 
 
 def _maxpool_back(

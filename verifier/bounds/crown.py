@@ -10,7 +10,7 @@ are folded into the output layer.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -62,7 +62,7 @@ def crown(
         bound = concretize(A0, const, (domains.lower, domains.upper))
         lower, upper = bound[:, :S], (-bound[:, S:] if need_upper else None)
         linear = (A0[:, :S], const[:, :S]) if need_linear else None
-        ibp_lower, ibp_upper = spec_interval(net, state.nodes.bounds, C, d)
+        ibp_lower, ibp_upper = spec_interval(net, state.nodes, C, d)
         lower = torch.maximum(lower, ibp_lower)
         upper = None if upper is None else torch.minimum(upper, ibp_upper)
     lower, upper = mark_empty(lower, upper, state.nodes.empty)
@@ -83,10 +83,10 @@ def crown_sweep(
     maxpool_inputs = {n.inputs[0] for n in net.nodes if isinstance(n.op, MaxPool)}
     reused = {p for k, p in enumerate(relu_inputs(net)) if k < reuse_known} - maxpool_inputs
 
-    def refine(i: int, bounds: list[Interval], current: Interval) -> Interval:
+    def refine(i: int, nodes: NodeBounds, current: Interval) -> Interval:
         if i in reused:
             return current
-        _relax_upto(net, i + 1, bounds, relax)
+        _relax_upto(net, i + 1, nodes.bounds, relax)
         lo, hi = current[0].flatten(1), current[1].flatten(1)  # (B, n_i)
         wanted = torch.ones_like(lo, dtype=torch.bool) if i in maxpool_inputs else (lo < 0) & (hi > 0)
         R = int(wanted.sum(1).max()) if wanted.numel() else 0
@@ -95,14 +95,15 @@ def crown_sweep(
         idx = torch.sort(wanted.to(torch.int8), stable=True, dim=1, descending=True).indices[:, :R]  # (B, R)
         start, const = _unit_rows(net, i, idx)
         slopes = row_slopes(i, idx) if row_slopes is not None else None
-        bound = backward_lower(net, start, const, box, relax, slopes)  # (B, 2R)
+        bound = backward_lower(net, start, const, box, replace(relax, mags=nodes.mags, arith=nodes.arith),
+                               slopes)  # (B, 2R)
         new_lo = torch.full_like(lo, float("-inf")).scatter(1, idx, bound[:, :R])
         new_hi = torch.full_like(hi, float("inf")).scatter(1, idx, -bound[:, R:])
         return new_lo, new_hi
 
     nodes = sweep(net, domains, known, refine)
     _relax_upto(net, len(net.nodes), nodes.bounds, relax)
-    return CrownState(nodes, relax)
+    return CrownState(nodes, replace(relax, mags=nodes.mags, arith=nodes.arith))
 
 
 def _relax_upto(net: Network, end: int, bounds: list[Interval], relax: Relaxations) -> None:

@@ -8,7 +8,7 @@ feed a nonlinearity (``refine``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -16,21 +16,26 @@ import torch.nn.functional as F
 from verifier.bounds.backward import concretize
 from verifier.bounds.graph import bounded_nodes, relu_inputs, relu_layers_of
 from verifier.bounds.prepare import check_domains, check_known, disable_tf32, spec_rows
+from verifier.bounds.rounding import down, gamma, magnitude, up
 from verifier.bounds.types import BoundResult, Domains, IntermediateBounds, Tensor
 from verifier.forward import apply_node
-from verifier.network import Add, Conv, Dense, Input, Network, Node, Scale
+from verifier.network import Add, AvgPool, Conv, Dense, Input, Network, Node, Scale
 
 Interval = tuple[Tensor, Tensor]
-# refine(i, intervals of the nodes before i, interval of node i) -> tighter bounds of node i
-Refine = Callable[[int, list[Interval], Interval], Interval]
+# refine(i, the bounds of the nodes before i, interval of node i) -> tighter bounds of node i
+Refine = Callable[[int, "NodeBounds", Interval], Interval]
 
 
 @dataclass(frozen=True, eq=False)
 class NodeBounds:
-    """Interval of every node, each ``(B, *node.shape)``, and the empty-domain mask."""
+    """Rigorous interval of every node, each ``(B, *node.shape)``, and what the backward passes need
+    to bound their own rounding: the magnitude ``max(|lo|, |hi|)`` of every node and, for the linear
+    nodes that compute, the magnitude of their terms (``arith``, see ``rounding_terms``)."""
 
     bounds: list[Interval]
-    empty: Tensor  # (B,) bool: the splits (with the known bounds) are infeasible
+    empty: Tensor  # (B,) bool: the domain holds no input (the splits, or proven bounds that cross)
+    mags: list[Tensor] = field(default_factory=list)  # (B, *shape) each
+    arith: list[Tensor | None] = field(default_factory=list)  # (B, *shape) or None for exact nodes
 
 
 def ibp(
@@ -46,7 +51,7 @@ def ibp(
     disable_tf32(domains.lower.device)
     C, d = spec_rows(net, domains.batch, C, d)
     nb = sweep(net, domains, known)
-    lower, upper = spec_interval(net, nb.bounds, C, d)
+    lower, upper = spec_interval(net, nb, C, d)
     lower, upper = mark_empty(lower, upper, nb.empty)
     return BoundResult(lower, upper, intermediate_of(net, nb.bounds), None)
 
@@ -57,23 +62,31 @@ def sweep(
     known: IntermediateBounds | None = None,
     refine: Refine | None = None,
 ) -> NodeBounds:
-    """Propagate intervals node by node; at each node feeding a nonlinearity,
-    intersect with the known bounds, ``refine`` (if given) and the split states.
+    """Propagate intervals node by node, widened by their rounding error (``rounding_terms``); at each
+    node feeding a nonlinearity, intersect with the known bounds, ``refine`` (if given) and the split
+    states.
 
-    A domain is marked empty only when a split contradicts the bounds by more than
-    a rounding margin (``split_conflict``); bounds that cross by less (rounding,
-    e.g. on a single-point box) are replaced by their hull.
+    All bounds are rigorous, so bounds that cross prove the domain empty (a split contradicted, or
+    proven bounds that exclude each other); such a domain is marked empty and its bounds replaced
+    by their hull, so that later arithmetic on it stays finite.
     """
     B = domains.batch
     need = set(bounded_nodes(net))
     layers_of = relu_layers_of(net)
-    bounds: list[Interval] = []
-    empty = torch.zeros(B, dtype=torch.bool, device=domains.lower.device)
+    nodes = NodeBounds([], torch.zeros(B, dtype=torch.bool, device=domains.lower.device))
+    empty = nodes.empty
     for i, node in enumerate(net.nodes):
         if isinstance(node.op, Input):
             lo, hi = domains.lower.reshape(B, *node.shape), domains.upper.reshape(B, *node.shape)
+            q = None
         else:
-            lo, hi = interval_node(node, [bounds[j] for j in node.inputs])
+            lo, hi = interval_node(node, [nodes.bounds[j] for j in node.inputs])
+            q = node_terms(node, [nodes.mags[j] for j in node.inputs])
+            if q is not None:
+                g = gamma(forward_terms(node, [net.nodes[j].shape for j in node.inputs]), lo.dtype)
+                lo, hi = down(lo - g * q), up(hi + g * q)
+        nodes.bounds.append((lo, hi))
+        nodes.arith.append(q)
         if i in need:
             shape = lo.shape
             lo, hi = lo.flatten(1), hi.flatten(1)  # (B, n_i)
@@ -81,23 +94,18 @@ def sweep(
                 for k in layers_of.get(i, []):
                     lo, hi = torch.maximum(lo, known.lower[k]), torch.minimum(hi, known.upper[k])
             if refine is not None:
-                rl, ru = refine(i, bounds, (lo.reshape(shape), hi.reshape(shape)))
+                nodes.mags.append(magnitude(lo, hi).reshape(shape))
+                rl, ru = refine(i, nodes, (lo.reshape(shape), hi.reshape(shape)))
+                nodes.mags.pop()
                 lo, hi = torch.maximum(lo, rl.flatten(1)), torch.minimum(hi, ru.flatten(1))
             if domains.splits is not None:
                 for k in layers_of.get(i, []):
-                    empty = empty | split_conflict(lo, hi, domains.splits[k])
                     lo, hi = apply_split(lo, hi, domains.splits[k])
+            empty = empty | (lo > hi).any(1)
             lo, hi = torch.minimum(lo, hi).reshape(shape), torch.maximum(lo, hi).reshape(shape)
-        bounds.append((lo, hi))
-    return NodeBounds(bounds, empty)
-
-
-def split_conflict(lo: Tensor, hi: Tensor, split: Tensor) -> Tensor:
-    """Domains ``(B,)`` where a neuron forced active has ``u < 0`` or one forced inactive has
-    ``l > 0``, by more than a rounding margin (relative ``2^10`` machine epsilons)."""
-    margin = 1024 * torch.finfo(lo.dtype).eps * (1 + lo.abs() + hi.abs())  # (B, n)
-    bad = ((split > 0) & (hi < -margin)) | ((split < 0) & (lo > margin))
-    return bad.any(1)
+            nodes.bounds[i] = (lo, hi)
+        nodes.mags.append(magnitude(lo, hi))
+    return replace(nodes, empty=empty)
 
 
 def apply_split(lo: Tensor, hi: Tensor, split: Tensor) -> Interval:
@@ -106,12 +114,12 @@ def apply_split(lo: Tensor, hi: Tensor, split: Tensor) -> Interval:
 
 
 def interval_node(node: Node, args: list[Interval]) -> Interval:
-    """Interval of one (non-input) node from the intervals of its inputs."""
+    """Interval of one (non-input) node from the intervals of its inputs, as computed (rounded to
+    nearest: ``sweep`` widens it by ``forward_terms`` and ``node_terms``)."""
     op = node.op
     if isinstance(op, (Dense, Conv, Scale)):
         # each weight meets the end of the input interval that minimizes (maximizes) the output, as
-        # the ends are: a centre-radius form rounds the centre and the radius, which can lift the
-        # lower bound of a box that touches the unsafe set above 0
+        # the ends are: a centre-radius form rounds the centre and the radius
         (lo, hi), = args
         if isinstance(op, Dense):
             pos, neg = op.weight.clamp(min=0), op.weight.clamp(max=0)
@@ -130,24 +138,61 @@ def interval_node(node: Node, args: list[Interval]) -> Interval:
     return apply_node(node, [a[0] for a in args]), apply_node(node, [a[1] for a in args])
 
 
+def node_terms(node: Node, mags: list[Tensor]) -> Tensor | None:
+    """For a node whose forward computation rounds, a bound ``(B, *shape)`` of the sum of the absolute
+    values of the terms summed into each output (``|W| m + |b|`` for an affine node with inputs of
+    magnitude ``m``); None for a node that only moves values (exact)."""
+    op = node.op
+    if isinstance(op, Dense):
+        return F.linear(mags[0], op.weight.abs(), op.bias.abs())
+    if isinstance(op, Conv):
+        m = pad_hw(mags[0], op.padding)
+        return F.conv2d(m, op.weight.abs(), op.bias.abs(), op.stride, 0, op.dilation, op.groups)
+    if isinstance(op, Scale):
+        return mags[0] * op.scale.abs() + op.shift.abs()
+    if isinstance(op, Add):
+        return mags[0] + mags[1]
+    if isinstance(op, AvgPool):
+        return apply_node(node, mags)
+    return None
+
+
+def forward_terms(node: Node, in_shapes: list[tuple[int, ...]]) -> int:
+    """The most roundings that one output of ``node`` goes through in ``interval_node`` (and ``forward``)."""
+    op = node.op
+    if isinstance(op, Dense):
+        return 2 * op.weight.shape[1] + 2
+    if isinstance(op, Conv):
+        return 2 * op.weight[0].numel() + 2
+    if isinstance(op, AvgPool):
+        return op.kernel[0] * op.kernel[1] + 2
+    return 2  # Scale: a product and a sum; Add: one sum
+
+
 def pad_hw(x: Tensor, padding: tuple[int, int, int, int], value: float = 0.0) -> Tensor:
     """Pad the last two axes by (top, left, bottom, right)."""
     top, left, bottom, right = padding
     return F.pad(x, (left, right, top, bottom), value=value) if any(padding) else x
 
 
-def spec_interval(net: Network, bounds: list[Interval], C: Tensor, d: Tensor) -> Interval:
-    """Interval of ``C y - d``, with ``C`` folded into the output layer when it is Dense."""
+def spec_interval(net: Network, nodes: NodeBounds, C: Tensor, d: Tensor) -> Interval:
+    """Rigorous interval of ``C y - d``, with ``C`` folded into the output layer when it is Dense."""
     out = net.nodes[net.output]
     if isinstance(out.op, Dense):
-        lo, hi = bounds[out.inputs[0]]
+        lo, hi = nodes.bounds[out.inputs[0]]
         W = C @ out.op.weight  # (B, S, n)
         c = torch.einsum("bso,o->bs", C, out.op.bias) - d  # (B, S)
+        # the products above round: each entry sums n_out + 1 terms, bounded through the layer's terms
+        terms = (C.abs() @ nodes.arith[net.output].flatten(1).unsqueeze(2)).squeeze(2) + d.abs()
+        slack = gamma(out.op.weight.shape[0] + 2, C.dtype) * terms
     else:
-        lo, hi = bounds[net.output]
-        W, c = C, -d
+        lo, hi = nodes.bounds[net.output]
+        W, c, slack = C, -d, None
     box = (lo.flatten(1), hi.flatten(1))  # (B, n)
-    return concretize(W, c, box), -concretize(-W, -c, box)
+    lower, upper = concretize(W, c, box), -concretize(-W, -c, box)
+    if slack is not None:
+        lower, upper = down(lower - slack), up(upper + slack)
+    return lower, upper
 
 
 def mark_empty(lower: Tensor, upper: Tensor | None, empty: Tensor) -> tuple[Tensor, Tensor | None]:

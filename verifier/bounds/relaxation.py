@@ -2,7 +2,10 @@
 
 ReLU (Zhang et al. 2018, CROWN; Xu et al. 2021, alpha-CROWN): on an unstable
 neuron ``l < 0 < u`` the output lies between ``alpha x`` (any ``alpha`` in
-[0, 1]) and the chord ``u / (u - l) (x - l)``; a stable neuron is exact.
+[0, 1]) and the chord ``u / (u - l) (x - l)``; a stable neuron is exact.  The
+chord is computed in floating point and may dip below the ReLU at ``l`` or
+``u`` by a few units in the last place; its intercept is raised by a bound of
+that dip, so the upper line is valid in real arithmetic on ``[l, u]``.
 
 MaxPool: for each window with element bounds ``l_j, u_j`` and ``j* = argmax l_j``,
 ``x_{j*} <= max_j x_j``; above, ``max_j x_j = x_{j*}`` when ``l_{j*} >= u_k`` for
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from verifier.bounds.rounding import eta, gamma, magnitude, unit, up
 from verifier.bounds.types import Tensor
 from verifier.network import MaxPool
 
@@ -24,11 +28,15 @@ from verifier.network import MaxPool
 class ReluRelaxation:
     """Relaxation of one ReLU layer over a batch of domains, flat over neurons."""
 
+    lower: Tensor  # (B, n) the rigorous pre-activation bounds it was built for
+    upper: Tensor  # (B, n)
     active: Tensor  # (B, n) 1.0 where l >= 0 (identity), else 0.0
     unstable: Tensor  # (B, n) bool, l < 0 < u
     default_slope: Tensor  # (B, n) CROWN's adaptive lower slope (1 if u > -l else 0)
     upper_slope: Tensor  # (B, n)
-    upper_bias: Tensor  # (B, n)
+    upper_bias: Tensor  # (B, n) valid in real arithmetic (raised by its rounding)
+    # (B, n): the backward pass of a row with coefficients A on the outputs rounds by at most <|A|, terms>
+    terms: Tensor
 
     def lower_slope(self, alpha: Tensor | None = None) -> Tensor:
         """Lower-line slopes ``(B, R or 1, n)``: ``alpha`` ``(B, R, n)`` on unstable neurons."""
@@ -45,16 +53,23 @@ def relu_upper_line(lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def relu_relaxation(lower: Tensor, upper: Tensor) -> ReluRelaxation:
-    """The relaxation of ``relu`` for pre-activation bounds ``(B, n)``."""
+    """The relaxation of ``relu`` for rigorous pre-activation bounds ``(B, n)``."""
     inactive = upper <= 0
     active = (lower >= 0) & ~inactive
     unstable = ~(active | inactive)
     chord_slope, chord_bias = relu_upper_line(lower, upper)
+    # the rounded chord lies below the ReLU by at most 3 u (|u| + |intercept|) at the ends (slope and
+    # intercept are each within a few roundings); 5 u and ETA leave room
+    u = unit(lower.dtype)
+    chord_bias = up(chord_bias + (5 * u * (upper.abs() + chord_bias.abs()) + eta(lower.dtype)))
     zero, one = torch.zeros_like(lower), torch.ones_like(lower)
     upper_slope = torch.where(unstable, chord_slope, torch.where(active, one, zero))
     upper_bias = torch.where(unstable, chord_bias, zero)
     default = torch.where(unstable, (upper > -lower).to(lower.dtype), active.to(lower.dtype))
-    return ReluRelaxation(active.to(lower.dtype), unstable, default, upper_slope, upper_bias)
+    # ``_relu_back`` rounds each passed coefficient by at most 9 u |A| (slopes in [0, 1]) and the intercept
+    # sum by gamma(n) |A| |bias|
+    terms = 10 * u * magnitude(lower, upper) + gamma(lower.shape[1] + 1, lower.dtype) * upper_bias
+    return ReluRelaxation(lower, upper, active.to(lower.dtype), unstable, default, upper_slope, upper_bias, terms)
 
 
 @dataclass(frozen=True, eq=False)
@@ -66,6 +81,7 @@ class MaxPoolRelaxation:
     decided: Tensor  # (B, C, L) bool
     upper_const: Tensor  # (B, C, L)
     padded_hw: tuple[int, int]
+    terms: Tensor  # (B, C, L): the backward pass rounds by at most <|A|, terms>
 
 
 def maxpool_relaxation(op: MaxPool, lower: Tensor, upper: Tensor) -> MaxPoolRelaxation:
@@ -88,9 +104,17 @@ def maxpool_relaxation(op: MaxPool, lower: Tensor, upper: Tensor) -> MaxPoolRela
     best_lower = lw.gather(2, j).squeeze(2)  # (B, C, L)
     others = uw.scatter(2, j, float("-inf")).amax(2)
     argmax = pos.expand(B, C, -1, -1).gather(2, j).squeeze(2)  # (B, C, L)
+    upper_const = uw.amax(2)
+    # a coefficient moved to its argmax is summed with those of the other windows covering that input
+    # (at most ``overlap``), and the constants of all the windows of a row are summed
+    overlap = -(-op.kernel[0] // op.stride[0]) * -(-op.kernel[1] // op.stride[1])
+    mag = magnitude(lo, hi).nan_to_num(0.0, posinf=0.0).reshape(B, C, -1).gather(2, argmax)
+    terms = (gamma(overlap + 1, lower.dtype) * mag
+             + gamma(C * argmax.shape[2] + 1, lower.dtype) * upper_const.abs().nan_to_num(0.0, posinf=0.0))
     return MaxPoolRelaxation(
         argmax=argmax,
         decided=best_lower >= others,
-        upper_const=uw.amax(2),
+        upper_const=upper_const,
         padded_hw=(Hp, Wp),
+        terms=terms,
     )

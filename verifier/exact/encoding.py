@@ -41,6 +41,7 @@ class EncodingOptions:
     relax: bool = False  # triangle relaxation instead of binaries (an LP)
     margin_abs: float = 1e-6  # given pre-activation bounds are widened by abs + rel * |bound|
     margin_rel: float = 1e-6
+    inactive_rows: bool = False  # a row ``pre <= 0`` for every stably inactive ReLU (else only for split ones)
 
 
 @dataclass(frozen=True, eq=False)
@@ -99,6 +100,10 @@ class NetworkEncoding:
     upper: np.ndarray  # (n_in,)
     bounds: ReluBounds  # the bounds the encoding used (after widening and splits)
     empty: bool = False  # the splits contradict the bounds: the region has no input
+    # per Relu layer: the rows ``y_j - pre_j = c_j`` of its active neurons and the rows ``pre_j <= 0`` of
+    # its neurons split inactive, each as (row indices, neuron indices): their duals are the
+    # coefficients of the pre-activations in the LP's Lagrangian
+    relu_rows: tuple[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], ...] = ()
 
     def input_of(self, values: np.ndarray) -> np.ndarray:
         """The input ``x`` of a solution vector, clipped to the box."""
@@ -135,6 +140,7 @@ def encode_network(
     values: list[Affine | None] = []
     relu_lo: list[np.ndarray] = []
     relu_hi: list[np.ndarray] = []
+    relu_rows = []
     empty = False
     for node in net.nodes:
         op = node.op
@@ -147,10 +153,15 @@ def encode_network(
             if hook is not None:
                 lo, hi = hook(k, builder.problem(), args[0], lo, hi)
             lo, hi, split_rows = _apply_splits(lo, hi, None if splits is None else splits[k])
+            if options.inactive_rows:
+                split_rows = split_rows | (hi <= 0)
             empty = empty or bool(np.any(lo > hi))
             relu_lo.append(lo)
             relu_hi.append(hi)
+            first = builder.n_rows
             values.append(_encode_relu(builder, args[0], lo, hi, split_rows, options.relax))
+            neg, act = np.flatnonzero(split_rows), np.flatnonzero(lo >= 0)
+            relu_rows.append((first + neg.size + np.arange(act.size), act, first + np.arange(neg.size), neg))
         elif isinstance(op, MaxPool):
             windows = maxpool_windows(op, net.nodes[node.inputs[0]].shape, node.shape)
             values.append(_encode_maxpool(builder, args[0], windows, options.relax))
@@ -172,6 +183,7 @@ def encode_network(
         upper=upper,
         bounds=ReluBounds(tuple(relu_lo), tuple(relu_hi)),
         empty=empty,
+        relu_rows=tuple(relu_rows),
     )
 
 
@@ -280,6 +292,10 @@ class _Builder:
         cols = np.arange(self.n_cols, self.n_cols + lo.size)
         self.n_cols += lo.size
         return cols
+
+    @property
+    def n_rows(self) -> int:
+        return sum(b.shape[0] for b in self.blocks)
 
     def add_rows(self, rows: sp.csr_matrix, lo, hi) -> None:
         m = rows.shape[0]

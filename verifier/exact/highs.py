@@ -52,10 +52,11 @@ def solve_mip(
 class LpSession:
     """One LP (integrality dropped) minimised for many cost vectors with warm starts.
 
-    ``minimize`` returns a lower bound that is sound whatever the solver's
-    accuracy: it is recomputed from the row duals by weak duality (Neumaier and
-    Shcherbina, Math. Program. 2004), and infeasibility is accepted only with a
-    checked Farkas certificate.
+    ``minimize`` returns a lower bound recomputed from the row duals by weak duality (Neumaier and
+    Shcherbina, Math. Program. 2004), and infeasibility is accepted only with a checked Farkas
+    certificate.  It bounds the LP as encoded in float64, not the network in real arithmetic: a
+    hint, like everything this module returns.  A proof takes the duals (``duals``) into our own
+    rigorous backward pass (``bab.leaves``).
     """
 
     def __init__(self, problem: MipProblem, threads: int = 1) -> None:
@@ -84,6 +85,11 @@ class LpSession:
         """The primal point of the last solve, when it has one."""
         sol = self._h.getSolution()
         return np.asarray(sol.col_value, dtype=np.float64) if sol.value_valid else None
+
+    def duals(self) -> np.ndarray | None:
+        """The row duals of the last solve (reduced costs are ``cost - A^T duals``), when it has them."""
+        sol = self._h.getSolution()
+        return np.asarray(sol.row_dual, dtype=np.float64) if sol.dual_valid else None
 
     def _dual_bound(self, cost: np.ndarray, y: np.ndarray) -> float:
         """``min_v (cost - A^T y) v`` over the column box plus the row-bound terms of ``y``."""

@@ -32,14 +32,14 @@ class MilpOptions:
 class SmtOptions:
     """Options of the SMT engine."""
 
-    bounds: str = "lp"  # "none" (pure exact encoding), "interval", "crown", or "lp" (CROWN, then LP tightening)
+    bounds: str = "crown"  # rigorous bounds: "none" (pure exact encoding), "interval" or "crown"
     split_unstable: int = 8  # bisect the input box while more ReLUs than this are unstable (0: never)
     split_max_inputs: int = 10  # only split boxes of at most this many inputs
     split_max_depth: int = 24
-    lp_prune: bool = True  # close boxes on which the certified LP bound rules a polytope out
+    lp_probe: bool = True  # try the LP relaxation's optimum (HiGHS) as a counterexample on each box
     problem_time_limit: float | None = None  # seconds per z3 check; the deadline always applies
     fork: bool = field(default=hasattr(os, "fork"))  # run long checks in a killable child process
 
     def __post_init__(self) -> None:
-        if self.bounds not in ("none", "interval", "crown", "lp"):
-            raise ValueError(f"bounds must be none, interval, crown or lp, not {self.bounds!r}")
+        if self.bounds not in ("none", "interval", "crown"):
+            raise ValueError(f"bounds must be none, interval or crown, not {self.bounds!r}")

@@ -5,12 +5,13 @@ the disjunction ``(x <= 0 and y = 0) or (x > 0 and y = x)``, so the answer is
 exact for the network's real-arithmetic semantics.  The formula is written as
 SMT-LIB text (one named term per neuron, which z3 shares), parsed by z3 in C++.
 
-Sound pre-activation bounds (optional) fix the stable ReLUs and add the
-triangle relaxation of the unstable ones as implied lemmas (Ehlers, ATVA 2017);
-this removes only branches that hold no input.  On low-dimensional inputs the
-box is bisected until few ReLUs are unstable, and boxes that the certified LP
-bound rules out are closed without z3 (the LP's optimum, when it is a
-counterexample, ends the search early).  The check runs in-process for a short
+Rigorous pre-activation bounds (``verifier.bounds``, optional) fix the stable
+ReLUs and add the triangle relaxation of the unstable ones as implied lemmas
+(Ehlers, ATVA 2017); this removes only branches that hold no input.  On
+low-dimensional inputs the box is bisected until few ReLUs are unstable, and
+boxes on which the same rigorous bounds rule every polytope out are closed
+without z3.  The LP relaxation's optimum (HiGHS, a hint) is tried as a
+counterexample first.  The check runs in-process for a short
 first attempt and then in a forked child that is killed at the deadline (z3's
 own timeout can overrun by seconds on large rational pivots).
 
@@ -29,13 +30,13 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
+import torch
 import z3
 
 from verifier.deadline import Deadline
 from verifier.exact.encoding import EncodingOptions, ReluBounds, encode_network, margin_problem
 from verifier.exact.highs import LpSession
 from verifier.exact.linear_ops import INDEX_OPS, LINEAR_OPS, index_map, linear_map, maxpool_windows
-from verifier.exact.milp import case_bounds, crown_bounds
 from verifier.exact.options import SmtOptions
 from verifier.exact.outcome import ExactOutcome
 from verifier.exact.witness import confirmed
@@ -101,20 +102,19 @@ def _decide_case(net: Network, case: Case, polys: list[Polytope], deadline: Dead
         if deadline.expired():
             return "timeout", None
         tally.boxes += 1
-        bounds = _bounds(net, lower, upper, deadline, options, leaf=False)
-        live, x = _live(net, Case(lower, upper, ()), bounds, polys, options)
-        if x is not None:
-            return "sat", x
+        bounds, ruled = _bounds(net, lower, upper, polys, options)
+        live = [p for p, out in zip(polys, ruled, strict=True) if not out]
         if not live:
             continue
+        x = _lp_candidate(net, Case(lower, upper, ()), bounds, live, options)
+        if x is not None:
+            return "sat", x
         if _should_split(bounds, lower, depth, options):
             dim = int(np.argmax((upper - lower) / np.maximum(case.upper - case.lower, 1e-300)))
             mid = 0.5 * (lower[dim] + upper[dim])
             stack.append((_with(lower, dim, mid), upper, depth + 1))
             stack.append((lower, _with(upper, dim, mid), depth + 1))
             continue
-        if options.bounds == "lp":
-            bounds = _bounds(net, lower, upper, deadline, options, leaf=True, given=bounds)
         verdict, x = _decide_box(net, case, lower, upper, bounds, live, deadline, options, tally)
         if verdict == "sat":
             return verdict, x
@@ -262,46 +262,46 @@ def _fraction(value) -> Fraction:
     return Fraction(value.as_decimal(30).rstrip("?"))
 
 
-def _bounds(net, lower, upper, deadline, options: SmtOptions, leaf: bool, given=None) -> ReluBounds | None:
-    """Sound pre-activation bounds (as widened by the encoding), or None for the pure encoding."""
+def _bounds(net, lower, upper, polys: list[Polytope], options: SmtOptions) -> tuple[ReluBounds | None, list[bool]]:
+    """Rigorous pre-activation bounds on the box (None for the pure encoding), and per polytope whether
+    the same bounds rule it out there."""
     if options.bounds == "none":
+        return None, [False] * len(polys)
+    from verifier.bounds import Domains, crown, ibp
+
+    net64 = net.to(dtype=torch.float64)
+    dom = Domains(torch.as_tensor(lower, dtype=torch.float64)[None], torch.as_tensor(upper, dtype=torch.float64)[None])
+    C = np.concatenate([p.A for p in polys]) if polys else np.zeros((0, net.n_outputs))
+    d = np.concatenate([p.b for p in polys]) if polys else np.zeros(0)
+    bound = crown if options.bounds == "crown" else ibp
+    with torch.no_grad():
+        res = bound(net64, dom, torch.as_tensor(C)[None], torch.as_tensor(d)[None])
+    lower_rows = res.lower[0].numpy()
+    ruled, start = [], 0
+    for p in polys:  # a row whose lower bound is above 0 rules its polytope out (``vnnlib.spec``)
+        ruled.append(bool(np.any(lower_rows[start:start + p.A.shape[0]] > 0)))
+        start += p.A.shape[0]
+    inter = res.intermediate
+    relu = ReluBounds(tuple(t[0].numpy() for t in inter.lower), tuple(t[0].numpy() for t in inter.upper))
+    return relu, ruled
+
+
+def _lp_candidate(net, box: Case, bounds: ReluBounds | None, polys: list[Polytope], options: SmtOptions):
+    """The optimum of the LP relaxation (HiGHS) of each polytope's margin, if one is a counterexample."""
+    if not options.lp_probe or bounds is None or not polys:
         return None
-    if leaf:  # LP tightening, seeded with the CROWN bounds
-        pre = case_bounds(net, lower, upper, deadline) if given is None else _lp(net, lower, upper, given, deadline)
-    else:
-        pre = crown_bounds(net, lower, upper) if options.bounds in ("crown", "lp") else None
-    return encode_network(net, lower, upper, pre, options=EncodingOptions(relax=True)).bounds
-
-
-def _lp(net, lower, upper, given, deadline):
-    from verifier.exact.lp_relaxation import lp_tighten
-
-    return lp_tighten(net, lower, upper, given, deadline=deadline)
-
-
-def _live(net, box: Case, bounds, polys: list[Polytope], options: SmtOptions):
-    """The polytopes that the certified LP bound does not rule out on the box, and a
-    counterexample if the LP's own optimum happens to be one."""
-    if not options.lp_prune or bounds is None:
-        return polys, None
-    enc = encode_network(net, box.lower, box.upper, bounds,
-                         options=EncodingOptions(relax=True, margin_abs=0, margin_rel=0))
+    enc = encode_network(net, box.lower, box.upper, bounds, options=EncodingOptions(relax=True))
     if enc.empty:
-        return [], None
-    live = []
+        return None
     for poly in polys:
         problem = margin_problem(enc, poly.A, poly.b)
-        cost = np.zeros(problem.n_cols)
-        cost[-1] = 1.0
         session = LpSession(problem)
-        if session.minimize(cost) > 0:
-            continue
+        session.minimize(problem.cost, problem.offset)
         values = session.values()
         x = None if values is None else confirmed(net, enc.input_of(values), box, poly)
         if x is not None:
-            return [poly], x
-        live.append(poly)
-    return live, None
+            return x
+    return None
 
 
 def _should_split(bounds: ReluBounds | None, lower: np.ndarray, depth: int, options: SmtOptions) -> bool:

@@ -17,13 +17,11 @@ Accept = Callable[[np.ndarray], bool]  # a caller's own test of a candidate (e.g
 
 def confirmed(net: Network, x: np.ndarray, case: Case, poly: Polytope, accept: Accept | None = None
               ) -> np.ndarray | None:
-    """``x`` in the network's dtype and inside the box, if ``f(x)`` lies in ``poly`` (and ``accept`` takes
-    it); else None.
+    """``x`` clipped into the box (float64), if ``f(x)`` lies in ``poly`` (and ``accept`` takes it); else None.
 
     This is a filter only: the caller still replays the candidate through onnxruntime.
     """
-    np_dtype = np.float64 if net.dtype == torch.float64 else np.float32
-    snapped = snap_into_box(x, case, np_dtype)
+    snapped = snap_into_box(x, case)
     if snapped is None:
         return None
     with torch.no_grad():

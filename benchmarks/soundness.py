@@ -568,7 +568,7 @@ def _sample_box(rng: np.random.Generator, lo: np.ndarray, hi: np.ndarray, count:
         corners = np.zeros((2 ** free.size, n))
         corners[:, free] = np.array(np.meshgrid(*[[0.0, 1.0]] * free.size)).reshape(free.size, -1).T
         t = np.vstack([t, corners])
-    return lo + t * (hi - lo)
+    return np.clip(lo + t * (hi - lo), lo, hi)  # lo + 1 * (hi - lo) may round past hi
 
 
 def _forward64(net: Network, x: torch.Tensor) -> torch.Tensor:
@@ -661,29 +661,34 @@ def make_problem(family: str, seed: int, z3_timeout: float = 60.0) -> Problem:
         truth = exact_check(tpl.net, tpl.fixed, z3_timeout)
         return Problem(family, seed, tpl.net, tpl.fixed, truth, tpl.note, time.monotonic() - start)
     m_hat, case, x_hat, spread = approx_minimum(tpl, rng)
-    k = int(rng.choice([1, 2, 3, 4, 6]))
+    k = int(rng.choice([1, 2, 3, 4, 6] + ([9] if tpl.net.dtype == torch.float64 else [])))  # float32: 1e-9 is noise
     delta = (tpl.scale if tpl.scale is not None else spread + 1e-3 * abs(m_hat) + 1e-12) * 10.0 ** -k
     best = (exact_margin(tpl.net, tpl.cases[case][2], x_hat), case, tuple(Fraction(float(v)) for v in x_hat))
+    note_walk = ""
     gap = delta  # walk down from the best known margin in growing steps until the oracle says unsat
     t = float(best[0]) - gap
     for _ in range(DESCENT_STEPS):
         truth = exact_check(tpl.net, tpl.spec(t), max(1.0, z3_timeout - (time.monotonic() - start)))
+        if truth.verdict == "dropped" and seed % 2 == 1:  # a sat problem needs no proof: the witness certifies it
+            truth = Truth("sat", best[2], best[1])
+            note_walk = " (z3 timeout in the walk)"
+            break
         if truth.verdict != "sat":
             break
         witness = (exact_margin(tpl.net, tpl.cases[truth.case][2], truth.witness), truth.case, truth.witness)
         best = _improve(tpl, min(best, witness, key=lambda b: b[0]))
         gap *= 4
         t = float(best[0]) - gap
-    else:
-        t = float(best[0])  # the walk ran out: the best witness sits on the boundary
+    else:  # the walk ran out: a sat problem below
         truth = Truth("sat", best[2], best[1])
-    note = f"{tpl.note} delta=1e-{k}*{delta * 10 ** k:.2g} gap={gap / delta:g}delta"
+        note_walk = " (walk ran out)"
+    note = f"{tpl.note} delta=1e-{k}*{delta * 10 ** k:.2g} gap={gap / delta:g}delta{note_walk}"
     if truth.verdict == "dropped":
         return Problem(family, seed, tpl.net, tpl.spec(t), truth, note, time.monotonic() - start)
-    if seed % 2 == 1:  # aim at sat: the best witness lies delta inside the unsafe set
+    if seed % 2 == 1 or truth.verdict == "sat":  # aim at sat: the best witness lies delta inside the unsafe set
         t = float(best[0]) + delta
         truth = Truth("sat", best[2], best[1])
-    # aim at unsat: the threshold just below the exact optimum (or the last sat one if the walk ran out)
+    # else aim at unsat: the threshold just below the exact optimum, as the oracle checked it
     spec = tpl.spec(t)
     if truth.verdict == "sat" and not in_spec_exactly(tpl.net, spec, truth.case, truth.witness):
         raise AssertionError(f"{family} {seed}: the exact witness does not violate the final spec")

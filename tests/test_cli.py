@@ -133,3 +133,49 @@ def test_bad_config_and_usage(tmp_path):
     assert proc.returncode == EXIT_BAD_INPUT and "unknown key" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_verify(MODELS / "test_sat.onnx")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+VERDICTS = {"sat", "unsat", "timeout", "unknown", "error"}
+
+
+@pytest.fixture(scope="module")
+def needle_trap(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A needle (sat only near one point of a 4-D box) as ONNX and VNN-LIB files."""
+    from tests.test_soundness_regressions import needle
+    from verifier.onnx_export import save_onnx
+    from vnnlib.spec import Case, Polytope, Spec
+    from vnnlib.writer import write_spec
+
+    folder = tmp_path_factory.mktemp("needle")
+    net, c = needle(0)
+    save_onnx(net, folder / "needle.onnx")
+    spec = Spec((Case(np.zeros(c.size), np.ones(c.size), (Polytope(np.array([[-1.0]]), np.array([-0.9])),)),),
+                c.size, 1)
+    (folder / "needle.vnnlib").write_text(write_spec(spec))
+    return folder / "needle.onnx", folder / "needle.vnnlib"
+
+
+@pytest.mark.parametrize("args", [
+    (), ("--engine", "milp"), ("--engine", "smt"), ("--engine", "bab"), ("--stop-after", "alpha"),
+    ("--engine", "milp", "-v"),
+])
+def test_the_verdict_is_the_first_line_of_standard_output(needle_trap: tuple[Path, Path], args: tuple) -> None:
+    """No solver banner or other third-party output before the verdict, on every engine and stage
+    (HiGHS writes its banner from native code when its first solver object is made)."""
+    proc = run_verify(*needle_trap, "--timeout", 20, *args)
+    lines = proc.stdout.splitlines()
+    assert lines and lines[0] in VERDICTS, proc.stdout[:300]
+    if lines[0] == "sat":  # only the counterexample follows
+        assert all(line.startswith(("(", " (")) for line in lines[1:]), proc.stdout[:300]
+        x, y = parse_counterexample(proc.stdout)
+        assert x.size == 4 and y.size == 1
+    else:
+        assert len(lines) == 1, proc.stdout[:300]
+    if "-v" not in args:
+        assert "HiGHS" not in proc.stderr  # chatter only when asked for
+
+
+def test_the_verdict_is_the_first_line_on_acas_xu() -> None:
+    proc = run_verify(MODELS / "acasxu" / "ACASXU_run2a_1_9_batch_2000.onnx", MODELS / "acasxu" / "prop_3.vnnlib",
+                      "--timeout", 60)
+    assert proc.stdout.splitlines()[0] == "sat"

@@ -152,8 +152,10 @@ def _input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts:
         if cex is not None or opts.exact_unstable <= 0 or open_.intermediate is None or not in_share:
             return open_, cex, False
         t = time.monotonic()
+        # the share of the time left to them now (at least a few milliseconds per box)
+        budget = Deadline(min(deadline.at, t + max(0.05, opts.exact_share * (t - start) - exact_time)))
         try:
-            return relu_leaves(net, obj, open_, validate_fn, opts, alpha_opts, deadline)
+            return relu_leaves(net, obj, open_, validate_fn, opts, alpha_opts, budget)
         finally:
             exact_time += time.monotonic() - t
 
@@ -178,8 +180,9 @@ def relu_leaves(
     net: Network, obj: CaseObjective, open_: SubproblemBatch, validate_fn: ValidateFn, opts: BabOptions,
     alpha_opts: AlphaOptions, deadline: Deadline,
 ) -> tuple[SubproblemBatch, Counterexample | None, bool]:
-    """Search the open boxes with few unstable ReLUs by ReLU splitting (each box its own case), where
-    bisecting the input would take many more subdomains; a box leaves only when that search proves it."""
+    """Search the open boxes with few unstable ReLUs by ReLU splitting (each box its own case, an equal
+    share of ``deadline``), where bisecting the input would take many more subdomains; a box leaves
+    only when that search proves it."""
     unstable = open_.intermediate.unstable_count(open_.batch)  # (B,)
     picks = torch.nonzero(unstable <= opts.exact_unstable).flatten()[: opts.exact_per_round].tolist()
     proven = torch.zeros(open_.batch, dtype=torch.bool)
@@ -190,7 +193,7 @@ def relu_leaves(
         box = open_.select(torch.tensor([i], device=open_.lower.device))
         sub = replace(obj, lower=box.lower[0], upper=box.upper[0])
         root = BoundResult(box.bound, None, box.intermediate)
-        budget = Deadline(min(deadline.at, time.monotonic() + deadline.remaining() / (len(picks) - n) / 4))
+        budget = Deadline(min(deadline.at, time.monotonic() + deadline.remaining() / (len(picks) - n)))
         status, cex = solve_relu(net, sub, root, validate_fn, relu_opts, alpha_opts, budget,
                                  torch.Generator(device=net.device).manual_seed(i), BabStats())
         if status is Status.SAT:

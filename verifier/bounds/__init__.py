@@ -1,4 +1,12 @@
-"""Sound bounds on a network over batches of subdomains: IBP, CROWN, alpha- and beta-CROWN."""
+"""Rigorous bounds on a network over batches of subdomains: IBP, CROWN, alpha- and beta-CROWN.
+
+These functions are the proofs of the verifier: a region is dropped only when one of their bounds
+(or a leaf certificate recomputed by ``backward_linear``) says so.  Every bound they return holds in
+real arithmetic for the network's stored weights, whatever the working precision: each pass adds a
+bound of its own rounding to a slack (``rounding.py``), so bounds of different passes may be
+intersected, and bounds that cross prove a domain empty.  What is optimized (slopes, multipliers) or
+chosen (which neurons to bound) only changes how tight a bound is, never whether it holds.
+"""
 
 from verifier.bounds.alpha import AlphaOptions, alpha_crown
 from verifier.bounds.beta import beta_crown

@@ -133,9 +133,14 @@ def backward_linear(
 
 
 def _dot(A: Tensor, w: Tensor) -> Tensor:
-    """``<|A_r|, w>`` per row: ``A`` ``(B, R, *shape)``, ``w`` ``(B, *shape)`` non-negative -> ``(B, R)``."""
+    """An upper bound of ``<|A_r|, w>`` per row: ``A`` ``(B, R, *shape)``, ``w`` ``(B, *shape)`` non-negative
+    -> ``(B, R)``.  In float64 the rounding terms are so small that ``max |A_r| sum w`` (up to
+    ``n`` times larger, half the cost) does; float32 takes the exact product."""
     with torch.no_grad():
-        return (A.detach().flatten(2).abs() @ w.flatten(1).unsqueeze(2)).squeeze(2)
+        A, w = A.detach().flatten(2), w.flatten(1)
+        if A.dtype == torch.float64:
+            return torch.maximum(A.amax(-1), -A.amin(-1)) * w.sum(-1, keepdim=True)
+        return (A.abs() @ w.unsqueeze(2)).squeeze(2)
 
 
 def _linear_slack(node: Node, ins: list[tuple[int, ...]], A: Tensor, terms: Tensor | None) -> Tensor | float:

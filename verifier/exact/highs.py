@@ -1,13 +1,21 @@
 """HiGHS, behind two calls: one MIP solve and an LP solved for many cost vectors.
 
 This is the only module that imports ``highspy``.  Models are passed in one
-call from CSR arrays; solver output is switched off; tolerances stay at their
-defaults (tightening them has made HiGHS call feasible models infeasible).
+call from CSR arrays; solver output is switched off, and the banner HiGHS's
+native code prints on standard output when the first ``Highs`` object is made
+goes to standard error when logging is verbose, else nowhere (standard output's
+first line is the verdict); tolerances stay at their defaults (tightening them has made HiGHS
+call feasible models infeasible).
 """
 
 from __future__ import annotations
 
+import ctypes
+import logging
 import math
+import os
+import sys
+import threading
 from dataclasses import dataclass
 
 import highspy
@@ -116,8 +124,36 @@ class LpSession:
         return self._dual_bound(zero, ray) > 0 or self._dual_bound(zero, -ray) > 0
 
 
+log = logging.getLogger(__name__)
+_FIRST = threading.Lock()
+_made = False
+
+
+def _highs() -> highspy.Highs:
+    """A ``Highs`` object; the first one is made with file descriptor 1 pointed at standard error (verbose
+    logging) or the null device, where its banner goes (native code writes it, so redirecting
+    ``sys.stdout`` would not catch it)."""
+    global _made
+    with _FIRST:
+        if _made:
+            return highspy.Highs()
+        sys.stdout.flush()
+        saved = os.dup(1)
+        sink = os.dup(2) if log.isEnabledFor(logging.INFO) else os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(sink, 1)
+            h = highspy.Highs()
+            ctypes.CDLL(None).fflush(None)  # the banner may sit in the C library's buffer
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+            os.close(sink)
+        _made = True
+        return h
+
+
 def _new_highs(threads: int, time_limit: float | None) -> highspy.Highs:
-    h = highspy.Highs()
+    h = _highs()
     h.setOptionValue("output_flag", False)
     h.setOptionValue("log_to_console", False)
     h.setOptionValue("threads", int(threads))

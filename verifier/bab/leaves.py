@@ -44,15 +44,15 @@ Tensor = torch.Tensor
 
 def decide_leaves(
     net: Network, obj: CaseObjective, leaves: SubproblemBatch, validate_fn: ValidateFn, deadline: Deadline,
-) -> tuple[Counterexample | None, bool]:
+) -> tuple[Counterexample | None, Tensor]:
     """Decide each leaf, one LP per polytope its bound leaves open: a validated counterexample (the
-    first found), and whether some leaf stayed undecided."""
+    first found), and which leaves stayed undecided ``(B,)`` bool."""
     from verifier.exact.encoding import EncodingOptions, as_relu_bounds, as_splits, encode_network, margin_problem
     from verifier.exact.highs import LpSession
 
     open_polytopes = obj.left_open(leaves.bound)  # (B, P)
     C, d = obj.C.detach().cpu().double().numpy(), obj.d.detach().cpu().double().numpy()
-    undecided = False
+    undecided = torch.zeros(leaves.batch, dtype=torch.bool)
     for i in range(leaves.batch):
         leaf = leaves.select(torch.tensor([i], device=leaves.lower.device))
         lower, upper = leaf.lower.cpu().double().numpy()[0], leaf.upper.cpu().double().numpy()[0]
@@ -64,7 +64,8 @@ def decide_leaves(
             enc = encode_network(net, lower, upper, None, splits, options)
         for p in torch.nonzero(open_polytopes[i]).flatten().tolist():
             if deadline.expired():
-                return None, True
+                undecided[i:] = True
+                return None, undecided
             rows = obj.groups[p].cpu().numpy()
             problem = margin_problem(enc, C[rows], d[rows])
             # the margin column free below, so that its rows (not its bound) carry the duals
@@ -79,7 +80,7 @@ def decide_leaves(
             if duals is not None and _certified(net, obj, leaf, rows, enc, duals):
                 continue
             log.info("leaf: no certificate and no replayed counterexample; the leaf stays undecided")
-            undecided = True
+            undecided[i] = True
             break
     return None, undecided
 

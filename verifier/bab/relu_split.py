@@ -363,7 +363,7 @@ def relu_rule(
         leaves = open_.select(leaf)
         stats.extra["bab_leaves"] = stats.extra.get("bab_leaves", 0) + leaves.batch
         cex, undecided = decide_leaves(net, obj, leaves, validate_fn, deadline)
-        return open_.select(~leaf), cex, undecided
+        return open_.select(~leaf), cex, bool(undecided.any())
 
     return Rule(branch=branch, bound=bound, batch_size=opts.relu_batch_size, settle=settle)
 

@@ -16,6 +16,7 @@ import torch
 
 from verifier.bab.branching import bisect_inputs, input_split_dims, strong_input_split
 from verifier.bab.contract import contract
+from verifier.bab.leaves import decide_leaves
 from verifier.bab.probes import check_centres, unsafe_corners, validate_best
 from verifier.bab.refine import refined_root
 from verifier.bab.relu_split import solve_relu
@@ -147,19 +148,24 @@ def _input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts:
     def settle(open_: SubproblemBatch) -> tuple[SubproblemBatch, Counterexample | None, bool]:
         cex = validate_best(probes, validate_fn) or check_centres(net, obj, open_, validate_fn)
         probes.clear()
-        nonlocal exact_time
-        in_share = exact_time <= opts.exact_share * (time.monotonic() - start)
+        nonlocal exact_time, productive
+        # held to their share of the time, unless the last call proved most of its boxes
+        in_share = productive or exact_time <= opts.exact_share * (time.monotonic() - start)
         if cex is not None or opts.exact_unstable <= 0 or open_.intermediate is None or not in_share:
             return open_, cex, False
         t = time.monotonic()
-        # the share of the time left to them now (at least a few milliseconds per box)
-        budget = Deadline(min(deadline.at, t + max(0.05, opts.exact_share * (t - start) - exact_time)))
+        # their share of the time so far, and at least 2% of the time left (or half a second)
+        budget = Deadline(min(deadline.at, t + max(0.5, 0.02 * deadline.remaining(),
+                                                   opts.exact_share * (t - start) - exact_time)))
         try:
-            return relu_leaves(net, obj, open_, validate_fn, opts, alpha_opts, budget)
+            kept, cex, undecided, tried = relu_leaves(net, obj, open_, validate_fn, opts, alpha_opts, budget)
+            productive = tried > 0 and 2 * (open_.batch - kept.batch) >= tried
+            return kept, cex, undecided
         finally:
             exact_time += time.monotonic() - t
 
-    start, exact_time = time.monotonic(), 0.0  # the ReLU-splitting leaves' time, held to opts.exact_share
+    # the ReLU-splitting boxes' time, held to opts.exact_share, and whether they proved most boxes last time
+    start, exact_time, productive = time.monotonic(), 0.0, False
 
     strong = opts.strong_branching != "none"
     batch = max(1, opts.batch_size // (2 * net.n_inputs)) if strong else opts.batch_size
@@ -178,25 +184,49 @@ def contract_children(obj: CaseObjective, children: SubproblemBatch, linear: tup
 
 def relu_leaves(
     net: Network, obj: CaseObjective, open_: SubproblemBatch, validate_fn: ValidateFn, opts: BabOptions,
-    alpha_opts: AlphaOptions, deadline: Deadline,
-) -> tuple[SubproblemBatch, Counterexample | None, bool]:
-    """Search the open boxes with few unstable ReLUs by ReLU splitting (each box its own case, an equal
-    share of ``deadline``), where bisecting the input would take many more subdomains; a box leaves
-    only when that search proves it."""
+    alpha_opts: AlphaOptions, deadline: Deadline, least: float = 2.0,
+) -> tuple[SubproblemBatch, Counterexample | None, bool, int]:
+    """Search the open boxes with few unstable ReLUs by ReLU splitting (each box its own case), where
+    bisecting the input would take many more subdomains; a box leaves only when that search proves it.
+
+    The fewest-unstable boxes go first, each an equal share of ``deadline`` but at least ``least``
+    seconds, until the deadline.  Returns the boxes kept, a counterexample, whether some box was left
+    undecided (never: the search goes on) and how many boxes were searched."""
     unstable = open_.intermediate.unstable_count(open_.batch)  # (B,)
-    picks = torch.nonzero(unstable <= opts.exact_unstable).flatten()[: opts.exact_per_round].tolist()
+    linear = unstable == 0  # the network is affine on these boxes: one certified LP per open polytope each
+    if bool(linear.any()):
+        leaves = open_.select(linear)
+        cex, undecided = decide_leaves(net, obj, replace(leaves, splits=_no_splits(net, leaves)), validate_fn,
+                                       deadline)
+        if cex is not None:
+            return open_, cex, False, int(linear.sum())
+        keep = ~linear
+        keep[torch.nonzero(linear).flatten()[undecided.to(linear.device)]] = True
+        open_ = open_.select(keep)
+        unstable = unstable[keep]
+    few = torch.nonzero(unstable <= opts.exact_unstable).flatten()
+    picks = few[torch.argsort(unstable[few], stable=True)][: opts.exact_per_round].tolist()
     proven = torch.zeros(open_.batch, dtype=torch.bool)
     relu_opts = replace(opts, branching="relu", refine_share=0.0)
+    tried = 0
     for n, i in enumerate(picks):
         if deadline.expired():
             break
         box = open_.select(torch.tensor([i], device=open_.lower.device))
         sub = replace(obj, lower=box.lower[0], upper=box.upper[0])
         root = BoundResult(box.bound, None, box.intermediate)
-        budget = Deadline(min(deadline.at, time.monotonic() + deadline.remaining() / (len(picks) - n)))
-        status, cex = solve_relu(net, sub, root, validate_fn, relu_opts, alpha_opts, budget,
-                                 torch.Generator(device=net.device).manual_seed(i), BabStats())
+        share = max(least, deadline.remaining() / (len(picks) - n))
+        status, cex = solve_relu(net, sub, root, validate_fn, relu_opts, alpha_opts,
+                                 Deadline(time.monotonic() + share), torch.Generator(device=net.device).manual_seed(i),
+                                 BabStats())
+        tried += 1
         if status is Status.SAT:
-            return open_, cex, False
+            return open_, cex, False, tried
         proven[i] = status is Status.UNSAT
-    return open_.select(torch.nonzero(~proven).flatten().to(open_.lower.device)), None, False
+    return open_.select(torch.nonzero(~proven).flatten().to(open_.lower.device)), None, False, tried
+
+
+def _no_splits(net: Network, batch: SubproblemBatch) -> tuple[Tensor, ...]:
+    """Split states with every ReLU free, for a batch of input-split boxes."""
+    return tuple(torch.zeros(batch.batch, net.nodes[r].size, dtype=torch.int8, device=batch.lower.device)
+                 for r in net.relu_indices)

@@ -91,7 +91,7 @@ class Builder:
         return self.add_op(Relu(), (self.last if src is None else src,))
 
     def build(self, out: int | None = None, dtype: torch.dtype = torch.float64) -> Network:
-        return Network(tuple(self.nodes), self.last if out is None else out).to(dtype=dtype)
+        return Network(tuple(self.nodes), self.last if out is None else out).to(dtype=dtype).as_defined()
 
 
 def dense_net(gen: torch.Generator, sizes: tuple[int, ...] = (3, 8, 8, 2),

@@ -63,7 +63,7 @@ def random_net(seed: int) -> Network:
 
 def _single_weights(net: Network) -> Network:
     """float32-representable weights (as in ONNX models), evaluated in float64."""
-    return net.to(dtype=torch.float32).to(dtype=torch.float64)
+    return net.to(dtype=torch.float32).as_defined().to(dtype=torch.float64)
 
 
 def random_spec(net: Network, seed: int) -> Spec:

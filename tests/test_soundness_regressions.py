@@ -68,7 +68,7 @@ def cancelling_conv(seed: int, n: int = 20, channels: int = 4, scale: float = 30
     corner[:3, :3] = True
     lo[corner.reshape(-1)] -= 1e-4
     hi[corner.reshape(-1)] += 1e-4
-    return Network(nodes, 6).to(dtype=torch.float32), lo, hi
+    return Network(nodes, 6).to(dtype=torch.float32).as_defined(), lo, hi
 
 
 def _everywhere_unsafe(net: Network, lo: np.ndarray, hi: np.ndarray, seed: int) -> Spec:
@@ -130,7 +130,7 @@ def needle(seed: int, n: int = 4, width: float = 1e-3, identities: int = 2) -> t
     add(Dense(torch.full((1, 2 * n), -1.0 / width, dtype=torch.float64), torch.ones(1, dtype=torch.float64)), 1)
     add(Relu(), 1)
     add(Dense(torch.eye(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)), 1)
-    return Network(tuple(nodes), len(nodes) - 1).to(dtype=torch.float32), c
+    return Network(tuple(nodes), len(nodes) - 1).to(dtype=torch.float32).as_defined(), c
 
 
 def _lying_highs(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -180,7 +180,7 @@ def test_a_box_of_fixed_inputs_that_float32_cannot_hold_has_counterexamples(tmp_
     w2 = torch.randn(1, 6, generator=gen, dtype=torch.float64)
     nodes = (Node(Input(), (), (12,)), Node(Dense(w1, torch.zeros(6, dtype=torch.float64)), (0,), (6,)),
              Node(Relu(), (1,), (6,)), Node(Dense(w2, torch.zeros(1, dtype=torch.float64)), (2,), (1,)))
-    net = Network(nodes, 3).to(dtype=torch.float32)
+    net = Network(nodes, 3).to(dtype=torch.float32).as_defined()
     x = _not_float32(np.random.default_rng(0).uniform(-1, 1, 12).astype(np.float32).astype(np.float64))
     lo, hi = x.copy(), x.copy()
     lo[:2] -= 0.05

@@ -72,7 +72,7 @@ def load_problem(
         from verifier.onnx_import import load_onnx
 
         path = Path(model)
-        net = load_onnx(path)
+        net = load_onnx(path, torch.float64)  # cast to the working dtype below (a cast that rounds is tracked)
     if not isinstance(spec, Spec):
         from vnnlib.reader import read_spec
 

@@ -1,6 +1,7 @@
 """Load-time folding: rewrites of a ``Network`` that keep its function and shrink its graph.
 
-Each rewrite is exact in real arithmetic (only floating-point rounding changes):
+Each rewrite is exact in real arithmetic; the floating-point rounding of the merged constants is
+kept as their error bounds (``verifier.constants``):
 
 * a ``Reshape`` to its input's shape is dropped; ``Reshape`` of ``Reshape`` reads the first input;
 * a ``Scale`` (normalization, BatchNorm, Sub/Mul/Div by constants) is folded into the
@@ -21,6 +22,7 @@ from dataclasses import replace
 
 import torch
 
+from verifier import constants as K
 from verifier.network import Conv, Dense, Network, Node, Pad, Relu, Reshape, Scale, Tensor
 
 _Rewrite = Callable[[Network, int, list[list[int]]], "Network | None"]
@@ -112,7 +114,9 @@ def _merge_reshapes(net: Network, i: int, cons: list[list[int]]) -> Network | No
 
 def _drop_identity_scale(net: Network, i: int, cons: list[list[int]]) -> Network | None:
     node = net.nodes[i]
-    if isinstance(node.op, Scale) and bool((node.op.scale == 1).all()) and bool((node.op.shift == 0).all()):
+    op = node.op
+    if (isinstance(op, Scale) and bool((op.scale == 1).all()) and bool((op.shift == 0).all())
+            and op.scale_err is None and op.shift_err is None):
         return _bypass(net, i)
     return None
 
@@ -125,7 +129,10 @@ def _merge_scales(net: Network, i: int, cons: list[list[int]]) -> Network | None
     if _sole_consumer(net, node.inputs[0], cons) != i:
         return None
     # s2 * (s1 x + t1) + t2
-    op = Scale(scale=src.op.scale * node.op.scale, shift=src.op.shift * node.op.scale + node.op.shift)
+    a, b = src.op, node.op
+    scale, scale_err = K.mul(a.scale, a.scale_err, b.scale, b.scale_err)
+    shift, shift_err = K.add(*K.mul(a.shift, a.shift_err, b.scale, b.scale_err), b.shift, b.shift_err)
+    op = Scale(scale=scale, shift=shift, scale_err=scale_err, shift_err=shift_err)
     return _with_node(net, i, replace(node, op=_broadcast_scale(op), inputs=src.inputs))
 
 
@@ -138,16 +145,21 @@ def _scale_into_producer(net: Network, i: int, cons: list[list[int]]) -> Network
     src = net.nodes[p]
     if _sole_consumer(net, p, cons) != i:
         return None
+    sc = node.op
     if isinstance(src.op, Dense):
-        s, t = _full(node.op.scale, src.shape).reshape(-1), _full(node.op.shift, src.shape).reshape(-1)
-        op = Dense(weight=src.op.weight * s[:, None], bias=src.op.bias * s + t)
+        (s, es), (t, et) = _flat(sc.scale, sc.scale_err, src.shape), _flat(sc.shift, sc.shift_err, src.shape)
+        col = (s[:, None], None if es is None else es[:, None])
     elif isinstance(src.op, Conv):
-        s, t = _per_channel(node.op.scale, src.shape), _per_channel(node.op.shift, src.shape)
-        if s is None or t is None:
+        s, t = _per_channel(sc.scale, src.shape), _per_channel(sc.shift, src.shape)
+        es, et = _per_channel_err(sc.scale_err, src.shape), _per_channel_err(sc.shift_err, src.shape)
+        if s is None or t is None or es is False or et is False:
             return None
-        op = replace(src.op, weight=src.op.weight * s[:, None, None, None], bias=src.op.bias * s + t)
+        col = (s[:, None, None, None], None if es is None else es[:, None, None, None])
     else:
         return None
+    weight, weight_err = K.mul(src.op.weight, src.op.weight_err, *col)
+    bias, bias_err = K.add(*K.mul(src.op.bias, src.op.bias_err, s, es), t, et)
+    op = replace(src.op, weight=weight, bias=bias, weight_err=weight_err, bias_err=bias_err)
     return _with_node(net, i, replace(node, op=op, inputs=src.inputs, name=src.name or node.name))
 
 
@@ -159,8 +171,12 @@ def _scale_into_consumer(net: Network, i: int, cons: list[list[int]]) -> Network
         return None
     dst = net.nodes[c]
     if isinstance(dst.op, Dense):
-        s, t = _full(node.op.scale, node.shape).reshape(-1), _full(node.op.shift, node.shape).reshape(-1)
-        op = Dense(weight=dst.op.weight * s[None, :], bias=dst.op.bias + dst.op.weight @ t)
+        sc, d = node.op, dst.op
+        (s, es), (t, et) = _flat(sc.scale, sc.scale_err, node.shape), _flat(sc.shift, sc.shift_err, node.shape)
+        weight, weight_err = K.mul(d.weight, d.weight_err, s[None, :], None if es is None else es[None, :])
+        wt, wt_err = K.matmul(d.weight, d.weight_err, *_column(t, et))
+        bias, bias_err = K.add(d.bias, d.bias_err, *_flatten(wt, wt_err))
+        op = Dense(weight=weight, bias=bias, weight_err=weight_err, bias_err=bias_err)
     elif isinstance(dst.op, Conv):
         op = _scale_conv(node.op, node.shape, dst.op)
         if op is None:
@@ -176,15 +192,22 @@ def _scale_conv(scale: Scale, shape: tuple[int, ...], conv: Conv) -> Conv | None
     Padding is applied after the shift, so a nonzero shift folds only into an unpadded conv.
     """
     s, t = _per_channel(scale.scale, shape), _per_channel(scale.shift, shape)
-    if s is None or t is None or (any(conv.padding) and bool((t != 0).any())):
+    es, et = _per_channel_err(scale.scale_err, shape), _per_channel_err(scale.shift_err, shape)
+    if s is None or t is None or es is False or et is False or (any(conv.padding) and bool((t != 0).any())):
         return None
     c_out, c_in_g = conv.weight.shape[:2]
-    # input channel of weight[o, j] is group(o) * c_in_g + j
-    s_w = s.reshape(conv.groups, c_in_g).repeat_interleave(c_out // conv.groups, dim=0)  # (C_out, C_in/g)
-    t_w = t.reshape(conv.groups, c_in_g).repeat_interleave(c_out // conv.groups, dim=0)
-    weight = conv.weight * s_w[:, :, None, None]
-    bias = conv.bias + (conv.weight * t_w[:, :, None, None]).sum(dim=(1, 2, 3))
-    return replace(conv, weight=weight, bias=bias)
+
+    def per_weight(v: Tensor | None) -> Tensor | None:  # input channel of weight[o, j] is group(o) * c_in_g + j
+        if v is None:
+            return None
+        return v.reshape(conv.groups, c_in_g).repeat_interleave(c_out // conv.groups, dim=0)[:, :, None, None]
+
+    weight, weight_err = K.mul(conv.weight, conv.weight_err, per_weight(s), per_weight(es))
+    wt, wt_err = K.mul(conv.weight, conv.weight_err, per_weight(t), per_weight(et))
+    total, total_err = K.matmul(wt.reshape(c_out, -1), None if wt_err is None else wt_err.reshape(c_out, -1),
+                                torch.ones(wt[0].numel(), 1, dtype=wt.dtype), None)
+    bias, bias_err = K.add(conv.bias, conv.bias_err, *_flatten(total, total_err))
+    return replace(conv, weight=weight, bias=bias, weight_err=weight_err, bias_err=bias_err)
 
 
 def _scale_past_reshape(net: Network, i: int, cons: list[list[int]]) -> Network | None:
@@ -197,10 +220,13 @@ def _scale_past_reshape(net: Network, i: int, cons: list[list[int]]) -> Network 
     if after is None or not isinstance(net.nodes[after].op, Dense):
         return None
     reshape = net.nodes[r]
-    moved = Scale(
-        scale=_full(node.op.scale, node.shape).reshape(reshape.shape),
-        shift=_full(node.op.shift, node.shape).reshape(reshape.shape),
-    )
+
+    def moved_to(v: Tensor | None) -> Tensor | None:
+        return None if v is None else _full(v, node.shape).reshape(reshape.shape)
+
+    sc = node.op
+    moved = Scale(scale=moved_to(sc.scale), shift=moved_to(sc.shift), scale_err=moved_to(sc.scale_err),
+                  shift_err=moved_to(sc.shift_err))
     net = _with_node(net, i, replace(reshape, inputs=node.inputs))
     return _with_node(net, r, replace(node, op=moved, inputs=(i,), shape=reshape.shape))
 
@@ -214,8 +240,11 @@ def _merge_dense(net: Network, i: int, cons: list[list[int]]) -> Network | None:
     src = net.nodes[p]
     if not isinstance(src.op, Dense) or _sole_consumer(net, p, cons) != i:
         return None
-    w2 = node.op.weight
-    op = Dense(weight=w2 @ src.op.weight, bias=w2 @ src.op.bias + node.op.bias)
+    d1, d2 = src.op, node.op
+    weight, weight_err = K.matmul(d2.weight, d2.weight_err, d1.weight, d1.weight_err)
+    wb, wb_err = K.matmul(d2.weight, d2.weight_err, *_column(d1.bias, d1.bias_err))
+    bias, bias_err = K.add(*_flatten(wb, wb_err), d2.bias, d2.bias_err)
+    op = Dense(weight=weight, bias=bias, weight_err=weight_err, bias_err=bias_err)
     return _with_node(net, i, replace(node, op=op, inputs=src.inputs))
 
 
@@ -257,6 +286,34 @@ def _per_channel(t: Tensor, shape: tuple[int, ...]) -> Tensor | None:
     return per_c.reshape(-1)
 
 
+def _column(v: Tensor, err: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """A vector and its error bound as ``(n, 1)`` columns."""
+    return v[:, None], None if err is None else err[:, None]
+
+
+def _flatten(v: Tensor, err: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """An ``(n, 1)`` column and its error bound as vectors."""
+    return v[:, 0], None if err is None else err[:, 0]
+
+
+def _flat(v: Tensor, err: Tensor | None, shape: tuple[int, ...]) -> tuple[Tensor, Tensor | None]:
+    """A constant and its error bound broadcast to ``shape``, flat."""
+    return _full(v, shape).reshape(-1), None if err is None else _full(err, shape).reshape(-1)
+
+
+def _per_channel_err(err: Tensor | None, shape: tuple[int, ...]) -> Tensor | None | bool:
+    """``_per_channel`` of an error bound (None stays None; False when it is not per channel)."""
+    if err is None:
+        return None
+    out = _per_channel(err, shape)
+    return False if out is None else out
+
+
 def _broadcast_scale(op: Scale) -> Scale:
-    scale, shift = torch.broadcast_tensors(op.scale, op.shift)
-    return Scale(scale=scale.contiguous(), shift=shift.contiguous())
+    tensors = [t for t in (op.scale, op.shift, op.scale_err, op.shift_err) if t is not None]
+    shape = torch.broadcast_shapes(*(t.shape for t in tensors))
+
+    def full(t: Tensor | None) -> Tensor | None:
+        return None if t is None else torch.broadcast_to(t, shape).contiguous()
+
+    return Scale(scale=full(op.scale), shift=full(op.shift), scale_err=full(op.scale_err), shift_err=full(op.shift_err))

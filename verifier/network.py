@@ -7,7 +7,10 @@ analysis runs on batches ``(B, *shape)``.  Node 0 is the single ``Input``;
 
 Normalization, BatchNorm and chains of affine maps are folded at load time, so
 analyses see mostly ``Dense``/``Conv``/``Relu``; ``Scale`` remains only where
-no neighbouring affine node can absorb it.
+no neighbouring affine node can absorb it.  A constant that loading computed
+(``1 / c``, BatchNorm's scale, a folded weight) or rounded to the model's dtype
+carries an elementwise bound of its distance to the exact value (``*_err``,
+``None`` where exact; ``verifier.constants``), which every bound adds to its slack.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ class Dense:
 
     weight: Tensor  # (m, n)
     bias: Tensor  # (m,)
+    weight_err: Tensor | None = None  # (m, n) bounds of |exact - weight|; None: exact
+    bias_err: Tensor | None = None  # (m,)
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,6 +49,8 @@ class Conv:
     padding: tuple[int, int, int, int]
     dilation: tuple[int, int] = (1, 1)
     groups: int = 1
+    weight_err: Tensor | None = None  # bounds of |exact - weight|; None: exact
+    bias_err: Tensor | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,6 +69,8 @@ class Scale:
 
     scale: Tensor
     shift: Tensor
+    scale_err: Tensor | None = None  # bounds of |exact - scale|; None: exact
+    shift_err: Tensor | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -180,15 +189,46 @@ class Network:
         return torch.device("cpu")
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Network:
-        """A copy with every constant moved to ``device`` and cast to ``dtype``."""
+        """The same network with every constant moved to ``device`` and cast to ``dtype`` (a cast that
+        rounds adds to the constants' error bounds)."""
         nodes = tuple(replace(n, op=_op_to(n.op, device, dtype)) for n in self.nodes)
+        return Network(nodes=nodes, output=self.output)
+
+    def as_defined(self) -> Network:
+        """The network whose exact constants are these values (error bounds dropped): for networks built
+        in code, e.g. random weights rounded to float32 on purpose."""
+        nodes = tuple(replace(n, op=replace(n.op, **{k: None for k in vars(n.op) if k.endswith("_err")}))
+                      for n in self.nodes)
         return Network(nodes=nodes, output=self.output)
 
 
 def _tensors(op: Op) -> list[Tensor]:
-    return [v for v in vars(op).values() if isinstance(v, Tensor)]
+    return [v for k, v in vars(op).items() if isinstance(v, Tensor) and not k.endswith("_err")]
+
+
+def has_errors(net: Network) -> bool:
+    """Whether some constant of ``net`` is not exact (see the module docstring)."""
+    return any(k.endswith("_err") and v is not None for n in net.nodes for k, v in vars(n.op).items())
 
 
 def _op_to(op: Op, device, dtype) -> Op:
-    changes = {k: v.to(device=device, dtype=dtype) for k, v in vars(op).items() if isinstance(v, Tensor)}
+    """``op`` with its constants on ``device`` in ``dtype``; a cast that rounds adds to their error bounds
+    (which are rounded up)."""
+    fields = vars(op)
+    changes = {}
+    for k, v in fields.items():
+        if not isinstance(v, Tensor) or k.endswith("_err"):
+            continue
+        changes[k] = v.to(device=device, dtype=dtype)
+        err = fields.get(k + "_err")
+        if dtype is not None and dtype != v.dtype:
+            rounded = (v.double() - changes[k].double().to(v.device)).abs()
+            if bool((rounded != 0).any()):
+                err = rounded if err is None else err.double() + rounded
+        if err is not None:
+            e = err.to(device=device, dtype=dtype or err.dtype)
+            changes[k + "_err"] = torch.where(e.double() < err.double().to(e.device), torch.nextafter(
+                e, torch.tensor(float("inf"), dtype=e.dtype, device=e.device)), e)
+        elif k + "_err" in fields:
+            changes[k + "_err"] = None
     return replace(op, **changes) if changes else op

@@ -26,6 +26,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from verifier import constants
 from verifier.errors import InputFileError, ModelError, UnsupportedModelError
 from verifier.fold import fold
 from verifier.network import (
@@ -55,7 +56,7 @@ _MAX_EXPANDED = 1 << 26  # entries of a dense matrix built for a general linear 
 _MAX_LISTED = 20  # unsupported nodes named in the error message
 
 
-def load_onnx(path: str | os.PathLike) -> Network:
+def load_onnx(path: str | os.PathLike, dtype: torch.dtype | None = None) -> Network:
     """Read an ONNX file and import it (see ``load_onnx_model``)."""
     path = Path(path)
     try:
@@ -74,16 +75,17 @@ def load_onnx(path: str | os.PathLike) -> Network:
         onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
     except Exception as e:  # OSError, or onnx's ValidationError for a missing or unsafe location
         raise InputFileError(f"cannot read external data of {path}: {_one_line(e)}") from None
-    return load_onnx_model(model)
+    return load_onnx_model(model, dtype)
 
 
-def load_onnx_model(model: onnx.ModelProto) -> Network:
-    """The folded IR of ``model``; constants keep the model's float dtype (float32 or float64)."""
+def load_onnx_model(model: onnx.ModelProto, dtype: torch.dtype | None = None) -> Network:
+    """The folded IR of ``model``, its constants in ``dtype`` (default: the model's float dtype, float32 or
+    float64).  Folding runs in float64; constants that it or the final cast rounded carry error bounds."""
     graph = model.graph
     if graph.sparse_initializer:
         raise UnsupportedModelError("unsupported ONNX model: sparse initializers")
     opset = _default_opset(model)
-    in_name, in_shape, batched, dtype = _graph_input(graph)
+    in_name, in_shape, batched, model_dtype = _graph_input(graph)
     out_name = _graph_output(graph)
     env: dict[str, _Value] = dict(_initializers(graph))
     order, needed = _needed_nodes(graph, out_name, set(env) | {in_name})
@@ -102,7 +104,7 @@ def load_onnx_model(model: onnx.ModelProto) -> Network:
     net = fold(raw)
     _check_finite(net)
     log.debug("imported %d ONNX nodes as %d IR nodes, %d after folding", len(order), len(raw.nodes), len(net.nodes))
-    return net.to(dtype=dtype)
+    return net.to(dtype=dtype or model_dtype)
 
 
 @dataclass(frozen=True)
@@ -407,17 +409,27 @@ def _unbatched(ctx: _Context, v: _Var, name: str) -> _Var:
     return ctx.emit(Reshape(), [v], v.onnx_shape, False, name) if v.batched else v
 
 
-def _linear(ctx: _Context, v: _Var, fn: Callable[[torch.Tensor], torch.Tensor], name: str) -> _Var:
-    """The affine map ``fn`` (on ONNX-shaped tensors with a leading basis axis) as Reshape, Dense, Reshape."""
+def _linear(ctx: _Context, v: _Var, fn: Callable[[torch.Tensor], torch.Tensor], name: str,
+            bias: torch.Tensor | None = None, fn_err: Callable[[torch.Tensor], torch.Tensor] | None = None,
+            bias_err: torch.Tensor | None = None) -> _Var:
+    """The linear map ``fn`` (on ONNX-shaped tensors with a leading basis axis), plus ``bias`` (broadcast to
+    its output), as Reshape, Dense, Reshape.  ``fn`` of a basis vector picks entries of its constants (times
+    1), so the weight is exactly those entries; ``fn_err`` picks their error bounds the same way."""
     n = prod(v.onnx_shape)
-    zero = fn(torch.zeros((1, *v.onnx_shape), dtype=torch.float64))  # (1, *out)
-    out_shape = tuple(zero.shape[1:])
+    out_shape = tuple(fn(torch.zeros((1, *v.onnx_shape), dtype=torch.float64)).shape[1:])
     if n * prod(out_shape) > _MAX_EXPANDED:
         raise _Unsupported(f"its {n} x {prod(out_shape)} linear map is too large to expand")
     basis = torch.eye(n, dtype=torch.float64).reshape(n, *v.onnx_shape)
-    weight = (fn(basis) - zero).reshape(n, -1).T  # (m, n)
+    weight = fn(basis).reshape(n, -1).T  # (m, n)
+    b = torch.zeros(out_shape, dtype=torch.float64) if bias is None else torch.broadcast_to(bias, out_shape)
+    errs = {}
+    if fn_err is not None:
+        errs["weight_err"] = fn_err(basis).reshape(n, -1).T.contiguous()
+    if bias_err is not None:
+        errs["bias_err"] = torch.broadcast_to(bias_err, out_shape).reshape(-1).contiguous()
     flat = v if len(v.shape) == 1 else ctx.emit(Reshape(), [v], (n,), False, name)
-    dense = ctx.emit(Dense(weight=weight.contiguous(), bias=zero.reshape(-1)), [flat], (weight.shape[0],), False, name)
+    dense = ctx.emit(Dense(weight=weight.contiguous(), bias=b.reshape(-1).contiguous(), **errs), [flat],
+                     (weight.shape[0],), False, name)
     return _reshape_flat(ctx, dense, out_shape, v.batched, name)
 
 
@@ -448,9 +460,13 @@ def _broadcast_const(ctx: _Context, v: _Var, c: np.ndarray, name: str) -> tuple[
     return v, _t(c)
 
 
-def _emit_scale(ctx: _Context, v: _Var, scale: torch.Tensor, shift: torch.Tensor, name: str) -> _Var:
+def _emit_scale(ctx: _Context, v: _Var, scale: torch.Tensor, shift: torch.Tensor, name: str,
+                scale_err: torch.Tensor | None = None, shift_err: torch.Tensor | None = None) -> _Var:
     scale, shift = torch.broadcast_tensors(scale, shift)
-    return ctx.emit(Scale(scale=scale.contiguous(), shift=shift.contiguous()), [v], v.shape, v.batched, name)
+    errs = {k: torch.broadcast_to(e, scale.shape).contiguous() for k, e in (("scale_err", scale_err),
+                                                                             ("shift_err", shift_err)) if e is not None}
+    op = Scale(scale=scale.contiguous(), shift=shift.contiguous(), **errs)
+    return ctx.emit(op, [v], v.shape, v.batched, name)
 
 
 def _spatial_pads(attrs: dict, size: tuple[int, ...], kernel: tuple[int, ...], strides: tuple[int, ...],
@@ -543,7 +559,8 @@ def _cv_arith(ctx: _Context, node, args) -> list[_Value]:
         raise _Unsupported("division by a computed tensor")
     if bool((c == 0).any()):
         raise ModelError(f"'{name}' divides by a constant that contains zeros")
-    return [_emit_scale(ctx, v, 1 / c, 0 * c, name)]
+    inverse, err = constants.reciprocal(c)  # x / c as x * (1 / c), off by at most err
+    return [_emit_scale(ctx, v, inverse, 0 * c, name, scale_err=err)]
 
 
 def _add_vars(ctx: _Context, a: _Var, b: _Var, op: str, name: str) -> _Var:
@@ -615,28 +632,33 @@ def _cv_gemm(ctx: _Context, node, args) -> list[_Value]:
     attrs = _attrs(node)
     a, b = args[0], args[1]
     c = args[2] if len(args) > 2 else None
-    alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
+    alpha, beta = torch.tensor(float(attrs.get("alpha", 1.0))), torch.tensor(float(attrs.get("beta", 1.0)))
     ta, tb = bool(attrs.get("transA", 0)), bool(attrs.get("transB", 0))
     if isinstance(a, _Var) == isinstance(b, _Var):
         raise _Unsupported("product of two computed tensors")
-    bias = _t(_const(c, "C")) * beta if c is not None else torch.zeros((), dtype=torch.float64)
+    bias, bias_err = constants.mul(_t(_const(c, "C")) if c is not None else torch.zeros((), dtype=torch.float64),
+                                   None, beta.double(), None)
     if isinstance(a, _Var):
         v, wb = a, _t(b)
-        wb = wb.T if tb else wb  # (K, N)
+        wb, wb_err = constants.mul(wb.T if tb else wb, None, alpha.double(), None)  # (K, N)
         if len(v.onnx_shape) != 2 or wb.ndim != 2:
             raise ModelError("Gemm needs 2-D operands")
         if v.batched and not ta:
             _check_inner(v.shape[0], wb.shape[0], _name(node))
-            full_bias = bias.expand(1, wb.shape[1])[0].contiguous()
-            return [ctx.emit(Dense(weight=(alpha * wb.T).contiguous(), bias=full_bias), [v], (wb.shape[1],),
-                             True, _name(node))]
-        return [_linear(ctx, v, lambda e: alpha * ((e.transpose(1, 2) if ta else e) @ wb) + bias, _name(node))]
+            n = wb.shape[1]
+            errs = {"weight_err": None if wb_err is None else wb_err.T.contiguous(),
+                    "bias_err": None if bias_err is None else torch.broadcast_to(bias_err, (n,)).contiguous()}
+            full_bias = bias.expand(1, n)[0].contiguous()
+            return [ctx.emit(Dense(weight=wb.T.contiguous(), bias=full_bias, **errs), [v], (n,), True, _name(node))]
+        return [_linear(ctx, v, lambda e: (e.transpose(1, 2) if ta else e) @ wb, _name(node), bias,
+                        None if wb_err is None else lambda e: (e.transpose(1, 2) if ta else e) @ wb_err, bias_err)]
     v, wa = b, _t(a)
-    wa = wa.T if ta else wa  # (M, K)
+    wa, wa_err = constants.mul(wa.T if ta else wa, None, alpha.double(), None)  # (M, K)
     if len(v.onnx_shape) != 2 or wa.ndim != 2:
         raise ModelError("Gemm needs 2-D operands")
     v = _unbatched(ctx, v, _name(node))  # the constant multiplies the (size-1) batch axis
-    return [_linear(ctx, v, lambda e: alpha * (wa @ (e.transpose(1, 2) if tb else e)) + bias, _name(node))]
+    return [_linear(ctx, v, lambda e: wa @ (e.transpose(1, 2) if tb else e), _name(node), bias,
+                    None if wa_err is None else lambda e: wa_err @ (e.transpose(1, 2) if tb else e), bias_err)]
 
 
 def _cv_flatten(ctx: _Context, node, args) -> list[_Value]:
@@ -777,8 +799,10 @@ def _cv_batchnorm(ctx: _Context, node, args) -> list[_Value]:
         raise _Unsupported("training_mode=1")
     v = _with_batch(ctx, args[0], name)
     gamma, beta, mean, var = (_per_channel(_const(a, "statistics"), v.shape, name) for a in args[1:5])
-    s = gamma / torch.sqrt(var + float(attrs.get("epsilon", 1e-5)))
-    return [_emit_scale(ctx, v, s, beta - mean * s, name)]
+    s, s_err = constants.batchnorm_scale(gamma, var, float(attrs.get("epsilon", 1e-5)))
+    ms, ms_err = constants.mul(mean, None, s, s_err)
+    shift, shift_err = constants.add(beta, None, -ms, ms_err)  # beta - mean * s
+    return [_emit_scale(ctx, v, s, shift, name, scale_err=s_err, shift_err=shift_err)]
 
 
 def _per_channel(a: np.ndarray, shape: tuple[int, ...], name: str) -> torch.Tensor:

@@ -46,6 +46,7 @@ class Relaxations:
     maxpool: dict[int, MaxPoolRelaxation]
     mags: list[Tensor] = field(default_factory=list)
     arith: list[Tensor | None] = field(default_factory=list)
+    errs: list[Tensor | None] = field(default_factory=list)
 
 
 def backward_lower(
@@ -117,7 +118,7 @@ def backward_linear(
             slack = slack + _dot(A, relax.maxpool[i].terms)
         else:
             grads, c = linear_back(node, ins, A)
-            slack = slack + _linear_slack(node, ins, A, relax.arith[i])
+            slack = slack + _linear_slack(node, ins, A, relax.arith[i], relax.errs[i] if relax.errs else None)
         if c is not None:
             const = const + c
             slack = slack + u * const.detach().abs()
@@ -143,15 +144,18 @@ def _dot(A: Tensor, w: Tensor) -> Tensor:
         return (A.abs() @ w.unsqueeze(2)).squeeze(2)
 
 
-def _linear_slack(node: Node, ins: list[tuple[int, ...]], A: Tensor, terms: Tensor | None) -> Tensor | float:
-    """A bound of the rounding of ``linear_back`` on rows ``A``; ``terms`` are the node's ``arith``."""
+def _linear_slack(node: Node, ins: list[tuple[int, ...]], A: Tensor, terms: Tensor | None,
+                  err: Tensor | None = None) -> Tensor | float:
+    """A bound of the rounding of ``linear_back`` on rows ``A`` (``terms``: the node's ``arith``), and of
+    what its inexact constants can change (``err``: the node's ``errs``)."""
     if isinstance(node.op, Pad) and node.op.value:
         g = gamma(backward_terms(node, ins), A.dtype)
         with torch.no_grad():
             return g * abs(node.op.value) * A.detach().flatten(2).abs().sum(-1)
     if terms is None or isinstance(node.op, Add):  # Add only copies the rows
         return 0.0
-    return gamma(backward_terms(node, ins), A.dtype) * _dot(A, terms)
+    weight = gamma(backward_terms(node, ins), A.dtype) * terms
+    return _dot(A, weight if err is None else weight + err)
 
 
 def backward_terms(node: Node, in_shapes: list[tuple[int, ...]]) -> int:

@@ -19,6 +19,7 @@ from verifier.bounds.graph import relu_inputs
 from verifier.bounds.ibp import Interval, NodeBounds, intermediate_of, mark_empty, spec_interval, sweep
 from verifier.bounds.prepare import check_domains, check_known, disable_tf32, spec_rows
 from verifier.bounds.relaxation import maxpool_relaxation, relu_relaxation
+from verifier.bounds.rounding import down
 from verifier.bounds.types import BoundResult, Domains, IntermediateBounds, Tensor
 from verifier.network import Dense, MaxPool, Network, Relu
 
@@ -95,15 +96,19 @@ def crown_sweep(
         idx = torch.sort(wanted.to(torch.int8), stable=True, dim=1, descending=True).indices[:, :R]  # (B, R)
         start, const = _unit_rows(net, i, idx)
         slopes = row_slopes(i, idx) if row_slopes is not None else None
-        bound = backward_lower(net, start, const, box, replace(relax, mags=nodes.mags, arith=nodes.arith),
-                               slopes)  # (B, 2R)
+        bound = backward_lower(net, start, const, box,
+                               replace(relax, mags=nodes.mags, arith=nodes.arith, errs=nodes.errs), slopes)  # (B, 2R)
+        if isinstance(net.nodes[i].op, Dense) and nodes.errs[i] is not None:
+            # the rows of a Dense node start from its weight as stored: add what its constants may be off by
+            e = nodes.errs[i].flatten(1).gather(1, idx)  # (B, R)
+            bound = down(bound - torch.cat([e, e], 1))
         new_lo = torch.full_like(lo, float("-inf")).scatter(1, idx, bound[:, :R])
         new_hi = torch.full_like(hi, float("inf")).scatter(1, idx, -bound[:, R:])
         return new_lo, new_hi
 
     nodes = sweep(net, domains, known, refine)
     _relax_upto(net, len(net.nodes), nodes.bounds, relax)
-    return CrownState(nodes, replace(relax, mags=nodes.mags, arith=nodes.arith))
+    return CrownState(nodes, replace(relax, mags=nodes.mags, arith=nodes.arith, errs=nodes.errs))
 
 
 def _relax_upto(net: Network, end: int, bounds: list[Interval], relax: Relaxations) -> None:

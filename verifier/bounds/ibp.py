@@ -36,6 +36,8 @@ class NodeBounds:
     empty: Tensor  # (B,) bool: the domain holds no input (the splits, or proven bounds that cross)
     mags: list[Tensor] = field(default_factory=list)  # (B, *shape) each
     arith: list[Tensor | None] = field(default_factory=list)  # (B, *shape) or None for exact nodes
+    # (B, *shape): how far the node's inexact constants (``*_err``) can move its value, or None
+    errs: list[Tensor | None] = field(default_factory=list)
 
 
 def ibp(
@@ -82,11 +84,14 @@ def sweep(
         else:
             lo, hi = interval_node(node, [nodes.bounds[j] for j in node.inputs])
             q = node_terms(node, [nodes.mags[j] for j in node.inputs])
+            e = node_error(node, [nodes.mags[j] for j in node.inputs])
             if q is not None:
                 g = gamma(forward_terms(node, [net.nodes[j].shape for j in node.inputs]), lo.dtype)
-                lo, hi = down(lo - g * q), up(hi + g * q)
+                width = g * q if e is None else g * q + e
+                lo, hi = down(lo - width), up(hi + width)
         nodes.bounds.append((lo, hi))
         nodes.arith.append(q)
+        nodes.errs.append(None if isinstance(node.op, Input) else e)
         if i in need:
             shape = lo.shape
             lo, hi = lo.flatten(1), hi.flatten(1)  # (B, n_i)
@@ -157,6 +162,25 @@ def node_terms(node: Node, mags: list[Tensor]) -> Tensor | None:
     return None
 
 
+def node_error(node: Node, mags: list[Tensor]) -> Tensor | None:
+    """For a node with inexact constants, a bound ``(B, *shape)`` of how far they can move its value
+    for inputs of magnitude ``mags`` (``|dW| m + |db|``, rounded up); None when its constants are exact."""
+    op = node.op
+    if isinstance(op, (Dense, Conv)) and (op.weight_err is not None or op.bias_err is not None):
+        w = op.weight_err if op.weight_err is not None else torch.zeros_like(op.weight)
+        b = op.bias_err if op.bias_err is not None else torch.zeros_like(op.bias)
+        if isinstance(op, Dense):
+            e = F.linear(mags[0], w, b)
+        else:
+            e = F.conv2d(pad_hw(mags[0], op.padding), w, b, op.stride, 0, op.dilation, op.groups)
+    elif isinstance(op, Scale) and (op.scale_err is not None or op.shift_err is not None):
+        e = mags[0] * (op.scale_err if op.scale_err is not None else 0.0)
+        e = e + (op.shift_err if op.shift_err is not None else 0.0)
+    else:
+        return None
+    return e * (1 + 2 * gamma(forward_terms(node, []), e.dtype))
+
+
 def forward_terms(node: Node, in_shapes: list[tuple[int, ...]]) -> int:
     """The most roundings that one output of ``node`` goes through in ``interval_node`` (and ``forward``)."""
     op = node.op
@@ -185,6 +209,8 @@ def spec_interval(net: Network, nodes: NodeBounds, C: Tensor, d: Tensor) -> Inte
         # the products above round: each entry sums n_out + 1 terms, bounded through the layer's terms
         terms = (C.abs() @ nodes.arith[net.output].flatten(1).unsqueeze(2)).squeeze(2) + d.abs()
         slack = gamma(out.op.weight.shape[0] + 2, C.dtype) * terms
+        if nodes.errs[net.output] is not None:  # and its constants may be off
+            slack = slack + (C.abs() @ nodes.errs[net.output].flatten(1).unsqueeze(2)).squeeze(2)
     else:
         lo, hi = nodes.bounds[net.output]
         W, c, slack = C, -d, None

@@ -1,7 +1,8 @@
 """The SMT engine: an exact encoding in linear real arithmetic, solved by z3.
 
-Every weight enters as the exact rational value of its float, and a ReLU is
-the disjunction ``(x <= 0 and y = 0) or (x > 0 and y = x)``, so the answer is
+Every weight enters as the exact rational value of its float (a network whose
+loading computed inexact constants gets no ``unsat``), and a ReLU is the
+disjunction ``(x <= 0 and y = 0) or (x > 0 and y = x)``, so the answer is
 exact for the network's real-arithmetic semantics.  The formula is written as
 SMT-LIB text (one named term per neuron, which z3 shares), parsed by z3 in C++.
 
@@ -40,7 +41,7 @@ from verifier.exact.linear_ops import INDEX_OPS, LINEAR_OPS, index_map, linear_m
 from verifier.exact.options import SmtOptions
 from verifier.exact.outcome import ExactOutcome
 from verifier.exact.witness import confirmed
-from verifier.network import Add, Input, MaxPool, Network, Relu
+from verifier.network import Add, Input, MaxPool, Network, Relu, has_errors
 from vnnlib.spec import Case, Polytope, Spec
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,10 @@ def smt_verify(net: Network, spec: Spec, deadline: Deadline, options: SmtOptions
                 break
     verdict = "unsat" if not pending else ("timeout" if "timeout" in pending else "unknown")
     message = f"{tally.boxes} boxes"
+    if verdict == "unsat" and has_errors(net):
+        # z3 decided the network with its constants as stored; some are only close to the model's
+        verdict, message = "unknown", "the network has inexact constants (verifier.constants): no exact proof"
+        log.info("smt: %s", message)
     return ExactOutcome(verdict, None, time.monotonic() - start, tally.checks, tally.disjunctions, message)
 
 

@@ -121,6 +121,7 @@ def _input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts:
         return contract_children(obj, children, res.linear)
 
     def tight(children: SubproblemBatch) -> SubproblemBatch:
+        gate.bounded = children.batch
         if opts.bound != "alpha":
             return children
         idx = torch.nonzero(~obj.ruled_out(children.bound)).flatten()
@@ -148,24 +149,17 @@ def _input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts:
     def settle(open_: SubproblemBatch) -> tuple[SubproblemBatch, Counterexample | None, bool]:
         cex = validate_best(probes, validate_fn) or check_centres(net, obj, open_, validate_fn)
         probes.clear()
-        nonlocal exact_time, productive
-        # held to their share of the time, unless the last call proved most of its boxes
-        in_share = productive or exact_time <= opts.exact_share * (time.monotonic() - start)
-        if cex is not None or opts.exact_unstable <= 0 or open_.intermediate is None or not in_share:
+        if cex is not None or opts.exact_unstable <= 0 or open_.intermediate is None:
+            return open_, cex, False
+        budget, least = gate.turn(open_.batch, deadline)
+        if budget is None:
             return open_, cex, False
         t = time.monotonic()
-        # their share of the time so far, and at least 2% of the time left (or half a second)
-        budget = Deadline(min(deadline.at, t + max(0.5, 0.02 * deadline.remaining(),
-                                                   opts.exact_share * (t - start) - exact_time)))
-        try:
-            kept, cex, undecided, tried = relu_leaves(net, obj, open_, validate_fn, opts, alpha_opts, budget)
-            productive = tried > 0 and 2 * (open_.batch - kept.batch) >= tried
-            return kept, cex, undecided
-        finally:
-            exact_time += time.monotonic() - t
+        kept, cex, undecided, _ = relu_leaves(net, obj, open_, validate_fn, opts, alpha_opts, budget, least)
+        gate.spent(time.monotonic() - t, open_.batch - kept.batch)
+        return kept, cex, undecided
 
-    # the ReLU-splitting boxes' time, held to opts.exact_share, and whether they proved most boxes last time
-    start, exact_time, productive = time.monotonic(), 0.0, False
+    gate = _LeafGate(opts.exact_share)
 
     strong = opts.strong_branching != "none"
     batch = max(1, opts.batch_size // (2 * net.n_inputs)) if strong else opts.batch_size
@@ -182,9 +176,39 @@ def contract_children(obj: CaseObjective, children: SubproblemBatch, linear: tup
     return replace(children, lower=lower, upper=upper, bound=bound)
 
 
+class _LeafGate:
+    """When input splitting hands boxes to ReLU splitting (``relu_leaves``): within ``share`` of the time,
+    or up to half of it while those searches close boxes faster than bisection does (it stalls on ReLUs
+    that no input split makes stable), with longer searches per box then."""
+
+    def __init__(self, share: float) -> None:
+        self.share, self.start = share, time.monotonic()
+        self.time = 0.0  # spent in the searches
+        self.proven = 0  # boxes they proved
+        self.closed = 0  # boxes bisection closed
+        self.bounded = 0  # children bounded in the current round
+
+    def turn(self, still_open: int, deadline: Deadline) -> tuple[Deadline | None, float]:
+        """The deadline of this round's searches (None: none this round) and the least time per box."""
+        self.closed += self.bounded - still_open
+        now = time.monotonic()
+        bisecting = max(1e-9, now - self.start - self.time)
+        faster = self.time > 0 and self.proven / self.time > self.closed / bisecting
+        share = 0.5 if faster else self.share
+        if self.time > share * (now - self.start):
+            return None, 0.0
+        budget = max(0.25, 0.02 * deadline.remaining(), share * (now - self.start) - self.time)
+        # the first box searched gets a real try, so that the rates can be compared
+        return Deadline(min(deadline.at, now + budget)), (2.0 if faster or self.time == 0 else 0.25)
+
+    def spent(self, seconds: float, proven: int) -> None:
+        self.time += seconds
+        self.proven += proven
+
+
 def relu_leaves(
     net: Network, obj: CaseObjective, open_: SubproblemBatch, validate_fn: ValidateFn, opts: BabOptions,
-    alpha_opts: AlphaOptions, deadline: Deadline, least: float = 2.0,
+    alpha_opts: AlphaOptions, deadline: Deadline, least: float = 0.25,
 ) -> tuple[SubproblemBatch, Counterexample | None, bool, int]:
     """Search the open boxes with few unstable ReLUs by ReLU splitting (each box its own case), where
     bisecting the input would take many more subdomains; a box leaves only when that search proves it.

@@ -10,6 +10,7 @@ on (residual Adds).  All rows of all domains are processed together.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -96,6 +97,8 @@ def backward_linear(
     dtype = const.dtype
     slack = torch.zeros_like(const)
     u = unit(dtype)
+    single = _single_consumer(net)
+    folded: set[int] = set()  # linear nodes whose slack a Relu after them already counted
     for i in range(max(acc), 0, -1):
         A = acc.pop(i, None)
         if A is None:
@@ -109,16 +112,29 @@ def backward_linear(
         elif isinstance(node.op, Relu):
             A_in, c = _relu_back(A, relax.relu[i], lower_slopes.get(i), split_terms.get(i))
             grads = [A_in.reshape(*A.shape[:2], *ins[0])]
-            slack = slack + _dot(A, relax.relu[i].terms)
+            p = node.inputs[0]
+            w_p = _slack_weight(net.nodes[p], [net.nodes[j].shape for j in net.nodes[p].inputs], relax, p) \
+                if single[p] else None
+            if w_p is None:
+                slack = slack + _dot(A, relax.relu[i].terms)
+            else:
+                # |A_in| <= (1 + 8u) |A| apart from the split term: one product counts the node before too
+                folded.add(p)
+                w_p = w_p.flatten(1)
+                slack = slack + _dot(A, relax.relu[i].terms + (1 + 8 * u) * w_p)
+                if i in split_terms:
+                    slack = slack + _dot(split_terms[i], w_p)
             if i in split_terms:  # the split term's sum rounds once more
-                slack = slack + u * _dot(A_in, relax.mags[node.inputs[0]])
+                slack = slack + u * _dot(A_in, relax.mags[p])
         elif isinstance(node.op, MaxPool):
             A_in, c = _maxpool_back(node.op, ins[0], A, relax.maxpool[i])
             grads = [A_in]
             slack = slack + _dot(A, relax.maxpool[i].terms)
         else:
             grads, c = linear_back(node, ins, A)
-            slack = slack + _linear_slack(node, ins, A, relax.arith[i], relax.errs[i] if relax.errs else None)
+            w = None if i in folded else _slack_weight(node, ins, relax, i)
+            if w is not None:
+                slack = slack + _dot(A, w)
         if c is not None:
             const = const + c
             slack = slack + u * const.detach().abs()
@@ -144,18 +160,28 @@ def _dot(A: Tensor, w: Tensor) -> Tensor:
         return (A.abs() @ w.unsqueeze(2)).squeeze(2)
 
 
-def _linear_slack(node: Node, ins: list[tuple[int, ...]], A: Tensor, terms: Tensor | None,
-                  err: Tensor | None = None) -> Tensor | float:
-    """A bound of the rounding of ``linear_back`` on rows ``A`` (``terms``: the node's ``arith``), and of
-    what its inexact constants can change (``err``: the node's ``errs``)."""
-    if isinstance(node.op, Pad) and node.op.value:
-        g = gamma(backward_terms(node, ins), A.dtype)
-        with torch.no_grad():
-            return g * abs(node.op.value) * A.detach().flatten(2).abs().sum(-1)
-    if terms is None or isinstance(node.op, Add):  # Add only copies the rows
-        return 0.0
-    weight = gamma(backward_terms(node, ins), A.dtype) * terms
-    return _dot(A, weight if err is None else weight + err)
+def _slack_weight(node: Node, ins: list[tuple[int, ...]], relax: Relaxations, i: int) -> Tensor | None:
+    """``w`` ``(B, *shape)`` such that ``linear_back`` on rows ``A`` rounds by at most ``<|A|, w>``, with what
+    the node's inexact constants can change (``relax.errs``); None for a node that only moves values."""
+    op = node.op
+    if isinstance(op, Pad) and op.value:
+        return gamma(backward_terms(node, ins), relax.mags[i].dtype) * abs(op.value) * torch.ones_like(relax.mags[i])
+    terms = relax.arith[i] if i < len(relax.arith) else None
+    if terms is None or isinstance(op, Add):  # Add only copies the rows
+        return None
+    weight = gamma(backward_terms(node, ins), terms.dtype) * terms
+    err = relax.errs[i] if relax.errs else None
+    return weight if err is None else weight + err
+
+
+@functools.cache
+def _single_consumer(net: Network) -> tuple[bool, ...]:
+    """Per node, whether exactly one node reads it."""
+    count = [0] * len(net.nodes)
+    for node in net.nodes:
+        for j in node.inputs:
+            count[j] += 1
+    return tuple(c == 1 for c in count)
 
 
 def backward_terms(node: Node, in_shapes: list[tuple[int, ...]]) -> int:

@@ -48,6 +48,7 @@ class Relaxations:
     mags: list[Tensor] = field(default_factory=list)
     arith: list[Tensor | None] = field(default_factory=list)
     errs: list[Tensor | None] = field(default_factory=list)
+    rigorous: bool = True  # False: estimates without rounding slack (``NodeBounds.rigorous``)
 
 
 def backward_lower(
@@ -67,7 +68,7 @@ def backward_lower(
     pre-activation (beta-CROWN's split multipliers).
     """
     A0, const = backward_linear(net, start, const, relax, lower_slopes, split_terms)
-    return concretize(A0, const, box)
+    return concretize(A0, const, box, relax.rigorous)
 
 
 def backward_linear(
@@ -94,11 +95,8 @@ def backward_linear(
     lower_slopes = lower_slopes or {}
     split_terms = split_terms or {}
     given = given or {}
-    dtype = const.dtype
-    slack = torch.zeros_like(const)
-    u = unit(dtype)
-    single = _single_consumer(net)
-    folded: set[int] = set()  # linear nodes whose slack a Relu after them already counted
+    rigor = relax.rigorous
+    slack = _Slack(net, relax, const)
     for i in range(max(acc), 0, -1):
         A = acc.pop(i, None)
         if A is None:
@@ -108,45 +106,77 @@ def backward_linear(
         if isinstance(node.op, Relu) and i in given:
             A_in, c, s = _relu_given(A, relax.relu[i], given[i])
             grads = [A_in.reshape(*A.shape[:2], *ins[0])]
-            slack = slack + s
+            slack.add(s)
         elif isinstance(node.op, Relu):
             A_in, c = _relu_back(A, relax.relu[i], lower_slopes.get(i), split_terms.get(i))
             grads = [A_in.reshape(*A.shape[:2], *ins[0])]
-            p = node.inputs[0]
-            w_p = _slack_weight(net.nodes[p], [net.nodes[j].shape for j in net.nodes[p].inputs], relax, p) \
-                if single[p] else None
-            if w_p is None:
-                slack = slack + _dot(A, relax.relu[i].terms)
-            else:
-                # |A_in| <= (1 + 8u) |A| apart from the split term: one product counts the node before too
-                folded.add(p)
-                w_p = w_p.flatten(1)
-                slack = slack + _dot(A, relax.relu[i].terms + (1 + 8 * u) * w_p)
-                if i in split_terms:
-                    slack = slack + _dot(split_terms[i], w_p)
-            if i in split_terms:  # the split term's sum rounds once more
-                slack = slack + u * _dot(A_in, relax.mags[p])
+            if rigor:
+                slack.relu(i, A, A_in, split_terms.get(i))
         elif isinstance(node.op, MaxPool):
             A_in, c = _maxpool_back(node.op, ins[0], A, relax.maxpool[i])
             grads = [A_in]
-            slack = slack + _dot(A, relax.maxpool[i].terms)
+            if rigor:
+                slack.add(_dot(A, relax.maxpool[i].terms))
         else:
             grads, c = linear_back(node, ins, A)
-            w = None if i in folded else _slack_weight(node, ins, relax, i)
-            if w is not None:
-                slack = slack + _dot(A, w)
+            if rigor:
+                slack.linear(i, A)
         if c is not None:
             const = const + c
-            slack = slack + u * const.detach().abs()
+            if rigor:
+                slack.add(unit(const.dtype) * const.detach().abs())
         for j, g in zip(node.inputs, grads, strict=True):
             if j in acc:
                 acc[j] = acc[j] + g
-                slack = slack + u * _dot(acc[j], relax.mags[j])
+                if rigor:
+                    slack.add(unit(const.dtype) * _dot(acc[j], relax.mags[j]))
             else:
                 acc[j] = g
     A0 = acc.get(0)
-    # the slack's own sums of non-negative terms are covered by the reserve in ``gamma``
-    return (None if A0 is None else A0.flatten(2)), down(const - (slack + eta(dtype)))
+    return (None if A0 is None else A0.flatten(2)), (slack.lower(const) if rigor else const)
+
+
+class _Slack:
+    """The running bound of a backward pass's rounding (a private accumulator of ``backward_linear``)."""
+
+    def __init__(self, net: Network, relax: Relaxations, const: Tensor) -> None:
+        self.net, self.relax = net, relax
+        self.total = torch.zeros_like(const)
+        self.single = _single_consumer(net)
+        self.folded: set[int] = set()  # linear nodes whose slack a Relu after them already counted
+
+    def add(self, s: Tensor) -> None:
+        self.total = self.total + s
+
+    def relu(self, i: int, A: Tensor, A_in: Tensor, split_term: Tensor | None) -> None:
+        relax, p = self.relax, self.net.nodes[i].inputs[0]
+        u = unit(A.dtype)
+        w_p = self._weight(p) if self.single[p] else None
+        if w_p is None:
+            self.add(_dot(A, relax.relu[i].terms))
+        else:
+            # |A_in| <= (1 + 8u) |A| apart from the split term: one product counts the node before too
+            self.folded.add(p)
+            w_p = w_p.flatten(1)
+            self.add(_dot(A, relax.relu[i].terms + (1 + 8 * u) * w_p))
+            if split_term is not None:
+                self.add(_dot(split_term, w_p))
+        if split_term is not None:  # the split term's sum rounds once more
+            self.add(u * _dot(A_in, relax.mags[p]))
+
+    def linear(self, i: int, A: Tensor) -> None:
+        w = None if i in self.folded else self._weight(i)
+        if w is not None:
+            self.add(_dot(A, w))
+
+    def _weight(self, i: int) -> Tensor | None:
+        node = self.net.nodes[i]
+        return _slack_weight(node, [self.net.nodes[j].shape for j in node.inputs], self.relax, i)
+
+    def lower(self, const: Tensor) -> Tensor:
+        """``const`` lowered by the slack (the slack's own sums of non-negative terms are covered by the
+        reserve in ``gamma``), rounded down."""
+        return down(const - (self.total + eta(const.dtype)))
 
 
 def _dot(A: Tensor, w: Tensor) -> Tensor:
@@ -199,14 +229,17 @@ def backward_terms(node: Node, in_shapes: list[tuple[int, ...]]) -> int:
     return node.size + 1  # Scale: a product per coefficient, and the sum of the constant terms
 
 
-def concretize(A0: Tensor | None, const: Tensor, box: tuple[Tensor, Tensor]) -> Tensor:
-    """A rigorous lower bound ``(B, R)`` of the minimum of ``A0 x + const`` over the box ``[lo, hi]`` ``(B, n_in)``."""
+def concretize(A0: Tensor | None, const: Tensor, box: tuple[Tensor, Tensor], rigorous: bool = True) -> Tensor:
+    """A rigorous lower bound ``(B, R)`` of the minimum of ``A0 x + const`` over the box ``[lo, hi]`` ``(B, n_in)``
+    (``rigorous=False``: the minimum as computed, an estimate)."""
     if A0 is None:
         return const
     lo, hi = box
     # each coefficient takes its minimizing end of the box as it is: the centre-radius form rounds the
     # centre and the radius, which can lift the bound of a box touching the unsafe set above 0
     value = const + (A0.clamp(min=0) @ lo.unsqueeze(2)).squeeze(2) + (A0.clamp(max=0) @ hi.unsqueeze(2)).squeeze(2)
+    if not rigorous:
+        return value
     with torch.no_grad():
         terms = (A0.detach().abs() @ magnitude(lo, hi).unsqueeze(2)).squeeze(2) + const.detach().abs()
         slack = gamma(2 * A0.shape[-1] + 3, A0.dtype) * terms + eta(A0.dtype)

@@ -76,10 +76,12 @@ def crown_sweep(
     known: IntermediateBounds | None = None,
     row_slopes: RowSlopes | None = None,
     reuse_known: int = 0,
+    rigorous: bool = True,
 ) -> CrownState:
     """Bounds of every node, CROWN-tightened at the inputs of the nonlinear nodes
-    (except the pre-activations of ReLU layers below ``reuse_known``, taken from ``known``)."""
-    relax = Relaxations({}, {})
+    (except the pre-activations of ReLU layers below ``reuse_known``, taken from ``known``);
+    ``rigorous=False`` only for estimates that nothing is dropped on (``NodeBounds.rigorous``)."""
+    relax = Relaxations({}, {}, rigorous=rigorous)
     box = (domains.lower, domains.upper)
     maxpool_inputs = {n.inputs[0] for n in net.nodes if isinstance(n.op, MaxPool)}
     reused = {p for k, p in enumerate(relu_inputs(net)) if k < reuse_known} - maxpool_inputs
@@ -98,7 +100,7 @@ def crown_sweep(
         slopes = row_slopes(i, idx) if row_slopes is not None else None
         bound = backward_lower(net, start, const, box,
                                replace(relax, mags=nodes.mags, arith=nodes.arith, errs=nodes.errs), slopes)  # (B, 2R)
-        if isinstance(net.nodes[i].op, Dense) and nodes.errs[i] is not None:
+        if isinstance(net.nodes[i].op, Dense) and rigorous and nodes.errs[i] is not None:
             # the rows of a Dense node start from its weight as stored: add what its constants may be off by
             e = nodes.errs[i].flatten(1).gather(1, idx)  # (B, R)
             bound = down(bound - torch.cat([e, e], 1))
@@ -106,7 +108,7 @@ def crown_sweep(
         new_hi = torch.full_like(hi, float("inf")).scatter(1, idx, -bound[:, R:])
         return new_lo, new_hi
 
-    nodes = sweep(net, domains, known, refine)
+    nodes = sweep(net, domains, known, refine, rigorous)
     _relax_upto(net, len(net.nodes), nodes.bounds, relax)
     return CrownState(nodes, replace(relax, mags=nodes.mags, arith=nodes.arith, errs=nodes.errs))
 

@@ -38,6 +38,9 @@ class NodeBounds:
     arith: list[Tensor | None] = field(default_factory=list)  # (B, *shape) or None for exact nodes
     # (B, *shape): how far the node's inexact constants (``*_err``) can move its value, or None
     errs: list[Tensor | None] = field(default_factory=list)
+    # False for the float32 estimates that slope optimization iterates on (alpha.py): no rounding slack,
+    # bounds that cross mark nothing empty; nothing computed from them may drop a region
+    rigorous: bool = True
 
 
 def ibp(
@@ -63,6 +66,7 @@ def sweep(
     domains: Domains,
     known: IntermediateBounds | None = None,
     refine: Refine | None = None,
+    rigorous: bool = True,
 ) -> NodeBounds:
     """Propagate intervals node by node, widened by their rounding error (``rounding_terms``); at each
     node feeding a nonlinearity, intersect with the known bounds, ``refine`` (if given) and the split
@@ -75,7 +79,7 @@ def sweep(
     B = domains.batch
     need = set(bounded_nodes(net))
     layers_of = relu_layers_of(net)
-    nodes = NodeBounds([], torch.zeros(B, dtype=torch.bool, device=domains.lower.device))
+    nodes = NodeBounds([], torch.zeros(B, dtype=torch.bool, device=domains.lower.device), rigorous=rigorous)
     empty = nodes.empty
     for i, node in enumerate(net.nodes):
         if isinstance(node.op, Input):
@@ -83,8 +87,8 @@ def sweep(
             q = None
         else:
             lo, hi = interval_node(node, [nodes.bounds[j] for j in node.inputs])
-            q = node_terms(node, [nodes.mags[j] for j in node.inputs])
-            e = node_error(node, [nodes.mags[j] for j in node.inputs])
+            q = node_terms(node, [nodes.mags[j] for j in node.inputs]) if rigorous else None
+            e = node_error(node, [nodes.mags[j] for j in node.inputs]) if rigorous else None
             if q is not None:
                 g = gamma(forward_terms(node, [net.nodes[j].shape for j in node.inputs]), lo.dtype)
                 width = g * q if e is None else g * q + e
@@ -106,7 +110,8 @@ def sweep(
             if domains.splits is not None:
                 for k in layers_of.get(i, []):
                     lo, hi = apply_split(lo, hi, domains.splits[k])
-            empty = empty | (lo > hi).any(1)
+            if rigorous:
+                empty = empty | (lo > hi).any(1)
             lo, hi = torch.minimum(lo, hi).reshape(shape), torch.maximum(lo, hi).reshape(shape)
             nodes.bounds[i] = (lo, hi)
         nodes.mags.append(magnitude(lo, hi))
@@ -202,20 +207,22 @@ def pad_hw(x: Tensor, padding: tuple[int, int, int, int], value: float = 0.0) ->
 def spec_interval(net: Network, nodes: NodeBounds, C: Tensor, d: Tensor) -> Interval:
     """Rigorous interval of ``C y - d``, with ``C`` folded into the output layer when it is Dense."""
     out = net.nodes[net.output]
+    slack = None
     if isinstance(out.op, Dense):
         lo, hi = nodes.bounds[out.inputs[0]]
         W = C @ out.op.weight  # (B, S, n)
         c = torch.einsum("bso,o->bs", C, out.op.bias) - d  # (B, S)
+    else:
+        lo, hi = nodes.bounds[net.output]
+        W, c = C, -d
+    if isinstance(out.op, Dense) and nodes.rigorous:
         # the products above round: each entry sums n_out + 1 terms, bounded through the layer's terms
         terms = (C.abs() @ nodes.arith[net.output].flatten(1).unsqueeze(2)).squeeze(2) + d.abs()
         slack = gamma(out.op.weight.shape[0] + 2, C.dtype) * terms
         if nodes.errs[net.output] is not None:  # and its constants may be off
             slack = slack + (C.abs() @ nodes.errs[net.output].flatten(1).unsqueeze(2)).squeeze(2)
-    else:
-        lo, hi = nodes.bounds[net.output]
-        W, c, slack = C, -d, None
     box = (lo.flatten(1), hi.flatten(1))  # (B, n)
-    lower, upper = concretize(W, c, box), -concretize(-W, -c, box)
+    lower, upper = concretize(W, c, box, nodes.rigorous), -concretize(-W, -c, box, nodes.rigorous)
     if slack is not None:
         lower, upper = down(lower - slack), up(upper + slack)
     return lower, upper

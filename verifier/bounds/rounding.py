@@ -55,6 +55,18 @@ def up(x: Tensor) -> Tensor:
     return torch.where(torch.isinf(x), x, torch.nextafter(x, x.new_tensor(float("inf"))))
 
 
+def cast_down(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """``x`` cast to ``dtype``, rounded toward ``-inf`` where the cast is inexact."""
+    y = x.to(dtype)
+    return torch.where(y.to(x.dtype) > x, torch.nextafter(y, y.new_tensor(float("-inf"))), y)
+
+
+def cast_up(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """``x`` cast to ``dtype``, rounded toward ``+inf`` where the cast is inexact."""
+    y = x.to(dtype)
+    return torch.where(y.to(x.dtype) < x, torch.nextafter(y, y.new_tensor(float("inf"))), y)
+
+
 def magnitude(lo: Tensor, hi: Tensor) -> Tensor:
     """``max(|lo|, |hi|)``: a bound of ``|v|`` for every ``v`` in ``[lo, hi]``."""
     return torch.maximum(lo.abs(), hi.abs())

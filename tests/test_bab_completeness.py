@@ -1,10 +1,11 @@
 """Completeness of branch and bound: on hundreds of random small networks and specs,
-both branching rules (input splitting and ReLU splitting) reach the exact verdict.
+both branching rules (input splitting and ReLU splitting) reach the expected verdict.
 
-The exact verdict comes from the MILP engine: the exact optimum of the spec's margin
-(one MILP per polytope), and the threshold a little above it (sat) or below it (unsat),
-so half of the problems are sat and none sits on the boundary.  A sat verdict carries a counterexample
-replayed through onnxruntime on an export of the network.
+The threshold is placed a little above (sat) or below (unsat) the spec margin's optimum
+that the MILP engine (HiGHS) reports, so half of the problems are sat and none sits on the
+boundary.  HiGHS's optimum is a hint, not a truth: a sat verdict here carries a counterexample
+replayed through onnxruntime, and a wrong optimum would show as a disagreement.  Soundness
+against an exact oracle (z3 over rationals) is ``test_soundness.py``'s.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Exact (complete) backends: MILP on HiGHS, SMT on z3, and the LP relaxation.
+"""Exact (complete) backends: MILP on HiGHS (its answers are hints), SMT on z3 (exact), and the LP
+relaxation.
 
 Entry points: ``milp_verify``/``smt_verify`` (a whole spec), ``milp_check`` (one
 branch-and-bound leaf), ``count_unstable`` (for the auto engine choice),

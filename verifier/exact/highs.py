@@ -76,7 +76,7 @@ class LpSession:
         self._AT = problem.A.T.tocsr()
 
     def minimize(self, cost: np.ndarray, offset: float = 0.0, time_limit: float | None = None) -> float:
-        """A sound lower bound on ``min cost @ v + offset`` over the LP (``inf`` if infeasible)."""
+        """A lower bound on ``min cost @ v + offset`` over the LP as encoded (``inf`` if infeasible)."""
         h = self._h
         h.setOptionValue("time_limit", max(_MIN_TIME, time_limit) if time_limit is not None else math.inf)
         h.changeColsCost(self._cols.size, self._cols, np.asarray(cost, dtype=np.float64))

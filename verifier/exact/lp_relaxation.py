@@ -2,8 +2,9 @@
 
 Every unstable ReLU is replaced by its convex hull on ``[l, u]`` (Ehlers,
 ATVA 2017).  Each LP is built once and solved for many objectives by changing
-only the cost vector (warm-started simplex); every returned bound is made
-sound by weak duality (see ``LpSession``).
+only the cost vector (warm-started simplex); every returned bound is recomputed
+by weak duality (see ``LpSession``) for the LP as encoded in float64: hints for
+the MILP engine, not proofs about the network.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
-"""The MILP engine: a whole spec (``milp_verify``) or one branch-and-bound leaf (``milp_check``).
+"""The MILP engine: a whole spec (``milp_verify``) or one region (``milp_check``), on HiGHS.
 
 Each (case, polytope) pair is one problem, solved in order with an early exit
-on the first confirmed counterexample.  ``infeasible`` rules the polytope out;
-a feasible point is a candidate that our forward pass must confirm (the caller
-then replays it through onnxruntime); a time limit gives ``timeout``.
+on the first confirmed counterexample.  HiGHS's ``infeasible`` is its word, not
+a proof (the encoding is float64 and its MIP status is not certified): an
+``unsat`` from here is a hint that ``api.run_pipeline`` proves by branch and
+bound.  A feasible point is a candidate that our forward pass must confirm (the
+caller then replays it through onnxruntime); a time limit gives ``timeout``.
 """
 
 from __future__ import annotations

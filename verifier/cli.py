@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit status: 0 any verdict, 2 usage, 3 bad input (missing/malformed file, shape mismatch, "
         "bad config), 4 unsupported model, 5 internal error.",
     )
-    p.add_argument("model", help="ONNX model file")
+    p.add_argument("model", help="ONNX model file (.onnx or .onnx.gz)")
     p.add_argument("spec", help="VNN-LIB property file (.vnnlib or .vnnlib.gz)")
     p.add_argument("--timeout", type=float, default=None, help="wall-clock limit in seconds")
     p.add_argument("--out", help="also write the result (VNN-COMP format) to this file")

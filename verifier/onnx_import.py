@@ -28,6 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from verifier import constants
 from verifier.errors import InputFileError, ModelError, UnsupportedModelError
+from verifier.files import read_model_bytes
 from verifier.fold import fold
 from verifier.network import (
     Add,
@@ -57,14 +58,9 @@ _MAX_LISTED = 20  # unsupported nodes named in the error message
 
 
 def load_onnx(path: str | os.PathLike, dtype: torch.dtype | None = None) -> Network:
-    """Read an ONNX file and import it (see ``load_onnx_model``)."""
+    """Read an ONNX file (``.onnx`` or gzipped ``.onnx.gz``) and import it (see ``load_onnx_model``)."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise InputFileError(f"model file not found: {path}") from None
-    except OSError as e:
-        raise InputFileError(f"cannot read model file {path}: {e.strerror or e}") from None
+    data = read_model_bytes(path)
     try:
         model = onnx.load_model_from_string(data)
     except Exception as e:  # protobuf raises DecodeError or RuntimeWarning-like errors

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from verifier.files import is_gzipped, read_model_bytes
 from verifier.result import Counterexample
 from vnnlib.spec import Case, Spec
 
@@ -26,7 +27,7 @@ _ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor
 
 
 class Replayer:
-    """An onnxruntime session on the original ONNX file, run one sample at a time.
+    """An onnxruntime session on the original ONNX file (plain or gzipped), run one sample at a time.
 
     The session is opened on first use: a run that proves the property never needs it.
     """
@@ -42,7 +43,9 @@ class Replayer:
         opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
-        return ort.InferenceSession(str(self.model_path), sess_options=opts, providers=["CPUExecutionProvider"])
+        # a plain file by its path (onnxruntime then finds external data beside it), a gzipped one unpacked
+        source = read_model_bytes(self.model_path) if is_gzipped(self.model_path) else str(self.model_path)
+        return ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
 
     @functools.cached_property
     def input_name(self) -> str:

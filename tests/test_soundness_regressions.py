@@ -190,3 +190,22 @@ def test_a_box_of_fixed_inputs_that_float32_cannot_hold_has_counterexamples(tmp_
     result = verify(tmp_path / "m.onnx", spec, timeout=30)
     assert result.status is Status.SAT
     assert np.array_equal(result.counterexample.x[2:], x[2:])  # the fixed values, as written
+
+
+def test_a_normalization_folded_into_the_next_layer_keeps_its_rounding(tmp_path: Path) -> None:
+    """Found by the soundness campaign (family ``scales``, seed 129): a float32 model whose input
+    normalization (``x / std - mean / std``) loading folds into the next Dense.  Folded in float64 and cast
+    back to float32, the weights were another network's, and the spec (a counterexample 3e-7 inside the
+    unsafe set) was answered unsat by every engine that loaded the ONNX file; the folded constants now
+    carry their rounding (``verifier.constants``)."""
+    from benchmarks.soundness import make_problem
+    from vnnlib.writer import write_spec
+
+    problem = make_problem("scales", 129)
+    assert problem.truth.verdict == "sat"
+    save_onnx(problem.net, tmp_path / "m.onnx")
+    (tmp_path / "s.vnnlib").write_text(write_spec(problem.spec))
+    for engine in ("auto", "smt", "milp"):
+        result = verify(tmp_path / "m.onnx", tmp_path / "s.vnnlib", timeout=30,
+                        config=load_config(overrides={"engine": engine}))
+        assert result.status is not Status.UNSAT, engine

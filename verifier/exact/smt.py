@@ -41,7 +41,7 @@ from verifier.exact.linear_ops import INDEX_OPS, LINEAR_OPS, index_map, linear_m
 from verifier.exact.options import SmtOptions
 from verifier.exact.outcome import ExactOutcome
 from verifier.exact.witness import confirmed
-from verifier.network import Add, Input, MaxPool, Network, Relu, has_errors
+from verifier.network import Add, AvgPool, Input, MaxPool, Network, Relu, has_errors
 from vnnlib.spec import Case, Polytope, Spec
 
 log = logging.getLogger(__name__)
@@ -352,7 +352,7 @@ def _formula(net: Network, lower, upper, bounds: ReluBounds | None) -> tuple[str
             out = _define(lines, i, [f"(+ {a} {b})" for a, b in zip(args[0], args[1])])
         elif isinstance(op, LINEAR_OPS):
             matrix, offset = linear_map(node, net.nodes[node.inputs[0]].shape)
-            out = _define(lines, i, _affine_terms(matrix, offset, args[0]))
+            out = _define(lines, i, _affine_terms(matrix, offset, args[0], exact_inverse=isinstance(op, AvgPool)))
         elif isinstance(op, INDEX_OPS):
             idx, fill = index_map(node, [net.nodes[j].shape for j in node.inputs])
             flat = [v for a in args for v in a]
@@ -374,11 +374,16 @@ def _define_outputs(lines: list[str], values: list[str]) -> None:
     lines += [f"(define-fun out_{j} () Real {v})" for j, v in enumerate(values)]
 
 
-def _affine_terms(matrix, offset: np.ndarray, args: list[str]) -> list[str]:
+def _affine_terms(matrix, offset: np.ndarray, args: list[str], exact_inverse: bool = False) -> list[str]:
+    """The terms ``M x + c``; with ``exact_inverse`` every weight is ``1 / n`` for an integer ``n`` (an average)
+    and enters as that exact rational, not as its float."""
+    def weight(w: float) -> str:
+        return _frac(Fraction(1, int(round(1.0 / w)))) if exact_inverse else _rat(w)
+
     terms = []
     for i in range(matrix.shape[0]):
         lo, hi = matrix.indptr[i], matrix.indptr[i + 1]
-        parts = [f"(* {_rat(w)} {args[j]})" for w, j in zip(matrix.data[lo:hi], matrix.indices[lo:hi]) if w != 0]
+        parts = [f"(* {weight(w)} {args[j]})" for w, j in zip(matrix.data[lo:hi], matrix.indices[lo:hi]) if w != 0]
         terms.append(f"(+ {' '.join(parts)} {_rat(offset[i])})" if parts else _rat(offset[i]))
     return terms
 

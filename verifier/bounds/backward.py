@@ -241,7 +241,7 @@ def concretize(A0: Tensor | None, const: Tensor, box: tuple[Tensor, Tensor], rig
     if not rigorous:
         return value
     with torch.no_grad():
-        terms = (A0.detach().abs() @ magnitude(lo, hi).unsqueeze(2)).squeeze(2) + const.detach().abs()
+        terms = _dot(A0, magnitude(lo, hi)) + const.detach().abs()
         slack = gamma(2 * A0.shape[-1] + 3, A0.dtype) * terms + eta(A0.dtype)
     return down(value - slack)
 

@@ -108,7 +108,7 @@ def crown_sweep(
         new_hi = torch.full_like(hi, float("inf")).scatter(1, idx, -bound[:, R:])
         return new_lo, new_hi
 
-    nodes = sweep(net, domains, known, refine, rigorous)
+    nodes = sweep(net, domains, known, refine, rigorous, frozenset(reused) if known is not None else frozenset())
     _relax_upto(net, len(net.nodes), nodes.bounds, relax)
     return CrownState(nodes, replace(relax, mags=nodes.mags, arith=nodes.arith, errs=nodes.errs))
 

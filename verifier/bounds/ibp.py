@@ -7,6 +7,7 @@ feed a nonlinearity (``refine``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -67,10 +68,13 @@ def sweep(
     known: IntermediateBounds | None = None,
     refine: Refine | None = None,
     rigorous: bool = True,
+    as_known: frozenset[int] = frozenset(),
 ) -> NodeBounds:
     """Propagate intervals node by node, widened by their rounding error (``rounding_terms``); at each
     node feeding a nonlinearity, intersect with the known bounds, ``refine`` (if given) and the split
-    states.
+    states.  The nodes ``as_known`` (pre-activations) take the known bounds as they are, without
+    interval arithmetic (branch and bound's children keep their parent's bounds up to the layer they
+    split).
 
     All bounds are rigorous, so bounds that cross prove the domain empty (a split contradicted, or
     proven bounds that exclude each other); such a domain is marked empty and its bounds replaced
@@ -85,6 +89,12 @@ def sweep(
         if isinstance(node.op, Input):
             lo, hi = domains.lower.reshape(B, *node.shape), domains.upper.reshape(B, *node.shape)
             q = None
+        elif i in as_known and known is not None:
+            k = layers_of[i][0]
+            lo = known.lower[k].expand(B, -1).reshape(B, *node.shape)
+            hi = known.upper[k].expand(B, -1).reshape(B, *node.shape)
+            q = node_terms(node, [nodes.mags[j] for j in node.inputs]) if rigorous else None
+            e = node_error(node, [nodes.mags[j] for j in node.inputs]) if rigorous else None
         else:
             lo, hi = interval_node(node, [nodes.bounds[j] for j in node.inputs])
             q = node_terms(node, [nodes.mags[j] for j in node.inputs]) if rigorous else None
@@ -151,8 +161,14 @@ def interval_node(node: Node, args: list[Interval]) -> Interval:
 def node_terms(node: Node, mags: list[Tensor]) -> Tensor | None:
     """For a node whose forward computation rounds, a bound ``(B, *shape)`` of the sum of the absolute
     values of the terms summed into each output (``|W| m + |b|`` for an affine node with inputs of
-    magnitude ``m``); None for a node that only moves values (exact)."""
+    magnitude ``m``); None for a node that only moves values (exact).  In float64 the rounding terms
+    are so small that ``(sum_j |W_ij|) max m + |b_i|`` (no matrix product) does."""
     op = node.op
+    if isinstance(op, (Dense, Conv)) and mags[0].dtype == torch.float64:
+        rows, bias = _abs_rows(op)  # (m,) or (C,), the same
+        top = mags[0].flatten(1).amax(1)  # (B,)
+        q = top[:, None] * rows[None] + bias[None]  # (B, m) or (B, C)
+        return q if isinstance(op, Dense) else q[:, :, None, None].expand(-1, -1, *node.shape[1:])
     if isinstance(op, Dense):
         return F.linear(mags[0], op.weight.abs(), op.bias.abs())
     if isinstance(op, Conv):
@@ -165,6 +181,12 @@ def node_terms(node: Node, mags: list[Tensor]) -> Tensor | None:
     if isinstance(op, AvgPool):
         return apply_node(node, mags)
     return None
+
+
+@functools.lru_cache(maxsize=64)
+def _abs_rows(op: Dense | Conv) -> tuple[Tensor, Tensor]:
+    """The sum of ``|W|`` over each output's inputs, and ``|b|``."""
+    return op.weight.abs().flatten(1).sum(1), op.bias.abs()
 
 
 def node_error(node: Node, mags: list[Tensor]) -> Tensor | None:

@@ -133,11 +133,14 @@ def split_relus(parents: SubproblemBatch, flat: Tensor) -> SubproblemBatch:
 
 def strong_input_split(
     parents: SubproblemBatch, bound: Callable[[SubproblemBatch], SubproblemBatch], obj: CaseObjective,
+    finish: Callable[[SubproblemBatch], SubproblemBatch] | None = None,
 ) -> SubproblemBatch:
     """Bisect every parent along the input dimension whose two halves bound best.
 
     All ``n_in`` candidate splits of all parents are scored in one batched call
-    of ``bound`` (a cheap method); the chosen children keep what it computed.
+    of ``bound`` (a cheap method); the chosen children keep what it computed, or,
+    with ``finish``, are bisected again and bounded by ``finish`` (when ``bound``
+    only estimates).
     """
     B, n = parents.lower.shape
     dims = torch.arange(n, device=parents.lower.device).repeat_interleave(B)  # (n B,) dim of each copy
@@ -158,6 +161,8 @@ def strong_input_split(
     near = best_child >= top - (1e-3 * top.abs() + 1e-6)
     relative = relative.T  # (n, B)
     best = torch.where(near, relative, torch.full_like(relative, -1.0)).argmax(dim=0)  # (B,)
+    if finish is not None:
+        return finish(bisect_inputs(parents, best))
     b = torch.arange(B, device=best.device)
     low = best * B + b
     chosen = cand.select(torch.cat([low, low + n * B]))

@@ -45,22 +45,25 @@ def crown(
     need_upper: bool = False,
     reuse_known: int = 0,
     need_linear: bool = False,
+    rigorous: bool = True,
 ) -> BoundResult:
     """CROWN bounds of ``C f(x) - d`` ``(B, S)`` over each domain (``None`` C: the outputs),
     intersected with the interval bounds.  ``known`` pre-activation bounds (e.g. the
     parent's) are intersected with the computed ones; the ReLU layers below
     ``reuse_known`` take them as they are, without a backward pass (after a split at
     layer ``k``, layers ``0..k`` are unchanged, so branch-and-bound can pass ``k + 1``).
-    ``need_linear`` also returns the rows' linear lower bounds in ``x`` (``BoundResult.linear``)."""
+    ``need_linear`` also returns the rows' linear lower bounds in ``x`` (``BoundResult.linear``).
+    ``rigorous=False``: estimates without rounding slack (``NodeBounds.rigorous``), to rank
+    choices only; nothing may be dropped on them."""
     check_domains(net, domains)
     check_known(net, known, domains.batch, reuse_known)
     disable_tf32(domains.lower.device)
     C, d = spec_rows(net, domains.batch, C, d)
     with torch.no_grad():
-        state = crown_sweep(net, domains, known, reuse_known=reuse_known)
+        state = crown_sweep(net, domains, known, reuse_known=reuse_known, rigorous=rigorous)
         S = d.shape[1]
         A0, const = final_linear(net, state, C, d, need_upper=need_upper)
-        bound = concretize(A0, const, (domains.lower, domains.upper))
+        bound = concretize(A0, const, (domains.lower, domains.upper), rigorous)
         lower, upper = bound[:, :S], (-bound[:, S:] if need_upper else None)
         linear = (A0[:, :S], const[:, :S]) if need_linear else None
         ibp_lower, ibp_upper = spec_interval(net, state.nodes, C, d)

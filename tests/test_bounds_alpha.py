@@ -76,6 +76,25 @@ def test_two_neuron_network_by_hand() -> None:
     torch.testing.assert_close(c.slopes.final[0][0, 0], half, atol=0.05, rtol=0)
 
 
+@pytest.mark.parametrize("intermediate", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("box", ["stable", "no relu"])
+def test_nothing_to_optimize(box: str, intermediate: bool, dtype: torch.dtype) -> None:
+    """Both ReLUs of the two-neuron net are active on a box of x1 > |x2|, and a net without ReLUs has no
+    slope at all: the bound is exact and no parameter reaches it (alpha-CROWN used to call backward() on a
+    constant there, as the refinement does on the sub-network up to the first layer)."""
+    net = two_neuron_net()
+    if box == "no relu":  # y = x1 + x2
+        net = Network((net.nodes[0], Node(Dense(torch.tensor([[1.0, 1.0]], dtype=torch.float64),
+                                                torch.tensor([0.0], dtype=torch.float64)), (0,), (1,))), 1)
+    net = net.to(dtype=dtype)
+    dom = Domains(torch.tensor([[2.0, -0.5]], dtype=dtype), torch.tensor([[3.0, 0.5]], dtype=dtype))
+    opts = AlphaOptions(iterations=5, early_stop=False, optimize_intermediate=intermediate)
+    res = alpha_crown(net, dom, options=opts)
+    exact = 2.0 if box == "stable" else 1.5  # y = (x1 + x2) + (x1 - x2) - x1 = x1, or y = x1 + x2
+    assert exact - 1e-5 <= float(res.lower) <= exact
+
+
 @pytest.mark.parametrize("with_splits", [False, True])
 @pytest.mark.parametrize("seed", range(4))
 def test_ordering_crown_alpha_lp_exact(seed: int, with_splits: bool) -> None:

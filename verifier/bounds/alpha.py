@@ -154,8 +154,8 @@ def optimize(
                 _keep(row_best, row, better_dom.reshape(-1, 1, 1, 1))
             if options.optimize_intermediate:
                 best_known = _known_of(run.net, state, best_known)
-        if it == options.iterations - 1:
-            break  # a last step would never be evaluated
+        if it == options.iterations - 1 or not loss.requires_grad:
+            break  # a last step would never be evaluated; or no parameter reaches the bound (no unstable ReLU)
         opt.zero_grad()
         loss.backward()
         opt.step()

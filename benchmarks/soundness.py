@@ -48,7 +48,11 @@ ENGINES: dict[str, dict] = {
     "smt": {"engine": "smt"},
 }
 COLUMNS = ("family", "seed", "engine", "truth", "truth_witness_replays", "verdict", "time_s", "wrong", "note")
-DESCENT_STEPS = 6  # oracle calls spent walking the threshold down towards the exact optimum
+FIRST_TIMEOUT = 5.0  # seconds of z3 on a whole box before it is split in halves
+BOX_TIMEOUT = 1.0  # seconds of z3 on a half box before it is split again
+MAX_SPLIT_DEPTH = 40
+BOUND_LEMMAS = True  # state each neuron's interval bounds to z3
+DESCENT_STEPS = 8  # oracle calls spent walking the threshold down towards the exact optimum
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -156,11 +160,14 @@ class ExactNet:
         raise TypeError(f"soundness oracle: unhandled node type {type(op).__name__}")
 
     def _equal(self, prefix: str, expr, lo: Fraction, hi: Fraction):
-        """A fresh variable equal to ``expr`` with its (implied) bounds; a constant when ``lo == hi``."""
+        """A fresh variable equal to ``expr`` (with its implied bounds if ``BOUND_LEMMAS``); a constant when
+        ``lo == hi``."""
         if lo == hi:
             return _zq(lo)
         v = self._fresh(prefix)
-        self.solver.add(v == expr, v >= _zq(lo), v <= _zq(hi))
+        self.solver.add(v == expr)
+        if BOUND_LEMMAS:
+            self.solver.add(v >= _zq(lo), v <= _zq(hi))
         return v
 
     def _affine(self, rows: Rows, lo: np.ndarray, hi: np.ndarray, exprs) -> tuple[np.ndarray, np.ndarray, list]:
@@ -187,9 +194,9 @@ class ExactNet:
                 out_e.append(_zq(zero))
             elif a >= 0:
                 out_e.append(z)
-            else:  # max(z, 0) as a disjunction, with the implied triangle relaxation
+            else:  # max(z, 0) as a disjunction (the triangle relaxation as a lemma makes z3 slower, measured)
                 r = self._fresh("r")
-                self.solver.add(r >= 0, r >= z, r * _zq(b - a) <= _zq(b) * (z - _zq(a)), z3.Or(r == z, r == 0))
+                self.solver.add(r >= 0, r >= z, z3.Or(r == z, r == 0))
                 out_e.append(r)
         return out_lo, out_hi, out_e
 
@@ -230,32 +237,56 @@ def _row_holds(a: np.ndarray, b: float, strict: bool, y: list) -> z3.BoolRef:
 
 
 def exact_check(net: Network, spec: Spec, timeout: float) -> Truth:
-    """Decide ``spec`` on ``net`` exactly with z3 (one solver per case), within ``timeout`` seconds."""
+    """Decide ``spec`` on ``net`` exactly within ``timeout`` seconds: z3 on each case's box, and on halves of
+    a box that z3 does not decide in ``BOX_TIMEOUT`` seconds (tighter interval bounds fix more ReLUs)."""
     start = time.monotonic()
+    deadline = start + timeout
     for index, case in enumerate(spec.cases):
-        left = timeout - (time.monotonic() - start)
-        if left <= 0:
-            return Truth("dropped", time=time.monotonic() - start)
-        solver = z3.SolverFor("QF_LRA")
-        solver.set("timeout", max(1, int(left * 1000)))
-        enc = ExactNet(net, _q(case.lower), _q(case.upper), solver)
-        solver.add(z3.Or([z3.And([_row_holds(a, b, s, enc.exprs) for a, b, s in zip(p.A, p.b, p.strict)])
-                          for p in case.polytopes]))
-        answer = solver.check()
-        if answer == z3.sat:
-            model = solver.model()
-            x = tuple(_model_value(model, v, case.lower[i]) for i, v in enumerate(enc.inputs))
-            return Truth("sat", x, index, time.monotonic() - start)
-        if answer != z3.unsat:
-            return Truth("dropped", time=time.monotonic() - start)
+        lo, hi = _q(case.lower), _q(case.upper)
+        free = [i for i in range(lo.shape[0]) if lo[i] < hi[i]]
+        boxes = [(lo, hi, 0)]
+        while boxes:
+            lo, hi, depth = boxes.pop()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return Truth("dropped", time=time.monotonic() - start)
+            splittable = bool(free) and depth < MAX_SPLIT_DEPTH
+            answer, x = _z3_box(net, lo, hi, case.polytopes, min(left, FIRST_TIMEOUT if depth == 0 else BOX_TIMEOUT)
+                                if splittable else left)
+            if answer == z3.sat:
+                return Truth("sat", x, index, time.monotonic() - start)
+            if answer == z3.unsat:
+                continue
+            if not splittable:
+                return Truth("dropped", time=time.monotonic() - start)
+            d = max(free, key=lambda i: (hi[i] - lo[i]) / (case.upper[i] - case.lower[i]))
+            mid = (lo[d] + hi[d]) / 2
+            left_hi, right_lo = hi.copy(), lo.copy()
+            left_hi[d], right_lo[d] = mid, mid
+            boxes += [(right_lo, hi, depth + 1), (lo, left_hi, depth + 1)]
     return Truth("unsat", time=time.monotonic() - start)
+
+
+def _z3_box(net: Network, lo: np.ndarray, hi: np.ndarray, polytopes: tuple[Polytope, ...], timeout: float
+            ) -> tuple[z3.CheckSatResult, tuple[Fraction, ...] | None]:
+    """z3's answer on one rational box, with a rational witness on sat."""
+    solver = z3.SolverFor("QF_LRA")
+    solver.set("timeout", max(1, int(timeout * 1000)))
+    enc = ExactNet(net, lo, hi, solver)
+    solver.add(z3.Or([z3.And([_row_holds(a, b, s, enc.exprs) for a, b, s in zip(p.A, p.b, p.strict)])
+                      for p in polytopes]))
+    answer = solver.check()
+    if answer != z3.sat:
+        return answer, None
+    model = solver.model()
+    return answer, tuple(_model_value(model, v, lo[i]) for i, v in enumerate(enc.inputs))
 
 
 def _model_value(model: z3.ModelRef, v: z3.ArithRef, fallback: float) -> Fraction:
     value = model.eval(v, model_completion=True)
     if isinstance(value, z3.RatNumRef):
         return value.as_fraction()
-    return Fraction(float(fallback))
+    return Fraction(fallback)
 
 
 def in_spec_exactly(net: Network, spec: Spec, case: int, x: tuple[Fraction, ...]) -> bool:
@@ -295,11 +326,14 @@ class Template:
     scale: float | None = None  # the margin's natural size (None: the spread of sampled margins)
     fixed: Spec | None = None  # a spec that needs no threshold
     note: str = ""
+    strict: frozenset[tuple[int, int]] = frozenset()  # (case, polytope) whose rows are strict (<)
 
     def spec(self, t: float) -> Spec:
         if self.fixed is not None:
             return self.fixed
-        cases = tuple(Case(lo, hi, tuple(Polytope(A, b0 + t) for A, b0 in polys)) for lo, hi, polys in self.cases)
+        cases = tuple(Case(lo, hi, tuple(Polytope(A, b0 + t, np.full(len(b0), (c, p) in self.strict))
+                                         for p, (A, b0) in enumerate(polys)))
+                      for c, (lo, hi, polys) in enumerate(self.cases))
         return Spec(cases, self.net.n_inputs, self.net.n_outputs)
 
 
@@ -344,8 +378,8 @@ class Net:
         return Network(tuple(self.nodes), self.last).to(dtype=dtype)
 
 
-def _width(rng: np.random.Generator, n_in: int) -> int:
-    return int(rng.integers(3, 9)) if n_in else 0
+def _width(rng: np.random.Generator) -> int:
+    return int(rng.integers(3, 13))
 
 
 def _random_dense(rng: np.random.Generator, net: Net, sizes: list[int], scales: list[float] | None = None) -> int:
@@ -375,12 +409,15 @@ def _rows(rng: np.random.Generator, n_out: int, rows: int, offsets: float = 0.0)
 
 
 def needle(rng: np.random.Generator) -> Template:
-    """A bump of relative width ~1e-3 behind exact split-identity layers, plus a small random net."""
+    """A bump of relative width 1e-4 ... 3e-3 behind exact split-identity layers, plus a small random net."""
     n = int(rng.integers(4, 6))
     dtype = torch.float64 if rng.random() < 0.5 else torch.float32
     lo, hi = _random_box(rng, n, dtype, width=2.0)
     c = _as_dtype(lo + (0.15 + 0.7 * rng.random(n)) * (hi - lo), dtype)
-    w = (10.0 ** rng.uniform(-3.3, -2.7)) * (hi - lo)
+    if rng.random() < 0.2:  # the peak on a face of the box
+        i = int(rng.integers(n))
+        c[i] = lo[i] if rng.random() < 0.5 else hi[i]
+    w = (10.0 ** rng.uniform(-4, -2.5)) * (hi - lo)
     eye = np.eye(n)
     net = Net((n,))
     net.dense(np.vstack([eye, -eye]), np.concatenate([-c, c]), src=0)  # x - c, c - x
@@ -430,7 +467,7 @@ def fixed_inputs(rng: np.random.Generator) -> Template:
     _random_dense(rng, net, [int(rng.integers(4, 8)), 2])
     model = net.build(torch.float32)
     base = _ulp_off(rng, rng.standard_normal(n).astype(np.float32))
-    free = rng.choice(n, size=int(rng.integers(2, 9)), replace=False)
+    free = rng.choice(n, size=int(rng.choice([0, 1, 2, 3, 4, 5, 6, 7, 8])), replace=False)  # 0: a point box
     lo, hi = base.copy(), base.copy()
     half = 10.0 ** rng.uniform(-3, -0.5, free.size)
     lo[free], hi[free] = _ulp_off(rng, (base[free] - half).astype(np.float32)), base[free] + half
@@ -457,7 +494,7 @@ def scales(rng: np.random.Generator) -> Template:
     std = x_scale * 10.0 ** rng.uniform(-1, 1, n_in)
     mean = x_scale * rng.standard_normal(n_in)
     net.add(Scale(torch.tensor(1.0 / std), torch.tensor(-mean / std)), (0,), (n_in,))
-    layers = [_width(rng, 1) for _ in range(int(rng.integers(1, 3)))] + [n_out]
+    layers = [_width(rng) for _ in range(int(rng.integers(1, 3)))] + [n_out]
     _random_dense(rng, net, layers, list(10.0 ** rng.uniform(-3, 3, len(layers))))
     A, b0 = _rows(rng, n_out, int(rng.integers(1, 3)))
     return Template(net.build(dtype), ((lo, hi, ((A, b0),)),), note=f"x_scale={x_scale:.1e}")
@@ -501,13 +538,22 @@ def disjunctive(rng: np.random.Generator) -> Template:
     n_in, n_out = int(rng.integers(2, 6)), int(rng.integers(2, 5))
     dtype = torch.float64 if rng.random() < 0.5 else torch.float32
     net = Net((n_in,))
-    _random_dense(rng, net, [_width(rng, 1) for _ in range(int(rng.integers(1, 3)))] + [n_out])
-    cases = []
+    _random_dense(rng, net, [_width(rng) for _ in range(int(rng.integers(1, 3)))] + [n_out])
+    cases, boxes = [], []
     for _ in range(int(rng.integers(2, 4))):
         lo, hi = _random_box(rng, n_in, dtype)
+        box = str(rng.choice(["new", "new", "same", "inside"])) if cases else "new"
+        if box == "same":  # an equal box: the reader merges the two cases
+            lo, hi = cases[-1][0], cases[-1][1]
+        elif box == "inside":  # a box nested in the previous one
+            a, b = cases[-1][0], cases[-1][1]
+            lo, hi = np.sort(_as_dtype(a + rng.random((2, n_in)) * (b - a), dtype), axis=0)
+        boxes.append(box)
         polys = tuple(_rows(rng, n_out, int(rng.integers(1, 4)), offsets=0.3) for _ in range(int(rng.integers(1, 4))))
         cases.append((lo, hi, polys))
-    return Template(net.build(dtype), tuple(cases), note=f"cases={len(cases)}")
+    strict = frozenset((c, p) for c, case in enumerate(cases) for p in range(len(case[2])) if rng.random() < 0.25)
+    return Template(net.build(dtype), tuple(cases), note=f"cases={'+'.join(boxes)} strict={len(strict)}",
+                    strict=strict)
 
 
 def conv(rng: np.random.Generator) -> Template:
@@ -677,7 +723,7 @@ def make_problem(family: str, seed: int, z3_timeout: float = 60.0) -> Problem:
             break
         witness = (exact_margin(tpl.net, tpl.cases[truth.case][2], truth.witness), truth.case, truth.witness)
         best = _improve(tpl, min(best, witness, key=lambda b: b[0]))
-        gap *= 4
+        gap *= 8
         t = float(best[0]) - gap
     else:  # the walk ran out: a sat problem below
         truth = Truth("sat", best[2], best[1])
@@ -742,11 +788,12 @@ def recheck(onnx_path: Path, spec: Spec, x: np.ndarray) -> str | None:
 
 
 def run_engine(problem: Problem, engine: str, onnx_path: Path, vnnlib_path: Path, timeout: float,
-               via_onnx: bool) -> dict:
+               via_onnx: bool, dtype: str | None = None) -> dict:
     """One verifier run and its judgement against the truth; a CSV row."""
     from verifier.api import verify
     from verifier.config import load_config
-    cfg = load_config(overrides={**ENGINES[engine], "seed": problem.seed, "threads": 1})
+    cfg = load_config(overrides={**ENGINES[engine], "seed": problem.seed, "threads": 1,
+                                 **({"dtype": dtype} if dtype else {})})
     handler = _Warnings()
     logging.getLogger("verifier").addHandler(handler)
     notes, verdict = [], "error"
@@ -803,21 +850,28 @@ def _export_check(problem: Problem, onnx_path: Path, rng: np.random.Generator) -
     return ""
 
 
+def _canonical(spec: Spec) -> dict:
+    """Each distinct box with the set of its polytopes' exact bytes (cases with equal boxes merged)."""
+    out: dict = defaultdict(set)
+    for c in spec.cases:
+        out[c.lower.tobytes(), c.upper.tobytes()] |= {(p.A.tobytes(), p.b.tobytes(), p.strict.tobytes())
+                                                      for p in c.polytopes}
+    return dict(out)
+
+
 def _spec_roundtrip(spec: Spec, text: str) -> str:
-    """A note if the written VNN-LIB does not read back to exactly the same spec."""
+    """A note if the written VNN-LIB does not read back to the same boxes and polytopes, bit for bit."""
     from vnnlib.reader import parse_spec
 
     back = parse_spec(text, spec.n_inputs, spec.n_outputs)
-    same = len(back.cases) == len(spec.cases) and all(
-        np.array_equal(a.lower, b.lower) and np.array_equal(a.upper, b.upper) and len(a.polytopes) == len(b.polytopes)
-        and all(np.array_equal(p.A, q.A) and np.array_equal(p.b, q.b) for p, q in zip(a.polytopes, b.polytopes))
-        for a, b in zip(back.cases, spec.cases))
-    return "" if same else "vnnlib read-back differs from the written spec (arrays not identical)"
+    return "" if _canonical(back) == _canonical(spec) else "vnnlib read-back differs from the written spec"
 
 
 def run_problem(family: str, seed: int, engines: list[str], timeout: float, z3_timeout: float,
-                folder: Path | None = None) -> list[dict]:
-    """Generate one problem, decide it exactly, run every engine; the CSV rows."""
+                dtype: str | None = None, via: str = "alternate") -> list[dict]:
+    """Generate one problem, decide it exactly, run every engine; the CSV rows.  The verifier reads the
+    ONNX and VNN-LIB files (``via='onnx'``), or gets the network and spec objects (``'ir'``), or the first
+    for seeds 0, 1 mod 4 and the second for 2, 3 (``'alternate'``)."""
     from verifier.onnx_export import save_onnx
     from vnnlib.writer import write_spec
 
@@ -827,7 +881,7 @@ def run_problem(family: str, seed: int, engines: list[str], timeout: float, z3_t
     if problem.truth.verdict == "dropped":
         return [{**base, "engine": "oracle", "truth_witness_replays": None, "verdict": "", "time_s":
                  round(problem.oracle_time, 3), "wrong": False, "note": f"z3 timeout; {problem.note}"}]
-    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         onnx_path, vnnlib_path = Path(tmp) / "model.onnx", Path(tmp) / "spec.vnnlib"
         save_onnx(problem.net, onnx_path)
         text = write_spec(problem.spec)
@@ -836,7 +890,8 @@ def run_problem(family: str, seed: int, engines: list[str], timeout: float, z3_t
             problem.truth.replays = witness_replays(onnx_path, problem.spec, problem.truth.x)
         checks = [_export_check(problem, onnx_path, _rng(family, seed)), _spec_roundtrip(problem.spec, text)]
         checks = [c for c in checks if c]
-        rows = [run_engine(problem, e, onnx_path, vnnlib_path, timeout, via_onnx=seed % 4 < 2) for e in engines]
+        via_onnx = via == "onnx" or (via == "alternate" and seed % 4 < 2)
+        rows = [run_engine(problem, e, onnx_path, vnnlib_path, timeout, via_onnx, dtype) for e in engines]
     for row in rows:
         row["note"] = "; ".join([*checks, row["note"], problem.note, f"oracle {problem.oracle_time:.2f}s"])
     return rows
@@ -925,6 +980,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per verifier run")
     p.add_argument("--z3-timeout", type=float, default=60.0, help="seconds of z3 per problem (else dropped)")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--dtype", choices=("float32", "float64"), help="the verifier's bounding dtype (default: its own)")
+    p.add_argument("--via", choices=("alternate", "onnx", "ir"), default="alternate",
+                   help="files (onnx) or objects (ir) into the verifier; alternate: by seed")
     p.add_argument("--resume", action="store_true", help="keep the rows already in --out and skip their problems")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/soundness_campaign.csv"))
     args = p.parse_args(argv)
@@ -954,7 +1012,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(rows, engines)
     header = (f"# Soundness campaign\n\n`python -m benchmarks.soundness {' '.join(argv or sys.argv[1:])}`: "
               f"{len({(r['family'], r['seed']) for r in rows})} problems, {time.monotonic() - start:.0f} s wall "
-              f"(this invocation), {args.workers} workers, {args.timeout:g} s per run.\n\n")
+              f"(this invocation), {args.workers} workers, {args.timeout:g} s per run, "
+              f"bounding dtype {args.dtype or 'default'}, via {args.via}.\n\n")
     args.out.with_suffix(".md").write_text(header + summary)
     print(summary)
     return 1 if any(_flag(r["wrong"]) for r in rows) else 0
@@ -970,13 +1029,14 @@ def _results(todo: list[tuple[str, int]], engines: list[str], args) -> Iterator[
     if args.workers <= 1:
         _worker_init()
         for family, seed in todo:
-            yield run_problem(family, seed, engines, args.timeout, args.z3_timeout)
+            yield run_problem(family, seed, engines, args.timeout, args.z3_timeout, args.dtype, args.via)
         return
     import multiprocessing
 
     with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_worker_init) as pool:
-        futures = {pool.submit(run_problem, f, s, engines, args.timeout, args.z3_timeout): (f, s) for f, s in todo}
+        futures = {pool.submit(run_problem, f, s, engines, args.timeout, args.z3_timeout, args.dtype, args.via): (f, s)
+                   for f, s in todo}
         for fut in as_completed(futures):
             try:
                 yield fut.result()

@@ -21,8 +21,8 @@ from verifier.forward import forward
 from verifier.network import Dense, Input, Network, Node, Relu
 from vnnlib.spec import Case, Polytope, Spec
 
-# per family: seeds whose oracle is fast (odd seeds aim at sat, even at unsat)
-SEEDS = {family: (0, 1) for family in S.FAMILIES} | {"needle": (0, 1, 2, 3), "conv": (0, 1, 3)}
+# per family: seeds 0-3 (odd seeds aim at sat, even at unsat), more narrow bumps
+SEEDS = {family: range(4) for family in S.FAMILIES} | {"needle": range(6)}
 TIMEOUT = 5.0  # seconds per verifier run
 Z3_TIMEOUT = 60.0
 
@@ -57,8 +57,6 @@ def test_most_problems_are_decided(rows: list[dict]) -> None:
     assert len(decided) >= 0.7 * len(rows)
 
 
-@pytest.mark.xfail(reason="ReLU splitting crashes on the needle nets: backward() in bounds/alpha.py, called from "
-                   "bab/refine.py, on a loss without grad_fn (reported by the soundness campaign)", strict=False)
 def test_no_engine_crashes(rows: list[dict]) -> None:
     errors = [f"{r['family']} {r['seed']} {r['engine']}: {r['note']}" for r in rows if r["verdict"] == "error"]
     assert not errors, "\n".join(errors)

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmarks.cexcheck import check_counterexample
@@ -96,6 +97,25 @@ def test_test_set_runs_resumes_scores_and_plots(bench: Path, tmp_path: Path) -> 
     plot = bench_cli("plot", str(out), "-o", str(png), "--truth", str(bench / "ground_truth.csv"), "--best")
     assert plot.returncode == 0, plot.stderr
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_counterexample_check_follows_vnncomp_rule(tmp_path: Path) -> None:
+    """The written values lie in the box; the model runs on their float32 casts (float32(0.1) is above
+    0.1, so a cast check would reject the box's own upper bound); a float32 value above the bound is out."""
+    from tests.onnx_builders import mlp, save
+
+    model = save(mlp([1, 1]), tmp_path / "m.onnx")
+    spec = tmp_path / "s.vnnlib"
+    spec.write_text("(declare-const X_0 Real)\n(declare-const Y_0 Real)\n(assert (>= X_0 0.05))\n"
+                    "(assert (<= X_0 0.1))\n(assert (<= Y_0 1000.0))\n")
+    assert float(np.float32(0.1)) > 0.1
+    answer = "sat\n((X_0 {})\n (Y_0 0.0))\n"
+    assert check_counterexample(model, spec, answer.format(0.1)) == "ok"
+    assert check_counterexample(model, spec, answer.format(repr(float(np.float32(0.1))))) == (
+        "bad: X lies outside every input box of the spec")
+    spec.write_text(spec.read_text().replace("(<= Y_0 1000.0)", "(<= Y_0 -1000.0)"))
+    assert check_counterexample(model, spec, answer.format(0.1)) == (
+        "bad: onnxruntime outputs on X are not in an unsafe region")
 
 
 def test_2022_layout_with_gz_files_runs_the_cli(tmp_path: Path) -> None:

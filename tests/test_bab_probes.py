@@ -55,6 +55,24 @@ def test_corners_minimize_the_linear_bounds_and_only_unsafe_ones_are_kept() -> N
     assert unsafe_corners(net, obj, proven, res.linear[0])[0].shape == (0, 2)
 
 
+def test_strong_branching_estimates_probe_the_candidates_corners() -> None:
+    """Every candidate split that strong branching ranks (not only the chosen one) has its corners probed."""
+    from verifier.bab.solve import _estimates
+
+    net, spec = _corner_problem()
+    obj = case_objective(spec.cases[0], net.dtype)
+    # the two candidates of splitting x1 of [0.5, 1]^2: only the upper one holds the unsafe corner (1, 1)
+    lower = torch.tensor([[0.5, 0.5], [0.5, 0.75]], dtype=torch.float64)
+    upper = torch.tensor([[1.0, 0.75], [1.0, 1.0]], dtype=torch.float64)
+    children = SubproblemBatch(lower=lower, upper=upper, splits=None, bound=torch.full((2, 1), -torch.inf,
+                               dtype=torch.float64), depth=torch.ones(2, dtype=torch.int32))
+    probes: list = []
+    ranked = _estimates(net, obj, 512, probes)(children)
+    assert ranked.bound.dtype == torch.float64 and ranked.lower.equal(lower)  # the boxes stay as they were
+    x = torch.cat([p[0] for p in probes])
+    assert x.tolist() == [[1.0, 1.0]]
+
+
 def test_input_splitting_finds_a_corner_counterexample(tmp_path: Path) -> None:
     net, spec = _corner_problem()
     save_onnx(net, tmp_path / "m.onnx")
@@ -67,8 +85,10 @@ def test_input_splitting_finds_a_corner_counterexample(tmp_path: Path) -> None:
 
     def run(contract: bool) -> tuple[Status, object, BabStats]:
         # no PGD and no ReLU-splitting leaves (whose LP finds the corner too) during the search: only the
-        # centres and (with the linear bounds) the corners are probed
-        opts = BabOptions(branching="input", contract=contract, attack_every=10**9, exact_unstable=0)
+        # centres and (with the linear bounds) the corners are probed; strong branching's estimates would
+        # probe corners too
+        opts = BabOptions(branching="input", contract=contract, attack_every=10**9, exact_unstable=0,
+                          strong_branching="full" if contract else "none")
         stats = BabStats()
         status, cex = solve_case(net, obj, root, check, opts, AlphaOptions(), Deadline.after(5.0),
                                  torch.Generator().manual_seed(0), stats)
@@ -77,7 +97,7 @@ def test_input_splitting_finds_a_corner_counterexample(tmp_path: Path) -> None:
     status, cex, stats = run(contract=True)
     assert status is Status.SAT and cex.x.tolist() == [1.0, 1.0] and stats.rounds == 1
     assert spec.is_violated_by(cex.x.astype(np.float64), cex.y.astype(np.float64))
-    # without the linear bounds there are no corner probes: the centres reach the corner only once
+    # without linear bounds there are no corner probes: the centres reach the corner only once
     # the boxes around it have shrunk to (about) the point itself, some 50 halvings of each side
     status, cex, stats = run(contract=False)
     assert stats.max_depth > 100 and status in (Status.TIMEOUT, Status.SAT)

@@ -148,7 +148,7 @@ def _input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts:
             return strong_input_split(parents, estimate, obj, finish=cheap)
         return cheap(bisect_inputs(parents, input_split_dims(net, obj, parents)))
 
-    estimate = _estimates(net, obj, opts.bound_chunk)
+    estimate = _estimates(net, obj, opts.bound_chunk, probes)
 
     def settle(open_: SubproblemBatch) -> tuple[SubproblemBatch, Counterexample | None, bool]:
         cex = validate_best(probes, validate_fn) or check_centres(net, obj, open_, validate_fn)
@@ -180,10 +180,13 @@ def contract_children(obj: CaseObjective, children: SubproblemBatch, linear: tup
     return replace(children, lower=lower, upper=upper, bound=bound)
 
 
-def _estimates(net: Network, obj: CaseObjective, chunk: int) -> Callable[[SubproblemBatch], SubproblemBatch]:
+def _estimates(net: Network, obj: CaseObjective, chunk: int, probes: list[tuple[Tensor, Tensor]]
+               ) -> Callable[[SubproblemBatch], SubproblemBatch]:
     """Strong branching's ranking of candidate splits: CROWN and contraction without rounding slack, on a
     float32 copy of a float64 network, in chunks of similar children as ``cheap``; nothing is dropped on
-    these bounds (the chosen children are bounded again)."""
+    these bounds (the chosen children are bounded again).  The corners that the candidates' linear bounds
+    point to go to ``probes`` (counterexample candidates: a narrow one in a corner of the case box is
+    often met there first)."""
     dtype = torch.float32 if net.dtype == torch.float64 else net.dtype
     e_net = _float32(net) if dtype != net.dtype else net
     e_obj = replace(obj, C=obj.C.to(dtype), d=obj.d.to(dtype))
@@ -194,6 +197,8 @@ def _estimates(net: Network, obj: CaseObjective, chunk: int) -> Callable[[Subpro
         res = crown(e_net, dom, C, d, known=_cast(children.intermediate, dtype), need_linear=True, rigorous=False)
         ranked = replace(children, lower=dom.lower, upper=dom.upper,
                          bound=torch.maximum(children.bound.to(dtype), res.lower), intermediate=None)
+        probes.append(unsafe_corners(net, obj, replace(children, bound=ranked.bound.to(children.bound.dtype)),
+                                     res.linear[0]))
         return replace(children, bound=contract_children(e_obj, ranked, res.linear).bound.to(children.bound.dtype))
 
     def estimate(children: SubproblemBatch) -> SubproblemBatch:

@@ -188,7 +188,9 @@ def babsr_scores(net: Network, obj: CaseObjective, parents: SubproblemBatch) -> 
         bias = {r: state.relax.relu[r].upper_bias.detach().clone().requires_grad_() for r in relus}
         relax = replace(state.relax, relu={r: replace(state.relax.relu[r], upper_bias=bias[r]) for r in relus})
         lower = _final_lower(net, sub, CrownState(state.nodes, relax), C, d)  # (B, K)
-        for q, weight in enumerate(slots):
+        # no intercept reaches the bound (every ReLU before the rows stable, as in the refinement's
+        # sub-networks): every score stays 0
+        for q, weight in enumerate(slots if lower.requires_grad else ()):
             grads = torch.autograd.grad((lower * weight).sum(), [bias[r] for r in relus], allow_unused=True,
                                         retain_graph=q + 1 < len(slots))
             share = torch.cat([torch.zeros_like(bias[r]) if g is None else -g * bias[r].detach()

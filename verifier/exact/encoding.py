@@ -375,9 +375,17 @@ def _relu_bounds(builder: _Builder, pre: Affine, given: ReluBounds | None, k: in
     lo, hi = interval(pre, *builder.col_bounds())
     if given is not None:
         g_lo, g_hi = given.lower[k], given.upper[k]
-        lo = np.maximum(lo, g_lo - options.margin_abs - options.margin_rel * np.abs(g_lo))
-        hi = np.minimum(hi, g_hi + options.margin_abs + options.margin_rel * np.abs(g_hi))
+        lo = np.maximum(lo, _widened(g_lo, -1.0, options))
+        hi = np.minimum(hi, _widened(g_hi, 1.0, options))
     return lo, hi
+
+
+def _widened(bound: np.ndarray, direction: float, options: EncodingOptions) -> np.ndarray:
+    """``bound`` moved by the options' margins in ``direction``; infinite bounds (an empty domain's
+    ``+inf`` lower bound among them) stay as they are instead of becoming NaN."""
+    finite = np.isfinite(bound)
+    safe = np.where(finite, bound, 0.0)
+    return np.where(finite, safe + direction * (options.margin_abs + options.margin_rel * np.abs(safe)), bound)
 
 
 def _apply_splits(lo, hi, split):

@@ -9,7 +9,6 @@ rigorously recomputed LP certificate (``leaves``); solvers only propose.
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -26,6 +25,7 @@ from verifier.bab.search import BabOptions, BabStats, Rule, ValidateFn, search
 from verifier.bab.subproblems import SubproblemBatch, in_chunks
 from verifier.bounds.alpha import AlphaOptions, alpha_crown
 from verifier.bounds.crown import crown
+from verifier.bounds.prepare import float32_copy
 from verifier.bounds.types import BoundResult, Domains, IntermediateBounds
 from verifier.deadline import Deadline
 from verifier.network import Network
@@ -188,7 +188,7 @@ def _estimates(net: Network, obj: CaseObjective, chunk: int, probes: list[tuple[
     point to go to ``probes`` (counterexample candidates: a narrow one in a corner of the case box is
     often met there first)."""
     dtype = torch.float32 if net.dtype == torch.float64 else net.dtype
-    e_net = _float32(net) if dtype != net.dtype else net
+    e_net = float32_copy(net) if dtype != net.dtype else net
     e_obj = replace(obj, C=obj.C.to(dtype), d=obj.d.to(dtype))
     C, d = e_obj.C.unsqueeze(0), e_obj.d.unsqueeze(0)
 
@@ -206,11 +206,6 @@ def _estimates(net: Network, obj: CaseObjective, chunk: int, probes: list[tuple[
         return in_chunks(one_chunk, children, chunk, key)
 
     return estimate
-
-
-@functools.lru_cache(maxsize=4)
-def _float32(net: Network) -> Network:
-    return net.to(dtype=torch.float32)
 
 
 def _cast(x, dtype: torch.dtype):

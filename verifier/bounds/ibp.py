@@ -78,7 +78,8 @@ def sweep(
 
     All bounds are rigorous, so bounds that cross prove the domain empty (a split contradicted, or
     proven bounds that exclude each other); such a domain is marked empty and its bounds replaced
-    by their hull, so that later arithmetic on it stays finite.
+    by their hull, so that later arithmetic on it stays finite.  With ``rigorous=False`` (estimates)
+    there is no rounding slack and nothing is marked empty.
     """
     B = domains.batch
     need = set(bounded_nodes(net))
@@ -86,26 +87,25 @@ def sweep(
     nodes = NodeBounds([], torch.zeros(B, dtype=torch.bool, device=domains.lower.device), rigorous=rigorous)
     empty = nodes.empty
     for i, node in enumerate(net.nodes):
+        q = e = None
+        if not isinstance(node.op, Input) and rigorous:
+            q = node_terms(node, [nodes.mags[j] for j in node.inputs])
+            e = node_error(node, [nodes.mags[j] for j in node.inputs])
         if isinstance(node.op, Input):
             lo, hi = domains.lower.reshape(B, *node.shape), domains.upper.reshape(B, *node.shape)
-            q = None
         elif i in as_known and known is not None:
             k = layers_of[i][0]
             lo = known.lower[k].expand(B, -1).reshape(B, *node.shape)
             hi = known.upper[k].expand(B, -1).reshape(B, *node.shape)
-            q = node_terms(node, [nodes.mags[j] for j in node.inputs]) if rigorous else None
-            e = node_error(node, [nodes.mags[j] for j in node.inputs]) if rigorous else None
         else:
             lo, hi = interval_node(node, [nodes.bounds[j] for j in node.inputs])
-            q = node_terms(node, [nodes.mags[j] for j in node.inputs]) if rigorous else None
-            e = node_error(node, [nodes.mags[j] for j in node.inputs]) if rigorous else None
             if q is not None:
                 g = gamma(forward_terms(node, [net.nodes[j].shape for j in node.inputs]), lo.dtype)
                 width = g * q if e is None else g * q + e
                 lo, hi = down(lo - width), up(hi + width)
         nodes.bounds.append((lo, hi))
         nodes.arith.append(q)
-        nodes.errs.append(None if isinstance(node.op, Input) else e)
+        nodes.errs.append(e)
         if i in need:
             shape = lo.shape
             lo, hi = lo.flatten(1), hi.flatten(1)  # (B, n_i)

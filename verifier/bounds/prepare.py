@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from verifier.bounds.types import Domains, IntermediateBounds, Tensor
@@ -74,3 +76,9 @@ def spec_rows(net: Network, batch: int, C: Tensor | None, d: Tensor | None) -> t
     if d.dim() != 2 or d.shape[0] not in (1, batch) or d.shape[1] != S:
         raise ValueError(f"d must be (B or 1, {S}), got {tuple(d.shape)}")
     return C.expand(batch, -1, -1), d.expand(batch, -1)
+
+
+@functools.lru_cache(maxsize=4)
+def float32_copy(net: Network) -> Network:
+    """A float32 copy of ``net`` for estimates (the last few networks are kept)."""
+    return net.to(dtype=torch.float32)

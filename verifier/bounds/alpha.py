@@ -12,7 +12,6 @@ The same loop optimizes beta-CROWN's split multipliers (see ``beta.py``).
 
 from __future__ import annotations
 
-import functools
 import logging
 from dataclasses import dataclass
 from typing import Literal
@@ -24,7 +23,7 @@ from verifier.bounds.backward import concretize
 from verifier.bounds.crown import CrownState, crown_sweep, final_linear
 from verifier.bounds.graph import bounded_nodes
 from verifier.bounds.ibp import intermediate_of, mark_empty, spec_interval
-from verifier.bounds.prepare import check_domains, check_known, disable_tf32, spec_rows
+from verifier.bounds.prepare import check_domains, check_known, disable_tf32, float32_copy, spec_rows
 from verifier.bounds.rounding import cast_down, cast_up
 from verifier.bounds.types import Betas, BoundResult, Domains, IntermediateBounds, Slopes, Tensor
 from verifier.deadline import Deadline
@@ -173,7 +172,7 @@ def optimize(
         with torch.no_grad():
             state, empty = base, base.nodes.empty
             best_known = _known_of(net, base, known)
-            if options.optimize_intermediate and best_inter:
+            if slopes is not None and slopes.intermediate:  # the fixed intermediate slopes the iterations used
                 state = crown_sweep(net, domains, best_known, _row_slopes(net, best_inter), reuse_known)
                 empty = empty | state.nodes.empty
                 best_known = _known_of(net, state, best_known)
@@ -197,7 +196,7 @@ class _Iterations:
         self.net, self.domains, self.C, self.d, self.base, self.known = net, domains, C, d, base, known
         if not low:
             return
-        self.net = _float32(net)
+        self.net = float32_copy(net)
         self.domains = Domains(cast_down(domains.lower, torch.float32), cast_up(domains.upper, torch.float32),
                                domains.splits)
         self.C, self.d = C.float(), cast_up(d, torch.float32)
@@ -206,11 +205,6 @@ class _Iterations:
         with torch.no_grad():
             self.base = crown_sweep(self.net, self.domains, self.known, reuse_known=len(net.relu_indices),
                                     rigorous=False)
-
-
-@functools.lru_cache(maxsize=4)
-def _float32(net: Network) -> Network:
-    return net.to(dtype=torch.float32)
 
 
 def _outward(bounds: IntermediateBounds) -> IntermediateBounds:

@@ -1,4 +1,4 @@
-"""Shared test fixtures: where the VNN-COMP benchmarks are, and small helpers."""
+"""Shared test fixtures: one torch thread per test, where the VNN-COMP benchmarks are, and small helpers."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = Path(
@@ -23,3 +24,12 @@ def benchmarks_dir() -> Path:
 @pytest.fixture
 def bench() -> Path:
     return benchmarks_dir()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors on shared cores: one intra-op thread is much faster (applies to every test)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

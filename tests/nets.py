@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from math import prod
 
-import pytest
 import torch
 
 from verifier.forward import apply_node, forward_all
@@ -33,15 +32,6 @@ from verifier.network import (
 )
 
 Tensor = torch.Tensor
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors on shared cores: one intra-op thread is much faster (import into a test module)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 class Builder:

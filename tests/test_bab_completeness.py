@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.nets import Builder, one_thread, sample_box  # noqa: F401 (fixture)
+from tests.nets import Builder, sample_box
 from verifier.bab.search import BabOptions, BabStats
 from verifier.bab.solve import solve_case
 from verifier.bounds.alpha import AlphaOptions

@@ -5,12 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.nets import (
-    dense_net,
-    one_thread,  # noqa: F401  (autouse fixture)
-    random_box,
-    sample_box,
-)
+from tests.nets import dense_net, random_box, sample_box
 from verifier.bab.contract import contract
 from verifier.bounds import Domains, crown
 from verifier.bounds.backward import concretize

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tests.nets import Builder, one_thread  # noqa: F401 (fixture)
+from tests.nets import Builder
 from verifier.bab.probes import unsafe_corners
 from verifier.bab.search import BabOptions, BabStats
 from verifier.bab.solve import solve_case

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from tests.nets import Builder, dense_net, one_thread, relu_pre, sample_box  # noqa: F401  (autouse fixture)
+from tests.nets import Builder, dense_net, relu_pre, sample_box
 from verifier.bab.refine import cut_at, prove_rows, refine_bounds, refined_root
 from verifier.bab.search import BabOptions, BabStats
 from verifier.bounds import AlphaOptions, Domains, alpha_crown

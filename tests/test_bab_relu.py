@@ -7,15 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.nets import (
-    FAMILIES,
-    check_bounds,
-    consistent,
-    dense_net,
-    one_thread,  # noqa: F401  (autouse fixture)
-    relu_pre,
-    sample_box,
-)
+from tests.nets import FAMILIES, check_bounds, consistent, dense_net, relu_pre, sample_box
 from verifier.bab.branching import split_relus
 from verifier.bab.relu_split import (
     babsr_scores,

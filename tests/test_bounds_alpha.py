@@ -16,7 +16,6 @@ from tests.nets import (
     dense_lp_bound,
     dense_net,
     make_case,
-    one_thread,  # noqa: F401  (autouse fixture)
     random_box,
     random_splits,
     sample_box,

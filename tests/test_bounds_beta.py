@@ -6,16 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.nets import (
-    FAMILIES,
-    check_bounds,
-    dense_exact_bound,
-    dense_net,
-    make_case,
-    one_thread,  # noqa: F401  (autouse fixture)
-    random_box,
-    random_splits,
-)
+from tests.nets import FAMILIES, check_bounds, dense_exact_bound, dense_net, make_case, random_box, random_splits
 from verifier.bounds import AlphaOptions, Domains, alpha_crown, beta_crown, crown
 from verifier.bounds.backward import concretize
 from verifier.bounds.crown import crown_sweep, final_linear

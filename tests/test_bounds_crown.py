@@ -6,17 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.nets import (
-    FAMILIES,
-    all_ops_net,
-    check_bounds,
-    dense_net,
-    make_case,
-    one_thread,  # noqa: F401  (autouse fixture)
-    random_box,
-    relu_pre,
-    sample_box,
-)
+from tests.nets import FAMILIES, all_ops_net, check_bounds, dense_net, make_case, random_box, relu_pre, sample_box
 from verifier.bounds import Domains, IntermediateBounds, crown, ibp
 from verifier.bounds.backward import linear_back
 from verifier.forward import apply_node, forward

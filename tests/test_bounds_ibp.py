@@ -5,12 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.nets import (
-    FAMILIES,
-    check_bounds,
-    make_case,
-    one_thread,  # noqa: F401  (autouse fixture)
-)
+from tests.nets import FAMILIES, check_bounds, make_case
 from verifier.bounds import Domains, ibp
 
 RTOL = {torch.float32: 1e-5, torch.float64: 1e-9}

@@ -12,10 +12,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO, benchmarks_dir
-from tests.nets import (
-    one_thread,  # noqa: F401  (autouse fixture)
-    sample_box,
-)
+from tests.nets import sample_box
 from verifier.bounds import AlphaOptions, Domains, alpha_crown, crown
 from verifier.objective import case_objective
 from verifier.onnx_import import load_onnx

@@ -11,7 +11,6 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from tests.nets import one_thread  # noqa: F401 (fixture)
 from verifier import constants as K
 from verifier.bounds import Domains, crown
 from verifier.network import Dense, has_errors

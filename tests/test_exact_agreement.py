@@ -16,10 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.nets import (
-    Builder,
-    one_thread,  # noqa: F401  (autouse fixture)
-)
+from tests.nets import Builder
 from verifier.bounds import Domains, crown
 from verifier.deadline import Deadline
 from verifier.exact.encoding import encode_network, linear_objective

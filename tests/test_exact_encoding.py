@@ -8,14 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.nets import (
-    FAMILIES,
-    consistent,
-    one_thread,  # noqa: F401  (autouse fixture)
-    random_splits,
-    relu_pre,
-    sample_box,
-)
+from tests.nets import FAMILIES, consistent, random_splits, relu_pre, sample_box
 from verifier.deadline import Deadline
 from verifier.exact.encoding import (
     EncodingOptions,

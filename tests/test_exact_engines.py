@@ -11,10 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO
-from tests.nets import (
-    dense_net,
-    one_thread,  # noqa: F401  (autouse fixture)
-)
+from tests.nets import dense_net
 from verifier.bounds import Domains, crown
 from verifier.deadline import Deadline
 from verifier.exact.milp import MilpOptions, count_unstable, milp_check, milp_verify

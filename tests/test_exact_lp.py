@@ -10,12 +10,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from tests.nets import (
-    FAMILIES,
-    make_case,
-    one_thread,  # noqa: F401  (autouse fixture)
-    relu_pre,
-)
+from tests.nets import FAMILIES, make_case, relu_pre
 from verifier.bounds import Domains, crown, ibp
 from verifier.exact.encoding import MipProblem, encode_network, linear_objective
 from verifier.exact.highs import LpSession, solve_mip

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from tests.nets import one_thread  # noqa: F401  (autouse fixture)
 from verifier.attack import AttackOptions, attack_case
 from verifier.deadline import Deadline
 from verifier.exact.milp import MilpOptions, milp_verify

@@ -6,8 +6,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from nets import FAMILIES, Builder, dense_net, one_thread  # noqa: F401 (fixture)
 
+from tests.nets import FAMILIES, Builder, dense_net
 from verifier.forward import forward
 from verifier.network import Conv, Pad, Reshape
 from verifier.onnx_export import save_onnx, to_onnx

@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from benchmarks import soundness as S
-from tests.nets import one_thread  # noqa: F401 (fixture)
 from verifier.forward import forward
 from verifier.network import Dense, Input, Network, Node, Relu
 from vnnlib.spec import Case, Polytope, Spec

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import torch
 
-from tests.nets import one_thread  # noqa: F401 (fixture)
 from verifier.api import verify
 from verifier.bab.search import BabOptions, BabStats
 from verifier.bab.solve import solve_case

@@ -98,7 +98,8 @@ def relu_scores(parents: SubproblemBatch) -> Tensor:
 
 
 def split_relus(parents: SubproblemBatch, flat: Tensor) -> SubproblemBatch:
-    """Children fixing the ReLU at ``flat`` ``(B,)`` (index over all layers): active first, then inactive."""
+    """Children fixing the ReLU at ``flat`` ``(B,)`` (index over all layers): active first, then inactive;
+    each child records the layer it split (``split_layer``)."""
     sizes = [s.shape[1] for s in parents.splits]
     offsets = torch.tensor([0, *sizes], device=flat.device).cumsum(0)
     layer = torch.searchsorted(offsets[1:], flat, right=True)  # (B,)
@@ -128,6 +129,7 @@ def split_relus(parents: SubproblemBatch, flat: Tensor) -> SubproblemBatch:
         bound=parents.bound.repeat(2, 1), depth=(parents.depth + 1).repeat(2), intermediate=inter,
         slopes=None if parents.slopes is None else parents.slopes.repeat(2),
         betas=None if parents.betas is None else parents.betas.repeat(2),
+        split_layer=layer.repeat(2),
     )
 
 

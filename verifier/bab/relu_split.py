@@ -34,7 +34,7 @@ evaluated, and validated when it looks unsafe.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 
@@ -251,13 +251,6 @@ def fsb_choice(net: Network, obj: CaseObjective, parents: SubproblemBatch, score
     return top.indices[b, best], lower[:, best, b].reshape(2 * B, -1)
 
 
-@dataclass
-class _LastSplit:
-    """The ReLU layer split in each child of the last ``branch`` call (read by ``bound``)."""
-
-    layer: Tensor | None = None  # (B,) long
-
-
 def reuse_groups(layer: Tensor, todo: Tensor, min_size: int) -> list[tuple[Tensor, int]]:
     """Groups ``(mask, reuse_known)`` of the children in ``todo`` ``(B,)`` by split ``layer`` ``(B,)``:
     after a split in layer ``k`` the bounds of layers ``0..k`` stay as they are, so a group
@@ -294,19 +287,18 @@ def relu_rule(
     """The ReLU-split rule: BaBSR or FSB branching, beta-CROWN bounds, exact leaves."""
     beta_opts = replace(alpha_opts, iterations=opts.beta_iterations, intermediate_slopes="shared",
                         optimize_intermediate=opts.beta_intermediate)
-    sizes = torch.tensor([net.nodes[r].size for r in net.relu_indices], device=obj.lower.device)
-    offsets = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)])
-    last = _LastSplit()
     largest = max((n.size for n in net.nodes), default=1)
     row_budget = _ROWS_SHARE * opts.max_memory * physical_memory()
 
     def branch(parents: SubproblemBatch) -> SubproblemBatch:
-        leaf = is_leaf(parents)  # only a root can be one: passed through to be settled
+        # only a root can be a leaf: passed through to be settled, as if split in the last layer (its
+        # bounds are all reused)
+        leaf = is_leaf(parents)
+        passed = replace(parents.select(leaf), split_layer=torch.full(
+            (int(leaf.sum()),), len(net.relu_indices) - 1, dtype=torch.long, device=leaf.device))
         split = parents.select(~leaf)
-        unsplit = torch.full((int(leaf.sum()),), len(net.relu_indices) - 1, device=leaf.device)
         if split.batch == 0:
-            last.layer = unsplit
-            return parents
+            return passed
         scores = babsr_scores(net, obj, split)
         if opts.relu_branching == "fsb" and opts.fsb_candidates > 1:
             flat, lower = fsb_choice(net, obj, split, scores, opts.fsb_candidates)
@@ -316,9 +308,7 @@ def relu_rule(
             children = split_relus(split, flat)
             lower = fast_bound(net, obj, children)
         children = replace(children, bound=torch.maximum(children.bound, lower))
-        layer = torch.searchsorted(offsets[1:], flat, right=True)  # (B,)
-        last.layer = torch.cat([layer, layer, unsplit])
-        return concat([children, parents.select(leaf)]) if bool(leaf.any()) else children
+        return concat([children, passed]) if bool(leaf.any()) else children
 
     def bound(children: SubproblemBatch) -> SubproblemBatch:
         # children already proven by the branching's one-pass bound skip beta-CROWN (unless they
@@ -329,7 +319,7 @@ def relu_rule(
         if children.slopes is None or children.betas is None:
             todo = torch.ones_like(todo)
         parts = [children.select(~todo)] if not bool(todo.all()) else []
-        for group, reuse in reuse_groups(last.layer, todo, _MIN_GROUP):
+        for group, reuse in reuse_groups(children.split_layer, todo, _MIN_GROUP):
             members = children.select(group)
             step = chunk_size(members, reuse, largest, row_budget)
             if step < members.batch:

@@ -24,6 +24,9 @@ class SubproblemBatch:
     intermediate: IntermediateBounds | None = None
     slopes: Slopes | None = None
     betas: Betas | None = None
+    # (B,) long: the ReLU layer whose split made each domain (its bounds up to that layer are its
+    # parent's); None where no split made them (roots, input splitting)
+    split_layer: Tensor | None = None
 
     @property
     def batch(self) -> int:
@@ -41,6 +44,7 @@ class SubproblemBatch:
             intermediate=None if self.intermediate is None else self.intermediate.select(idx),
             slopes=None if self.slopes is None else self.slopes.select(idx),
             betas=None if self.betas is None else self.betas.select(idx),
+            split_layer=None if self.split_layer is None else self.split_layer[idx],
         )
 
     def to(self, device: torch.device | str) -> SubproblemBatch:
@@ -57,11 +61,14 @@ class SubproblemBatch:
                 tuple(mv(t) for t in self.slopes.final),
                 tuple(tuple(mv(t) for t in row) for row in self.slopes.intermediate)),
             betas=None if self.betas is None else Betas(tuple(mv(t) for t in self.betas.values)),
+            split_layer=mv(self.split_layer),
         )
 
     def nbytes(self) -> int:
         """Bytes held by the batch's tensors."""
         parts = [self.lower, self.upper, self.bound, self.depth, *(self.splits or ())]
+        if self.split_layer is not None:
+            parts.append(self.split_layer)
         if self.intermediate is not None:
             parts += [*self.intermediate.lower, *self.intermediate.upper]
         if self.slopes is not None:
@@ -75,8 +82,10 @@ class SubproblemBatch:
 
 
 def concat(batches: list[SubproblemBatch]) -> SubproblemBatch:
-    """One batch holding all of ``batches`` (which share their optional fields)."""
+    """One batch holding all of ``batches`` (which share their optional fields; ``split_layer`` is
+    kept only when every batch has it)."""
     first = batches[0]
+    layered = all(b.split_layer is not None for b in batches)
 
     def cat(get):
         return torch.cat([get(b) for b in batches])
@@ -95,6 +104,7 @@ def concat(batches: list[SubproblemBatch]) -> SubproblemBatch:
             tuple(tuple(torch.cat(ts) for ts in zip(*rows))
                   for rows in zip(*(b.slopes.intermediate for b in batches)))),
         betas=None if first.betas is None else Betas(cat_tuple(lambda b: b.betas.values)),
+        split_layer=cat(lambda b: b.split_layer) if layered else None,
     )
 
 

@@ -67,7 +67,7 @@ ACAS_SAMPLE = [("1_9", "prop_3.vnnlib"), ("3_3", "prop_3.vnnlib"), ("3_3", "prop
 @pytest.mark.parametrize("net_id,prop", ACAS_SAMPLE)
 def test_acasxu_sample_matches_ground_truth(net_id: str, prop: str, engine: str, bench: Path) -> None:
     """Shipped ACAS Xu nets and properties that the exact engines decide in seconds
-    (the full table is benchmarks/milp_acasxu.py)."""
+    (the full table is benchmarks/experiments/milp_acasxu.py)."""
     onnx_name = f"ACASXU_run2a_{net_id}_batch_2000.onnx"
     truth = {(r["onnx"], r["vnnlib"]): r["result"] for r in csv.DictReader(open(bench / "ground_truth.csv"))
              if r["benchmark"] == "acasxu"}

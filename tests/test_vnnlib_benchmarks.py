@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 
-from benchmarks import parse_specs
+from benchmarks.experiments import parse_specs
 from vnnlib import read_spec, write_spec
 from vnnlib.reader import parse_spec
 

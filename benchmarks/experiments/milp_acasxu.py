@@ -1,7 +1,7 @@
 """ACAS Xu properties with the MILP engine alone: a per-instance table and a summary.
 
-    python -m benchmarks.milp_acasxu [--props 1,2,3,4] [--cap 120] [--limit N] [--jobs J]
-                                     [--nets 1_1,1_9] [--engine milp|smt] [--csv FILE] [--folder DIR]
+    python -m benchmarks.experiments.milp_acasxu [--props 1,2,3,4] [--cap 120] [--limit N] [--jobs J]
+                                                 [--nets 1_1,1_9] [--engine milp|smt] [--csv FILE] [--folder DIR]
 
 Instances come from ``acasxu/acasxu_instances.csv`` under the VNN-COMP 2021 folder
 ($VERIFIER_BENCHMARKS, else ../shared/benchmarks/vnncomp2021); each runs in a worker
@@ -23,7 +23,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)

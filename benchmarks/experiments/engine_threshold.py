@@ -1,9 +1,9 @@
 """Where the MILP engine pays off: unstable ReLUs after alpha-CROWN against MILP and branch-and-bound time.
 
-    python -m benchmarks.engine_threshold --milp benchmarks/results/milp_acasxu_full.csv \
+    python -m benchmarks.experiments.engine_threshold --milp benchmarks/results/milp_acasxu_full.csv \
         --bab benchmarks/results/acasxu_full_spawn.csv [--csv OUT] [--benchmark acasxu]
 
-For every instance of the MILP table (``benchmarks.milp_acasxu``) it runs the
+For every instance of the MILP table (``benchmarks.experiments.milp_acasxu``) it runs the
 incomplete stages of the default pipeline (IBP, CROWN, alpha-CROWN) and counts
 the ReLUs left unstable at the root, the number ``--engine auto`` compares with
 ``bab.milp_max_unstable``; then it joins the MILP engine's time and the
@@ -19,7 +19,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from benchmarks.milp_acasxu import default_folder
+from benchmarks.experiments.milp_acasxu import default_folder
 
 BUCKETS = (-2, -1, 0, 20, 40, 60, 80, 100, 120, 150, 200, 400)
 
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--folder", type=Path, default=default_folder())
     p.add_argument("--benchmark", default="acasxu")
-    p.add_argument("--milp", type=Path, required=True, help="table of benchmarks.milp_acasxu")
+    p.add_argument("--milp", type=Path, required=True, help="table of benchmarks.experiments.milp_acasxu")
     p.add_argument("--bab", type=Path, required=True, help="verify-bench table of a branch-and-bound run")
     p.add_argument("--csv", type=Path, default=None, help="write the joined per-instance table here")
     args = p.parse_args(argv)

@@ -1,7 +1,7 @@
 """Throughput of the bounding engine: alpha-CROWN on batches of ACAS Xu sub-boxes, CROWN
 on mnist 256x6 and on an oval21 conv net.
 
-Usage: ``python -m benchmarks.bound_throughput [--csv out.csv] [--threads 1] [--repeats 3]``.
+Usage: ``python -m benchmarks.experiments.bound_throughput [--csv out.csv] [--threads 1] [--repeats 3]``.
 The ACAS Xu model ships in ``models/acasxu``; mnistfc and oval21 come from the VNN-COMP
 2021 folder (``VERIFIER_BENCHMARKS``) and are skipped when it is absent.  Times are the
 median of ``--repeats`` runs after one warm-up run.
@@ -26,7 +26,7 @@ from verifier.objective import case_objective
 from verifier.onnx_import import load_onnx
 from vnnlib.reader import read_spec
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 VNNCOMP = Path(os.environ.get("VERIFIER_BENCHMARKS", str(REPO.parent / "shared" / "benchmarks" / "vnncomp2021")))
 
 

@@ -1,6 +1,6 @@
 """Parse time of every VNN-LIB spec under a folder, as a table (and optionally CSV).
 
-    python -m benchmarks.parse_specs [FOLDER] [--csv FILE] [--repeat N]
+    python -m benchmarks.experiments.parse_specs [FOLDER] [--csv FILE] [--repeat N]
 
 FOLDER defaults to $VERIFIER_BENCHMARKS, else ../shared/benchmarks/vnncomp2021
 relative to the repository.  Each file is read once into memory and parsed
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from vnnlib import SpecError, parse_spec
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""One-off experiments (throughput, engine thresholds, MILP tables, parse times): run from a clone, not installed."""

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
+from benchmarks.paths import benchmarks_root
+
 REPO = Path(__file__).resolve().parents[1]
-BENCHMARKS = Path(
-    os.environ.get("VERIFIER_BENCHMARKS", str(REPO.parent / "shared" / "benchmarks" / "vnncomp2021"))
-)
+BENCHMARKS = benchmarks_root()
 
 
 def benchmarks_dir() -> Path:

@@ -21,13 +21,11 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.paths import REPO, benchmarks_root
 from verifier.bounds import AlphaOptions, Domains, alpha_crown, crown
 from verifier.objective import case_objective
 from verifier.onnx_import import load_onnx
 from vnnlib.reader import read_spec
-
-REPO = Path(__file__).resolve().parents[2]
-VNNCOMP = Path(os.environ.get("VERIFIER_BENCHMARKS", str(REPO.parent / "shared" / "benchmarks" / "vnncomp2021")))
 
 
 @dataclass(frozen=True)
@@ -111,11 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     options = AlphaOptions(iterations=args.iterations, early_stop=False,
                            optimize_intermediate=not args.fixed_intermediate)
     rows = acas_rows(args.repeats, options)
-    mnist = VNNCOMP / "mnistfc"
+    mnist = benchmarks_root() / "mnistfc"
     if (mnist / "mnist-net_256x6.onnx").is_file():
         rows.append(crown_row("CROWN mnist 256x6 prop_0_0.03", mnist / "mnist-net_256x6.onnx",
                               mnist / "prop_0_0.03.vnnlib", args.repeats))
-    oval = VNNCOMP / "oval21"
+    oval = benchmarks_root() / "oval21"
     if (oval / "oval21_instances.csv").is_file():
         onnx, vnnlib = first_instance(oval, "oval21_instances.csv")
         rows.append(crown_row(f"CROWN oval21 {onnx.stem}", onnx, vnnlib, args.repeats))

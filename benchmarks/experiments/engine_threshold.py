@@ -19,7 +19,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from benchmarks.experiments.milp_acasxu import default_folder
+from benchmarks.paths import benchmarks_root
 
 BUCKETS = (-2, -1, 0, 20, 40, 60, 80, 100, 120, 150, 200, 400)
 
@@ -52,7 +52,7 @@ def _seconds(rows: list[dict], key: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--folder", type=Path, default=default_folder())
+    p.add_argument("--folder", type=Path, default=benchmarks_root())
     p.add_argument("--benchmark", default="acasxu")
     p.add_argument("--milp", type=Path, required=True, help="table of benchmarks.experiments.milp_acasxu")
     p.add_argument("--bab", type=Path, required=True, help="verify-bench table of a branch-and-bound run")

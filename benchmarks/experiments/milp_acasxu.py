@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import statistics
 import sys
 import time
@@ -23,7 +22,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from benchmarks.paths import REPO, benchmarks_root
 
 
 @dataclass(frozen=True)
@@ -38,10 +37,6 @@ class Row:
     binaries: int
     problems: int
     note: str = ""
-
-
-def default_folder() -> Path:
-    return Path(os.environ.get("VERIFIER_BENCHMARKS", str(REPO.parent / "shared" / "benchmarks" / "vnncomp2021")))
 
 
 def instances(folder: Path, props: set[str], nets: set[str] | None) -> list[tuple[str, str, float]]:
@@ -109,7 +104,7 @@ def summarize(rows: list[Row]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--folder", type=Path, default=default_folder())
+    p.add_argument("--folder", type=Path, default=benchmarks_root())
     p.add_argument("--props", default="1,2,3,4", help="comma-separated property numbers")
     p.add_argument("--nets", default=None, help="comma-separated nets such as 1_1,1_9 (default: all 45)")
     p.add_argument("--cap", type=float, default=120.0, help="cap on the per-instance timeout (s)")

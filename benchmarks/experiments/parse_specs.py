@@ -14,15 +14,13 @@ from __future__ import annotations
 import argparse
 import csv
 import gzip
-import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.paths import benchmarks_root
 from vnnlib import SpecError, parse_spec
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -35,10 +33,6 @@ class Timing:
     polytopes: int
     ms: float
     error: str = ""
-
-
-def default_folder() -> Path:
-    return Path(os.environ.get("VERIFIER_BENCHMARKS", str(REPO.parent / "shared" / "benchmarks" / "vnncomp2021")))
 
 
 def spec_files(folder: Path) -> list[Path]:
@@ -89,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--csv", type=Path, default=None, help="also write the table as CSV to this file")
     parser.add_argument("--repeat", type=int, default=3, help="parses per file; the fastest counts (default 3)")
     args = parser.parse_args(argv)
-    folder = args.folder or default_folder()
+    folder = args.folder or benchmarks_root()
     if not folder.is_dir():
         print(f"parse_specs: no such folder: {folder}", file=sys.stderr)
         return 2

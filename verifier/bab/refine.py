@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
 
-from verifier.bab.search import BabOptions, BabStats, margins, still_open
-from verifier.bab.subproblems import Store
+from verifier.bab.search import BabOptions, BabStats, margins, search
+from verifier.bab.subproblems import SubproblemBatch
 from verifier.bounds.alpha import AlphaOptions, alpha_crown
 from verifier.bounds.types import BoundResult, Domains, IntermediateBounds
 from verifier.deadline import Deadline
@@ -190,12 +191,12 @@ def prove_rows(
     ``(P,)`` of ``c_p @ sub(x)`` on the box (``+inf`` where proven): the lowest bound of the row's open
     subdomains when its search stopped.
 
-    One branch-and-bound over a tree per row: each subdomain answers for its own row only
-    (``relu_start``'s copies of the root), and every round bounds the children of all trees in one
-    batch.  The roundest subdomains (margins nearest to 0) go first, so that many rows finish early.
-    ``earlier``: the bounds of ``sub``'s ReLU layers on the case box.
+    One run of the branch-and-bound loop (``search``) over a tree per row: each subdomain answers for
+    its own row only (``relu_start``'s copies of the root), and every round bounds the children of all
+    trees in one batch.  The roundest subdomains (margins nearest to 0) go first, so that many rows
+    finish early.  ``earlier``: the bounds of ``sub``'s ReLU layers on the case box.
     """
-    from verifier.bab.relu_split import is_leaf, primal_inputs, relu_rule, relu_start
+    from verifier.bab.relu_split import relu_rule, relu_start
 
     P = C.shape[0]
     rows = CaseObjective(lower=obj.lower, upper=obj.upper, C=C, d=C.new_zeros(P),
@@ -203,54 +204,73 @@ def prove_rows(
                          strict=torch.zeros(P, dtype=torch.bool, device=C.device))
     domains = Domains(obj.lower.unsqueeze(0), obj.upper.unsqueeze(0))
     root = alpha_crown(sub, domains, C.unsqueeze(0), C.new_zeros(1, P), alpha_opts, known=earlier, deadline=deadline)
-    outcome = torch.zeros(P, dtype=torch.long, device=C.device)
     rows, start = relu_start(sub, rows, root, per_polytope=True)
-    rule = relu_rule(sub, rows, lambda x: None, opts, alpha_opts, deadline, BabStats())
-    effort = torch.zeros(P, dtype=torch.long, device=C.device)
-    given_up = torch.zeros(P, dtype=torch.bool, device=C.device)
-    # per row, the lowest bound of its open subdomains dropped (given up) so far
-    frontier = torch.full((P,), torch.inf, dtype=C.dtype, device=C.device)
-    store = Store()
-    store.push(start, -margins(rows, start.bound))
-    while store.size and not deadline.expired():
-        parents = store.pop(rule.batch_size).to(sub.device)
-        dead = given_up[_owner(parents.bound)]
-        _drop(frontier, parents.bound[dead])
-        parents = parents.select(~dead)
-        if parents.batch == 0:
-            continue
-        children = rule.branch(parents)
-        owner = _owner(children.bound)  # before bounding: an empty child's own row becomes +inf
-        children = rule.bound(children)
-        effort += torch.bincount(owner, minlength=P)
-        is_open = still_open(rows, children.bound)
-        open_, owner = children.select(is_open), owner[is_open]
+    stats = BabStats()
+    rule = relu_rule(sub, rows, lambda x: None, opts, alpha_opts, deadline, stats)
+    tracker = _RowTracker(sub, rows, C, budget)
+    rule = replace(rule, bound=tracker.counting(rule.bound), settle=tracker.settle, admit=tracker.admit,
+                   drain=tracker.drop, priority=lambda batch: -margins(rows, batch.bound), attack=False,
+                   name="refine")
+    search(sub, rows, start, rule, lambda x: None, opts, deadline, torch.Generator(device=C.device), stats)
+    return tracker.result()
+
+
+class _RowTracker:
+    """The per-row bookkeeping of ``prove_rows``: effort, give-ups and the lowest bound let go."""
+
+    def __init__(self, sub: Network, rows: CaseObjective, C: Tensor, budget: int) -> None:
+        P = C.shape[0]
+        self.sub, self.rows, self.C, self.budget = sub, rows, C, budget
+        self.outcome = torch.zeros(P, dtype=torch.long, device=C.device)
+        self.effort = torch.zeros(P, dtype=torch.long, device=C.device)
+        self.given_up = torch.zeros(P, dtype=torch.bool, device=C.device)
+        # per row, the lowest bound of its open subdomains dropped (given up) so far
+        self.frontier = torch.full((P,), torch.inf, dtype=C.dtype, device=C.device)
+
+    def admit(self, parents: SubproblemBatch) -> SubproblemBatch:
+        """The parents whose row is still searched (the others' bounds join the frontier)."""
+        dead = self.given_up[_owner(parents.bound)]
+        self.drop(parents.select(dead))
+        return parents.select(~dead)
+
+    def counting(self, bound: Callable[[SubproblemBatch], SubproblemBatch]
+                 ) -> Callable[[SubproblemBatch], SubproblemBatch]:
+        """``bound``, counting each row's children (before bounding: an empty child's own row becomes +inf)."""
+        def counted(children: SubproblemBatch) -> SubproblemBatch:
+            self.effort += torch.bincount(_owner(children.bound), minlength=self.effort.numel())
+            return bound(children)
+
+        return counted
+
+    def settle(self, open_: SubproblemBatch) -> tuple[SubproblemBatch, None, bool]:
+        """A primal corner on the other side, or a leaf still open: the row cannot be proven here."""
         if open_.batch == 0:
-            continue
-        # a primal corner on the other side, or a leaf still open: the row cannot be proven here
+            return open_, None, False
+        from verifier.bab.relu_split import is_leaf, primal_inputs
+
+        owner = _owner(open_.bound)
         with torch.no_grad():
-            y = forward(sub, primal_inputs(sub, rows, open_)).reshape(open_.batch, -1)
-        reached = (y * C[owner]).sum(1) <= 0
-        outcome[owner[reached]] = -1
-        given_up[owner[reached | is_leaf(open_)]] = True
-        given_up |= effort > budget
-        keep = ~given_up[owner]
-        _drop(frontier, open_.bound[~keep])
-        store.push(open_.select(keep), -margins(rows, open_.bound[keep]))
-    if store.size:  # out of time: the rows still open
-        left = store.pop(store.size).bound.to(C.device)
-        given_up[_owner(left)] = True
-        _drop(frontier, left)
-    # a row is proven when its tree has no open subdomain left and it was never given up
-    outcome[~given_up] = 1
-    return outcome, torch.where(given_up, frontier, torch.full_like(frontier, torch.inf))
+            y = forward(self.sub, primal_inputs(self.sub, self.rows, open_)).reshape(open_.batch, -1)
+        reached = (y * self.C[owner]).sum(1) <= 0
+        self.outcome[owner[reached]] = -1
+        self.given_up[owner[reached | is_leaf(open_)]] = True
+        self.given_up |= self.effort > self.budget
+        keep = ~self.given_up[owner]
+        self.drop(open_.select(~keep))
+        return open_.select(keep), None, False
 
+    def drop(self, batch: SubproblemBatch) -> None:
+        """Give up the rows of ``batch``'s subdomains and lower their frontier to their own-row bounds."""
+        if batch.batch:
+            owner = _owner(batch.bound)
+            self.given_up[owner] = True
+            self.frontier.scatter_reduce_(0, owner, batch.bound.gather(1, owner.unsqueeze(1)).squeeze(1),
+                                          reduce="amin")
 
-def _drop(frontier: Tensor, bound: Tensor) -> None:
-    """Lower ``frontier`` ``(P,)`` to the own-row bounds of the subdomains ``bound`` ``(B, P)`` let go."""
-    if bound.shape[0]:
-        owner = _owner(bound)
-        frontier.scatter_reduce_(0, owner, bound.gather(1, owner.unsqueeze(1)).squeeze(1), reduce="amin")
+    def result(self) -> tuple[Tensor, Tensor]:
+        """A row is proven when its tree has no open subdomain left and it was never given up."""
+        self.outcome[~self.given_up] = 1
+        return self.outcome, torch.where(self.given_up, self.frontier, torch.full_like(self.frontier, torch.inf))
 
 
 def _owner(bound: Tensor) -> Tensor:

@@ -128,13 +128,24 @@ BoundFn = Callable[[SubproblemBatch], SubproblemBatch]
 
 @dataclass(frozen=True)
 class Rule:
-    """What the loop needs from a branching strategy."""
+    """What the loop needs from a branching strategy (input splitting, ReLU splitting, the refinement's
+    per-neuron searches).  Only ``bound`` (rigorous bounds) and ``settle`` (exact leaf decisions) may
+    drop a subdomain as proven; the other hooks only order, prune by budget, or observe."""
 
     branch: Callable[[SubproblemBatch], SubproblemBatch]  # parents -> children
     bound: BoundFn  # children with their new bounds (kept at least as high as the parent's)
     batch_size: int  # parents per round
     # open children -> (those still open, a validated counterexample or None, whether any was left undecided)
     settle: Callable[[SubproblemBatch], tuple[SubproblemBatch, Counterexample | None, bool]]
+    # the store's order, lowest first (default: the worst polytope margin first)
+    priority: Callable[[SubproblemBatch], Tensor] | None = None
+    # popped parents -> those still worth branching; a subdomain let go here leaves the search undecided
+    # unless the rule accounts for it itself (as the refinement's per-neuron budgets do)
+    admit: Callable[[SubproblemBatch], SubproblemBatch] | None = None
+    # sees the open subdomains left when the search stops early (time, memory)
+    drain: Callable[[SubproblemBatch], None] | None = None
+    attack: bool = True  # PGD on the worst open subdomains every ``attack_every`` rounds
+    name: str = "bab"
 
 
 def search(
@@ -142,25 +153,30 @@ def search(
     opts: BabOptions, deadline: Deadline, gen: torch.Generator, stats: BabStats,
 ) -> tuple[Status, Counterexample | None]:
     """Best-first branch and bound of one case from ``root``; UNSAT only when no subdomain is left."""
+    priority = rule.priority or (lambda batch: margins(obj, batch.bound))
     store = Store()
-    store.push(root, margins(obj, root.bound))
+    store.push(root, priority(root))
     undecided = False
     memory = opts.max_memory * physical_memory()
     batch_size, last_peak = rule.batch_size, None
     last_progress = time.monotonic()
     while store.size:
         if deadline.expired():
-            return Status.TIMEOUT, None
+            return _stop(store, rule, Status.TIMEOUT)
         if store.size > opts.max_domains or store.nbytes > memory:
-            log.info("branch and bound: %d open subdomains (%.2f GB), giving up", store.size, store.nbytes / 1e9)
+            log.info("%s: %d open subdomains (%.2f GB), giving up", rule.name, store.size, store.nbytes / 1e9)
             stats.extra["bab_out_of_memory"] = 1
-            return Status.UNKNOWN, None
+            return _stop(store, rule, Status.UNKNOWN)
         deepest = store.nbytes > memory / 2
         if deepest and "bab_depth_first" not in stats.extra:
-            log.info("branch and bound: %.2f GB of open subdomains, depth-first from now", store.nbytes / 1e9)
+            log.info("%s: %.2f GB of open subdomains, depth-first from now", rule.name, store.nbytes / 1e9)
             stats.extra["bab_depth_first"] = 1
         reset_peak_memory()
         parents = store.pop(batch_size, deepest=deepest).to(net.device)
+        if rule.admit is not None:
+            parents = rule.admit(parents)
+            if parents.batch == 0:
+                continue
         t = time.monotonic()
         children = rule.branch(parents)
         stats.time_branching += time.monotonic() - t
@@ -176,22 +192,29 @@ def search(
         open_, cex, left = rule.settle(children.select(still_open(obj, children.bound)))
         stats.time_exact += time.monotonic() - t
         undecided |= left
-        if cex is None and open_.batch and stats.rounds % opts.attack_every == 0:
+        if cex is None and rule.attack and open_.batch and stats.rounds % opts.attack_every == 0:
             t = time.monotonic()
             cex = _attack_worst(net, obj, open_, margins(obj, open_.bound), validate_fn, opts, deadline, gen)
             stats.time_attack += time.monotonic() - t
         if cex is not None:
             return Status.SAT, cex
-        store.push(open_, margins(obj, open_.bound))
+        store.push(open_, priority(open_))
         stats.max_queue = max(stats.max_queue, store.size)
         batch_size, last_peak = _adapt_batch(batch_size, rule.batch_size, parents.batch, last_peak, 2 * memory,
                                              stats)
         if time.monotonic() - last_progress > opts.progress_every:
             last_progress = time.monotonic()
-            log.info("bab: open %d (%.0f MB), worst margin %.4g, bounded %d, depth %d, %.1fs left",
-                     store.size, store.nbytes / 1e6, store.min_priority(), stats.bounded, stats.max_depth,
-                     deadline.remaining())
+            log.info("%s: open %d (%.0f MB), %s %.4g, bounded %d, depth %d, %.1fs left", rule.name, store.size,
+                     store.nbytes / 1e6, "next priority" if rule.priority else "worst margin",
+                     store.min_priority(), stats.bounded, stats.max_depth, deadline.remaining())
     return (Status.UNKNOWN if undecided else Status.UNSAT), None
+
+
+def _stop(store: Store, rule: Rule, status: Status) -> tuple[Status, None]:
+    """Hand what is left open to the rule's ``drain`` and answer ``status``."""
+    if rule.drain is not None and store.size:
+        rule.drain(store.pop(store.size))
+    return status, None
 
 
 def _adapt_batch(size: int, most: int, popped: int, last_peak: float | None, budget: float, stats: BabStats

@@ -22,3 +22,13 @@ class Deadline:
 
     def expired(self) -> bool:
         return time.monotonic() >= self.at
+
+    def within(self, seconds: float) -> Deadline:
+        """This deadline, or ``seconds`` from now if that comes first."""
+        return Deadline(min(self.at, time.monotonic() + max(0.0, seconds)))
+
+    def share(self, fraction: float) -> Deadline:
+        """The point after ``fraction`` of the time left (this deadline itself for ``fraction >= 1``)."""
+        if fraction >= 1:
+            return self
+        return self.within(fraction * self.remaining()) if fraction > 0 else Deadline(time.monotonic())

@@ -89,7 +89,7 @@ def refine_bounds(
     for k in range(1, K):
         if deadline.expired():
             break
-        layer_deadline = Deadline(time.monotonic() + deadline.remaining() / (K - k))
+        layer_deadline = deadline.share(1 / (K - k))
         sub = cut_at(net, k)
         lo, hi = lower[k][0].clone(), upper[k][0].clone()
         unstable = int(((lo < 0) & (hi > 0)).sum())
@@ -111,7 +111,7 @@ def refine_bounds(
                 group = todo[g : g + rows_per_search]
                 share = layer_deadline.remaining() * len(group) / (len(todo) - g)  # its share, by size
                 outcome, bound = prove_rows(sub, obj, earlier, torch.stack([c.c for c in group]), opts,
-                                            alpha_opts, Deadline(time.monotonic() + share), budget * 4**i)
+                                            alpha_opts, layer_deadline.within(share), budget * 4**i)
                 outcome = outcome.tolist()
                 for cand, o, b in zip(group, outcome, bound.tolist(), strict=True):
                     if o == 0:

@@ -41,7 +41,7 @@ import torch
 from verifier.bab.branching import relu_scores, split_relus, target_rows
 from verifier.bab.leaves import decide_leaves
 from verifier.bab.probes import check_points
-from verifier.bab.search import BabOptions, BabStats, Rule, ValidateFn, physical_memory, search
+from verifier.bab.search import BabOptions, BabStats, Rule, ValidateFn, search
 from verifier.bab.spec_rows import (
     RowSubset,
     combine_rows,
@@ -60,6 +60,7 @@ from verifier.bounds.ibp import ibp, mark_empty
 from verifier.bounds.rounding import magnitude
 from verifier.bounds.types import Betas, BoundResult, Domains, Slopes
 from verifier.deadline import Deadline
+from verifier.memory import physical_memory
 from verifier.network import Network
 from verifier.objective import CaseObjective
 from verifier.result import Counterexample, Status

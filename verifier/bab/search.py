@@ -8,7 +8,6 @@ lower bound), look for counterexamples among the rest, push them back.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from verifier.attack import AttackOptions, attack_case
 from verifier.bab.subproblems import Store, SubproblemBatch
 from verifier.deadline import Deadline
 from verifier.forward import forward
+from verifier.memory import peak_memory, physical_memory, reset_peak_memory
 from verifier.network import Network
 from verifier.objective import CaseObjective
 from verifier.result import Counterexample, Status
@@ -234,35 +234,6 @@ def _adapt_batch(size: int, most: int, popped: int, last_peak: float | None, bud
     if peak * growth < budget / 4 and size < most:
         return min(most, 2 * size), None
     return size, peak
-
-
-def reset_peak_memory() -> None:
-    """Restart the kernel's count of this process's peak resident memory (Linux; elsewhere nothing)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
-
-def peak_memory() -> float | None:
-    """Bytes of this process's peak resident memory since ``reset_peak_memory`` (None where unknown)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return float(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def physical_memory() -> float:
-    """Bytes of physical memory of this machine (8 GiB where the system does not say)."""
-    try:
-        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (AttributeError, ValueError, OSError):
-        return 8.0 * 2**30
 
 
 def _attack_worst(

@@ -56,7 +56,7 @@ def solve_case(
     if choose_branching(net, opts) == "input":
         # a portfolio: input splitting first, then ReLU splitting (some low-dimensional instances have
         # ReLUs that no input split makes stable)
-        input_deadline = _share(deadline, opts.input_share if opts.branching == "auto" else 1.0)
+        input_deadline = deadline.share(opts.input_share if opts.branching == "auto" else 1.0)
         # on small boxes the rows seldom cross: the combinations other than the midpoints proved nothing
         # more on ACAS Xu but took about half of the bounding time (benchmarks/results/README.md)
         keep = torch.ones_like(obj.strict) if opts.input_all_combinations else obj.midpoint_rows()
@@ -80,19 +80,14 @@ def _relu_portfolio(
     widest = max((net.nodes[r].size for r in net.relu_indices), default=0)
     if (opts.refine_share > 0 and len(net.relu_indices) >= 2 and widest <= opts.refine_max_width
             and root.intermediate is not None):
-        status, cex = solve_relu(net, obj, root, validate_fn, opts, alpha_opts, _share(deadline, opts.refine_after),
+        status, cex = solve_relu(net, obj, root, validate_fn, opts, alpha_opts, deadline.share(opts.refine_after),
                                  gen, stats)
         if status not in (Status.TIMEOUT, Status.UNKNOWN) or deadline.expired():
             return status, cex
-        root = refined_root(net, obj, root, opts, alpha_opts, _share(deadline, opts.refine_share), gen, stats)
+        root = refined_root(net, obj, root, opts, alpha_opts, deadline.share(opts.refine_share), gen, stats)
         if bool(obj.ruled_out(root.lower).all()):
             return Status.UNSAT, None
     return solve_relu(net, obj, root, validate_fn, opts, alpha_opts, deadline, gen, stats)
-
-
-def _share(deadline: Deadline, share: float) -> Deadline:
-    """A deadline after ``share`` of the time left (never later than ``deadline``)."""
-    return Deadline(min(deadline.at, time.monotonic() + share * deadline.remaining()))
 
 
 def _input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts: BabOptions,
@@ -240,7 +235,7 @@ class _LeafGate:
             return None, 0.0
         budget = max(0.25, 0.02 * deadline.remaining(), share * (now - self.start) - self.time)
         # the first box searched gets a real try, so that the rates can be compared
-        return Deadline(min(deadline.at, now + budget)), (2.0 if faster or self.time == 0 else 0.25)
+        return deadline.within(budget), (2.0 if faster or self.time == 0 else 0.25)
 
     def spent(self, seconds: float, proven: int) -> None:
         self.time += seconds
@@ -282,7 +277,7 @@ def relu_leaves(
         root = BoundResult(box.bound, None, box.intermediate)
         share = max(least, deadline.remaining() / (len(picks) - n))
         status, cex = solve_relu(net, sub, root, validate_fn, relu_opts, alpha_opts,
-                                 Deadline(time.monotonic() + share), torch.Generator(device=net.device).manual_seed(i),
+                                 Deadline.after(share), torch.Generator(device=net.device).manual_seed(i),
                                  BabStats())
         tried += 1
         if status is Status.SAT:

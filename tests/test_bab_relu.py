@@ -8,11 +8,9 @@ import pytest
 import torch
 
 from tests.nets import FAMILIES, check_bounds, consistent, dense_net, relu_pre, sample_box
-from verifier.bab.branching import split_relus
+from verifier.bab.branching import babsr_scores, fast_bound, split_relus
 from verifier.bab.relu_split import (
-    babsr_scores,
     decide_leaves,
-    fast_bound,
     is_leaf,
     output_magnitude,
     primal_inputs,

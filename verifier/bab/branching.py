@@ -11,8 +11,9 @@ from dataclasses import replace
 
 import torch
 
+from verifier.bab.spec_rows import batch_bound, needed_rows, restrict
 from verifier.bab.subproblems import SubproblemBatch
-from verifier.bounds.types import IntermediateBounds
+from verifier.bounds import IntermediateBounds, free_intercepts, mark_empty, relaxation_state
 from verifier.forward import forward
 from verifier.network import Network
 from verifier.objective import CaseObjective
@@ -169,3 +170,80 @@ def strong_input_split(
     low = best * B + b
     chosen = cand.select(torch.cat([low, low + n * B]))
     return replace(chosen, bound=torch.maximum(chosen.bound, parents.bound.repeat(2, 1)))
+
+
+def _worst_rows(obj: CaseObjective, bound: Tensor) -> Tensor:
+    """One-hot weights ``(Q, B, S)``: slot ``q`` picks the ``q``-th row of each domain's worst polytope
+    (all zero where that polytope has fewer rows)."""
+    worst = obj.polytope_margins(bound).argmin(dim=-1)  # (B,)
+    rows = obj.groups[worst]  # (B, S)
+    rank = rows.cumsum(dim=1) - 1
+    Q = int(obj.groups.sum(1).max())
+    q = torch.arange(Q, device=bound.device)[:, None, None]
+    return (rows & (rank == q)).to(bound.dtype)
+
+
+def babsr_scores(net: Network, obj: CaseObjective, parents: SubproblemBatch) -> Tensor:
+    """Per domain, the score of every ReLU over all layers ``(B, sum n_k)``; ``-inf`` where not splittable.
+
+    For each row of the worst polytope, the intercepts of a neuron's upper relaxation
+    lower that row's bound by ``-a_j * intercept_j`` (read off as the gradient of the
+    bound with respect to the intercepts); the score is the largest share of a row's
+    gap ``-lb`` owed to the neuron, so that every row of the polytope gets candidates.
+    The triangle height breaks ties.
+    """
+    state = relaxation_state(net, parents.domains, parents.intermediate)
+    relus = net.relu_indices
+    rows = needed_rows(obj, parents.bound)  # the worst polytope is open, so its rows are among them
+    sub, C, d = restrict(obj, parents, rows)
+    slots = rows.gather(_worst_rows(obj, parents.bound).permute(1, 2, 0)).permute(2, 0, 1) * rows.valid  # (Q, B, K)
+    gap = (-sub.bound).clamp(min=1e-12)  # (B, K)
+    score = torch.zeros(parents.batch, sum(net.nodes[r].size for r in relus), dtype=gap.dtype,
+                        device=gap.device)
+    with torch.enable_grad():
+        free, bias = free_intercepts(net, state)
+        lower = batch_bound(net, sub, free, C, d)  # (B, K)
+        # no intercept reaches the bound (every ReLU before the rows stable, as in the refinement's
+        # sub-networks): every score stays 0
+        for q, weight in enumerate(slots if lower.requires_grad else ()):
+            grads = torch.autograd.grad((lower * weight).sum(), [bias[r] for r in relus], allow_unused=True,
+                                        retain_graph=q + 1 < len(slots))
+            share = torch.cat([torch.zeros_like(bias[r]) if g is None else -g * bias[r].detach()
+                               for r, g in zip(relus, grads, strict=True)], dim=1)  # (B, N)
+            score = torch.maximum(score, share / (weight * gap).sum(1, keepdim=True).clamp(min=1e-12))
+    tie = relu_scores(parents)  # (B, N) triangle heights, -1 where not splittable
+    score = score + 1e-6 * tie.clamp(min=0)
+    return torch.where(tie >= 0, score, torch.full_like(score, -torch.inf))
+
+
+def fast_bound(net: Network, obj: CaseObjective, batch: SubproblemBatch) -> Tensor:
+    """The batch's bound ``(B, S)`` with its needed rows recomputed by one backward pass with its own
+    slopes, multipliers and pre-activation bounds (all ``+inf`` where the splits are infeasible)."""
+    state = relaxation_state(net, batch.domains, batch.intermediate)
+    rows = needed_rows(obj, batch.bound)
+    sub, C, d = restrict(obj, batch, rows)
+    with torch.no_grad():
+        lower = rows.scatter(batch.bound, batch_bound(net, sub, state, C, d))
+    return mark_empty(lower, None, state.nodes.empty)[0]
+
+
+def fsb_choice(net: Network, obj: CaseObjective, parents: SubproblemBatch, scores: Tensor, k: int
+               ) -> tuple[Tensor, Tensor]:
+    """Per parent, the neuron ``(B,)`` (flat index) among its top-``k`` by ``scores`` whose children bound
+    best, and those children's ``fast_bound`` ``(2 B, S)`` (active halves, then inactive ones).
+
+    All ``2 k B`` candidate children are bounded at once by ``fast_bound``.
+    """
+    B = parents.batch
+    k = min(k, scores.shape[1])
+    top = scores.topk(k, dim=1)  # (B, k)
+    tiled = parents.select(torch.arange(B, device=scores.device).repeat(k))  # copy j*B+b = parent b
+    lower = fast_bound(net, obj, split_relus(tiled, top.indices.T.reshape(-1)))  # (2 k B, S)
+    lower = lower.reshape(2, k, B, -1)  # (2, k, B, S)
+    m = obj.polytope_margins(lower).amin(dim=-1)  # (2, k, B)
+    # the worse child decides; ties (both proven, or equally open) go to the better sum
+    score = torch.minimum(m[0], m[1]).clamp(max=0) * 1e3 + m[0].clamp(max=1) + m[1].clamp(max=1)
+    score = torch.where(top.values.T > -torch.inf, score, torch.full_like(score, -torch.inf))
+    best = score.argmax(dim=0)  # (B,)
+    b = torch.arange(B, device=best.device)
+    return top.indices[b, best], lower[:, best, b].reshape(2 * B, -1)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from verifier.bounds.rounding import down, eta, gamma, up
+from verifier.bounds import down, eta, gamma, up
 
 Tensor = torch.Tensor
 

@@ -32,8 +32,7 @@ import torch
 
 from verifier.bab.search import BabOptions, BabStats, margins, search
 from verifier.bab.subproblems import SubproblemBatch
-from verifier.bounds.alpha import AlphaOptions, alpha_crown
-from verifier.bounds.types import BoundResult, Domains, IntermediateBounds
+from verifier.bounds import AlphaOptions, BoundResult, Domains, IntermediateBounds, alpha_crown
 from verifier.deadline import Deadline
 from verifier.forward import forward
 from verifier.network import Network

@@ -38,27 +38,32 @@ from dataclasses import replace
 
 import torch
 
-from verifier.bab.branching import relu_scores, split_relus, target_rows
+from verifier.bab.branching import babsr_scores, fast_bound, fsb_choice, split_relus, target_rows
 from verifier.bab.leaves import decide_leaves
 from verifier.bab.probes import check_points
 from verifier.bab.search import BabOptions, BabStats, Rule, ValidateFn, search
 from verifier.bab.spec_rows import (
-    RowSubset,
+    batch_bound,
     combine_rows,
     mix_lower,
     mix_rows,
     needed_rows,
     one_polytope_each,
     open_polytopes,
+    restrict,
 )
 from verifier.bab.subproblems import SubproblemBatch, concat, in_chunks
-from verifier.bounds.alpha import AlphaOptions
-from verifier.bounds.backward import concretize
-from verifier.bounds.beta import beta_crown
-from verifier.bounds.crown import CrownState, crown_sweep, final_linear
-from verifier.bounds.ibp import ibp, mark_empty
-from verifier.bounds.rounding import magnitude
-from verifier.bounds.types import Betas, BoundResult, Domains, Slopes
+from verifier.bounds import (
+    AlphaOptions,
+    Betas,
+    BoundResult,
+    Domains,
+    Slopes,
+    beta_crown,
+    ibp,
+    magnitude,
+    relaxation_state,
+)
 from verifier.deadline import Deadline
 from verifier.memory import physical_memory
 from verifier.network import Network
@@ -125,131 +130,21 @@ def is_leaf(batch: SubproblemBatch) -> Tensor:
     return batch.intermediate.unstable_count(batch.batch) == 0
 
 
-def _state(net: Network, batch: SubproblemBatch) -> CrownState:
-    """Node bounds and relaxations from the batch's pre-activation bounds, without any backward pass."""
-    with torch.no_grad():
-        return crown_sweep(net, batch.domains, batch.intermediate, reuse_known=len(net.relu_indices))
-
-
-def restrict(obj: CaseObjective, batch: SubproblemBatch, rows: RowSubset
-             ) -> tuple[SubproblemBatch, Tensor, Tensor]:
-    """``batch`` with its per-row state (bound, final slopes, multipliers) cut to ``rows``, and
-    the spec rows ``C`` ``(B, K, n_out)`` and ``d`` ``(B, K)``."""
-    B = batch.batch
-    sub = replace(
-        batch, bound=rows.gather(batch.bound),
-        slopes=None if batch.slopes is None else Slopes(tuple(rows.gather(t) for t in batch.slopes.final),
-                                                        batch.slopes.intermediate),
-        betas=None if batch.betas is None else Betas(tuple(rows.gather(t) for t in batch.betas.values)),
-    )
-    return sub, rows.gather(obj.C.expand(B, -1, -1)), rows.gather(obj.d.expand(B, -1))
-
-
-def _final_lower(net: Network, batch: SubproblemBatch, state: CrownState, C: Tensor, d: Tensor) -> Tensor:
-    """Lower bounds ``(B, K)`` of the rows ``C``, ``d`` from ``state`` with the batch's slopes and multipliers."""
-    relus = net.relu_indices
-    slopes = None if batch.slopes is None else dict(zip(relus, batch.slopes.final, strict=True))
-    terms = None
-    if batch.betas is not None:
-        # beta-CROWN's split term (beta.py): -beta_j s_j added to the coefficient of z_j
-        terms = {r: -b * s.to(b.dtype).unsqueeze(1) for r, b, s in zip(relus, batch.betas.values, batch.splits,
-                                                                          strict=True)}
-    return concretize(*final_linear(net, state, C, d, slopes, terms), (batch.lower, batch.upper))
-
-
-def _worst_rows(obj: CaseObjective, bound: Tensor) -> Tensor:
-    """One-hot weights ``(Q, B, S)``: slot ``q`` picks the ``q``-th row of each domain's worst polytope
-    (all zero where that polytope has fewer rows)."""
-    worst = obj.polytope_margins(bound).argmin(dim=-1)  # (B,)
-    rows = obj.groups[worst]  # (B, S)
-    rank = rows.cumsum(dim=1) - 1
-    Q = int(obj.groups.sum(1).max())
-    q = torch.arange(Q, device=bound.device)[:, None, None]
-    return (rows & (rank == q)).to(bound.dtype)
-
-
-def babsr_scores(net: Network, obj: CaseObjective, parents: SubproblemBatch) -> Tensor:
-    """Per domain, the score of every ReLU over all layers ``(B, sum n_k)``; ``-inf`` where not splittable.
-
-    For each row of the worst polytope, the intercepts of a neuron's upper relaxation
-    lower that row's bound by ``-a_j * intercept_j`` (read off as the gradient of the
-    bound with respect to the intercepts); the score is the largest share of a row's
-    gap ``-lb`` owed to the neuron, so that every row of the polytope gets candidates.
-    The triangle height breaks ties.
-    """
-    state = _state(net, parents)
-    relus = net.relu_indices
-    rows = needed_rows(obj, parents.bound)  # the worst polytope is open, so its rows are among them
-    sub, C, d = restrict(obj, parents, rows)
-    slots = rows.gather(_worst_rows(obj, parents.bound).permute(1, 2, 0)).permute(2, 0, 1) * rows.valid  # (Q, B, K)
-    gap = (-sub.bound).clamp(min=1e-12)  # (B, K)
-    score = torch.zeros(parents.batch, sum(net.nodes[r].size for r in relus), dtype=gap.dtype,
-                        device=gap.device)
-    with torch.enable_grad():
-        bias = {r: state.relax.relu[r].upper_bias.detach().clone().requires_grad_() for r in relus}
-        relax = replace(state.relax, relu={r: replace(state.relax.relu[r], upper_bias=bias[r]) for r in relus})
-        lower = _final_lower(net, sub, CrownState(state.nodes, relax), C, d)  # (B, K)
-        # no intercept reaches the bound (every ReLU before the rows stable, as in the refinement's
-        # sub-networks): every score stays 0
-        for q, weight in enumerate(slots if lower.requires_grad else ()):
-            grads = torch.autograd.grad((lower * weight).sum(), [bias[r] for r in relus], allow_unused=True,
-                                        retain_graph=q + 1 < len(slots))
-            share = torch.cat([torch.zeros_like(bias[r]) if g is None else -g * bias[r].detach()
-                               for r, g in zip(relus, grads, strict=True)], dim=1)  # (B, N)
-            score = torch.maximum(score, share / (weight * gap).sum(1, keepdim=True).clamp(min=1e-12))
-    tie = relu_scores(parents)  # (B, N) triangle heights, -1 where not splittable
-    score = score + 1e-6 * tie.clamp(min=0)
-    return torch.where(tie >= 0, score, torch.full_like(score, -torch.inf))
-
-
 def primal_inputs(net: Network, obj: CaseObjective, batch: SubproblemBatch) -> Tensor:
     """Per domain, the box corner ``(B, n_in)`` minimizing the linear lower bound of the row to improve.
 
     The bound is ``c + A x`` minimized over the box, so ``x_i`` is the lower end where
     ``A_i >= 0``; ``A`` is the gradient of the bound with respect to both box ends.
     """
-    state = _state(net, batch)
+    state = relaxation_state(net, batch.domains, batch.intermediate)
     rows = needed_rows(obj, batch.bound)
     sub, C, d = restrict(obj, batch, rows)
     weight = rows.gather(target_rows(obj, batch.bound)) * rows.valid  # (B, K)
     lo, hi = batch.lower.detach().clone().requires_grad_(), batch.upper.detach().clone().requires_grad_()
     with torch.enable_grad():
-        lower = _final_lower(net, replace(sub, lower=lo, upper=hi), state, C, d)
+        lower = batch_bound(net, replace(sub, lower=lo, upper=hi), state, C, d)
         g_lo, g_hi = torch.autograd.grad((lower * weight).sum(), [lo, hi])
     return torch.where(g_lo + g_hi >= 0, batch.lower, batch.upper)
-
-
-def fast_bound(net: Network, obj: CaseObjective, batch: SubproblemBatch) -> Tensor:
-    """The batch's bound ``(B, S)`` with its needed rows recomputed by one backward pass with its own
-    slopes, multipliers and pre-activation bounds (all ``+inf`` where the splits are infeasible)."""
-    state = _state(net, batch)
-    rows = needed_rows(obj, batch.bound)
-    sub, C, d = restrict(obj, batch, rows)
-    with torch.no_grad():
-        lower = rows.scatter(batch.bound, _final_lower(net, sub, state, C, d))
-    return mark_empty(lower, None, state.nodes.empty)[0]
-
-
-def fsb_choice(net: Network, obj: CaseObjective, parents: SubproblemBatch, scores: Tensor, k: int
-               ) -> tuple[Tensor, Tensor]:
-    """Per parent, the neuron ``(B,)`` (flat index) among its top-``k`` by ``scores`` whose children bound
-    best, and those children's ``fast_bound`` ``(2 B, S)`` (active halves, then inactive ones).
-
-    All ``2 k B`` candidate children are bounded at once by ``fast_bound``.
-    """
-    B = parents.batch
-    k = min(k, scores.shape[1])
-    top = scores.topk(k, dim=1)  # (B, k)
-    tiled = parents.select(torch.arange(B, device=scores.device).repeat(k))  # copy j*B+b = parent b
-    lower = fast_bound(net, obj, split_relus(tiled, top.indices.T.reshape(-1)))  # (2 k B, S)
-    lower = lower.reshape(2, k, B, -1)  # (2, k, B, S)
-    m = obj.polytope_margins(lower).amin(dim=-1)  # (2, k, B)
-    # the worse child decides; ties (both proven, or equally open) go to the better sum
-    score = torch.minimum(m[0], m[1]).clamp(max=0) * 1e3 + m[0].clamp(max=1) + m[1].clamp(max=1)
-    score = torch.where(top.values.T > -torch.inf, score, torch.full_like(score, -torch.inf))
-    best = score.argmax(dim=0)  # (B,)
-    b = torch.arange(B, device=best.device)
-    return top.indices[b, best], lower[:, best, b].reshape(2 * B, -1)
 
 
 def reuse_groups(layer: Tensor, todo: Tensor, min_size: int) -> list[tuple[Tensor, int]]:

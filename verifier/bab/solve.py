@@ -23,10 +23,7 @@ from verifier.bab.refine import refined_root
 from verifier.bab.relu_split import solve_relu
 from verifier.bab.search import BabOptions, BabStats, Rule, ValidateFn, search
 from verifier.bab.subproblems import SubproblemBatch, in_chunks
-from verifier.bounds.alpha import AlphaOptions, alpha_crown
-from verifier.bounds.crown import crown
-from verifier.bounds.prepare import float32_copy
-from verifier.bounds.types import BoundResult, Domains, IntermediateBounds
+from verifier.bounds import AlphaOptions, BoundResult, Domains, IntermediateBounds, alpha_crown, crown, float32_copy
 from verifier.deadline import Deadline
 from verifier.network import Network
 from verifier.objective import CaseObjective

@@ -14,11 +14,13 @@ row may be ``+inf`` where the subdomain is not responsible for its polytope
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
-from verifier.bounds.rounding import down, gamma
+from verifier.bab.subproblems import SubproblemBatch
+from verifier.bounds import Betas, CrownState, Slopes, down, gamma, linear_bound
+from verifier.network import Network
 from verifier.objective import CaseObjective, exact_rows
 
 Tensor = torch.Tensor
@@ -109,3 +111,24 @@ def needed_rows(obj: CaseObjective, bound: Tensor) -> RowSubset:
     order = torch.sort(need.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :K]  # (B, K)
     valid = need.gather(1, order)
     return RowSubset(torch.where(valid, order, order[:, :1]), valid)
+
+
+def restrict(obj: CaseObjective, batch: SubproblemBatch, rows: RowSubset
+             ) -> tuple[SubproblemBatch, Tensor, Tensor]:
+    """``batch`` with its per-row state (bound, final slopes, multipliers) cut to ``rows``, and
+    the spec rows ``C`` ``(B, K, n_out)`` and ``d`` ``(B, K)``."""
+    B = batch.batch
+    sub = replace(
+        batch, bound=rows.gather(batch.bound),
+        slopes=None if batch.slopes is None else Slopes(tuple(rows.gather(t) for t in batch.slopes.final),
+                                                        batch.slopes.intermediate),
+        betas=None if batch.betas is None else Betas(tuple(rows.gather(t) for t in batch.betas.values)),
+    )
+    return sub, rows.gather(obj.C.expand(B, -1, -1)), rows.gather(obj.d.expand(B, -1))
+
+
+def batch_bound(net: Network, batch: SubproblemBatch, state: CrownState, C: Tensor, d: Tensor) -> Tensor:
+    """Lower bounds ``(B, K)`` of the rows ``C``, ``d`` from ``state`` with the batch's own slopes and
+    multipliers (one backward pass)."""
+    return linear_bound(net, batch.domains, state, C, d, None if batch.slopes is None else batch.slopes.final,
+                        None if batch.betas is None else batch.betas.values)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from verifier.bounds.types import Betas, Domains, IntermediateBounds, Slopes
+from verifier.bounds import Betas, Domains, IntermediateBounds, Slopes
 
 Tensor = torch.Tensor
 

@@ -19,10 +19,9 @@ from typing import Literal
 import torch
 
 from verifier.bounds.adam import Adam
-from verifier.bounds.backward import concretize
-from verifier.bounds.crown import CrownState, crown_sweep, final_linear
+from verifier.bounds.crown import CrownState, crown_sweep, linear_bound
 from verifier.bounds.graph import bounded_nodes
-from verifier.bounds.ibp import intermediate_of, mark_empty, spec_interval
+from verifier.bounds.ibp import intermediate_of, mark_empty
 from verifier.bounds.prepare import check_domains, check_known, disable_tf32, float32_copy, spec_rows
 from verifier.bounds.rounding import cast_down, cast_up
 from verifier.bounds.types import Betas, BoundResult, Domains, IntermediateBounds, Slopes, Tensor
@@ -217,14 +216,7 @@ def _final(net: Network, domains: Domains, state: CrownState, C: Tensor, d: Tens
            params: list[Tensor], beta_params: list[Tensor], relus: tuple[int, ...]) -> Tensor:
     """Lower bound ``(B, S)`` of the spec rows from the current slopes (and betas), intersected with the
     interval bound (an estimate if ``state`` is one)."""
-    slopes = dict(zip(relus, params, strict=True))
-    terms = None
-    if beta_params:
-        terms = {r: -b * s.to(b.dtype).unsqueeze(1)
-                 for r, b, s in zip(relus, beta_params, domains.splits, strict=True)}
-    lower = concretize(*final_linear(net, state, C, d, slopes, terms), (domains.lower, domains.upper),
-                       state.nodes.rigorous)
-    return torch.maximum(lower, spec_interval(net, state.nodes, C, d)[0])
+    return linear_bound(net, domains, state, C, d, params, beta_params or None, interval=True)
 
 
 def _keep(best: list[Tensor], current: list[Tensor], mask: Tensor) -> None:

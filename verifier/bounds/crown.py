@@ -9,7 +9,7 @@ are folded into the output layer.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -164,3 +164,45 @@ def final_linear(
     if A0 is None:  # the rows do not depend on the input
         A0 = const.new_zeros(B, const.shape[1], net.n_inputs)
     return A0, const
+
+
+def relaxation_state(net: Network, domains: Domains, known: IntermediateBounds) -> CrownState:
+    """Node bounds and relaxations of every node from ``known`` bounds of every ReLU layer's
+    pre-activation, without any backward pass (rigorous)."""
+    with torch.no_grad():
+        return crown_sweep(net, domains, known, reuse_known=len(net.relu_indices))
+
+
+def linear_bound(
+    net: Network, domains: Domains, state: CrownState, C: Tensor, d: Tensor,
+    slopes: Sequence[Tensor] | None = None, betas: Sequence[Tensor] | None = None, interval: bool = False,
+) -> Tensor:
+    """Lower bound ``(B, S)`` of ``C f(x) - d`` on each domain from the relaxations in ``state``, with
+    ``slopes`` (per ReLU layer, ``(B, S or 1, n_k)``) as the lower slopes of the unstable ReLUs and
+    ``betas`` (per ReLU layer, ``(B, S, n_k)``) as the multipliers of the domains' splits; with
+    ``interval``, intersected with the interval bound.  Rigorous when ``state`` is, whatever the slopes
+    in [0, 1] and non-negative multipliers; differentiable in them, in the box and in the relaxations.
+
+    beta-CROWN (Wang et al. 2021, Thm. 3.1): a split ``s_j z_j >= 0`` (``s_j = +1`` active, ``-1``
+    inactive) enters the Lagrangian with ``beta_j >= 0``, adding ``-beta_j s_j`` to ``z_j``'s coefficient.
+    """
+    relus = net.relu_indices
+    slope_map = None if slopes is None else dict(zip(relus, slopes, strict=True))
+    terms = None
+    if betas is not None:
+        terms = {r: -b * s.to(b.dtype).unsqueeze(1) for r, b, s in zip(relus, betas, domains.splits, strict=True)}
+    lower = concretize(*final_linear(net, state, C, d, slope_map, terms), (domains.lower, domains.upper),
+                       state.nodes.rigorous)
+    if interval:
+        lower = torch.maximum(lower, spec_interval(net, state.nodes, C, d)[0])
+    return lower
+
+
+def free_intercepts(net: Network, state: CrownState) -> tuple[CrownState, dict[int, Tensor]]:
+    """``state`` with each ReLU's upper-relaxation intercepts ``(B, n_k)`` replaced by leaf tensors that
+    require gradients (returned by ReLU node), so that a bound's gradient with respect to them tells
+    how much of it each neuron's relaxation costs (BaBSR, Bunel et al. 2020)."""
+    relus = net.relu_indices
+    bias = {r: state.relax.relu[r].upper_bias.detach().clone().requires_grad_() for r in relus}
+    relax = replace(state.relax, relu={r: replace(state.relax.relu[r], upper_bias=bias[r]) for r in relus})
+    return CrownState(state.nodes, relax), bias

@@ -20,11 +20,12 @@ from tests.nets import Builder
 from verifier.bounds import Domains, crown
 from verifier.deadline import Deadline
 from verifier.exact.encoding import encode_network, linear_objective
-from verifier.exact.highs import solve_mip
+from verifier.exact.highs import MipStatus, solve_mip
 from verifier.exact.milp import MilpOptions, milp_verify
 from verifier.exact.smt import SmtOptions, smt_verify
 from verifier.forward import forward, forward_all
 from verifier.network import Conv, Input, Network, Node, Relu, Reshape
+from verifier.result import Status
 from vnnlib.spec import Case, Polytope, Spec
 
 BATCHES = 10
@@ -202,13 +203,13 @@ def _set(a: np.ndarray, j: int, v: float) -> np.ndarray:
     return out
 
 
-def enumeration_verdict(net: Network, spec: Spec) -> str:
+def enumeration_verdict(net: Network, spec: Spec) -> Status:
     for case in spec.cases:
         en = Enumerator(net, case.lower, case.upper)
         for poly in case.polytopes:
             if en.unsafe_point(poly.A, poly.b) is not None:
-                return "sat"
-    return "unsat"
+                return Status.SAT
+    return Status.UNSAT
 
 
 def _check_witness(net: Network, spec: Spec, x: np.ndarray) -> None:
@@ -218,7 +219,7 @@ def _check_witness(net: Network, spec: Spec, x: np.ndarray) -> None:
 
 @pytest.mark.parametrize("batch", range(BATCHES))
 def test_milp_smt_enumeration_agree(batch: int) -> None:
-    tally = {"sat": 0, "unsat": 0}
+    tally = {Status.SAT: 0, Status.UNSAT: 0}
     for seed in range(batch * PER_BATCH, (batch + 1) * PER_BATCH):
         net = random_net(seed)
         spec = random_spec(net, seed)
@@ -227,7 +228,7 @@ def test_milp_smt_enumeration_agree(batch: int) -> None:
         oracle = enumeration_verdict(net, spec)
         assert (milp.verdict, smt.verdict) == (oracle, oracle), f"seed {seed}"
         for outcome in (milp, smt):
-            if outcome.verdict == "sat":
+            if outcome.verdict is Status.SAT:
                 _check_witness(net, spec, outcome.x)
         tally[oracle] += 1
     assert min(tally.values()) >= PER_BATCH // 6, tally  # both answers well represented
@@ -244,7 +245,7 @@ def test_milp_optimum_equals_enumerated_optimum(seed: int) -> None:
     cost, offset = linear_objective(enc, c)
     res = solve_mip(replace(enc.problem, cost=cost, offset=offset), 30)
     want = Enumerator(net, lo, hi).minimum(c)
-    assert res.status == "feasible"
+    assert res.status is MipStatus.FEASIBLE
     assert res.objective == pytest.approx(want, abs=1e-6 * (1 + abs(want)))
 
 
@@ -263,7 +264,7 @@ def test_pure_z3_agrees_with_milp_and_enumeration() -> None:
     """z3 on the bare disjunctive encoding (no bounds, no LP, no splitting) is an exact
     oracle independent of every bound; it must agree with the MILP and the enumeration."""
     opts = SmtOptions(bounds="none", lp_probe=False, split_unstable=0, fork=False)
-    tally = {"sat": 0, "unsat": 0}
+    tally = {Status.SAT: 0, Status.UNSAT: 0}
     for seed in range(60):
         net = tiny_net(seed)
         spec = random_spec(net, seed)
@@ -271,7 +272,7 @@ def test_pure_z3_agrees_with_milp_and_enumeration() -> None:
         milp = milp_verify(net, spec, Deadline.after(30), MilpOptions(crown_bounds=False, lp_tighten=False))
         oracle = enumeration_verdict(net, spec)
         assert (smt.verdict, milp.verdict) == (oracle, oracle), f"seed {seed}"
-        if smt.verdict == "sat":
+        if smt.verdict is Status.SAT:
             _check_witness(net, spec, smt.x)
         tally[oracle] += 1
     assert min(tally.values()) >= 10, tally

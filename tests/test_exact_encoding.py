@@ -18,12 +18,13 @@ from verifier.exact.encoding import (
     margin_problem,
     polytope_problem,
 )
-from verifier.exact.highs import solve_mip
+from verifier.exact.highs import MipStatus, solve_mip
 from verifier.exact.linear_ops import INDEX_OPS, LINEAR_OPS, index_map, linear_map, maxpool_windows
 from verifier.exact.milp import MilpOptions, count_unstable, milp_check
 from verifier.exact.smt import SmtOptions, smt_check
 from verifier.forward import forward, forward_all
 from verifier.network import OP_TYPES, Add, Input, MaxPool, Relu
+from verifier.result import Status
 
 
 def _minimize(enc, c, time_limit=30.0):
@@ -73,13 +74,13 @@ def test_point_box_reproduces_forward_in_milp_and_smt(family: str) -> None:
     for i in range(net.n_outputs):
         c = np.eye(net.n_outputs)[i]
         res = _minimize(enc, c)
-        assert res.status == "feasible"
+        assert res.status is MipStatus.FEASIBLE
         assert res.objective == pytest.approx(y0[i], abs=1e-6)
     # z3 (interval bounds fix every ReLU of a point box): y_0 <= y0_0 -+ 1e-9 is unsat / sat
     opts = SmtOptions(bounds="interval", lp_probe=False)
     A = np.eye(net.n_outputs)[:1]
-    assert smt_check(net, x0, x0, A, y0[:1] - 1e-9, Deadline.after(30), opts).verdict == "unsat"
-    assert smt_check(net, x0, x0, A, y0[:1] + 1e-9, Deadline.after(30), opts).verdict == "sat"
+    assert smt_check(net, x0, x0, A, y0[:1] - 1e-9, Deadline.after(30), opts).verdict is Status.UNSAT
+    assert smt_check(net, x0, x0, A, y0[:1] + 1e-9, Deadline.after(30), opts).verdict is Status.SAT
 
 
 @pytest.mark.parametrize("family,width", [("dense", 0.5), ("residual", 0.5), ("avgpool", 0.1), ("maxpool", 0.1)])
@@ -93,7 +94,7 @@ def test_milp_optimum_brackets_samples_and_is_attained(family: str, width: float
     c = torch.randn(net.n_outputs, generator=gen, dtype=torch.float64).numpy()
     enc = encode_network(net, lo, hi)
     res = _minimize(enc, c, time_limit=60.0)
-    assert res.status == "feasible" and res.dual_bound >= res.objective - 1e-4 * (1 + abs(res.objective))
+    assert res.status is MipStatus.FEASIBLE and res.dual_bound >= res.objective - 1e-4 * (1 + abs(res.objective))
     xs = sample_box(gen, torch.as_tensor(lo)[None], torch.as_tensor(hi)[None], 2000)[0]
     ys = forward(net, xs).reshape(len(xs), -1).numpy() @ c
     assert ys.min() >= res.objective - 1e-6
@@ -123,10 +124,11 @@ def test_margin_and_feasibility_problems_agree() -> None:
     enc = encode_network(net, lo, hi)
     A = np.array([[1.0, -1.0], [0.0, 1.0]])
     margin = solve_mip(margin_problem(enc, A, np.zeros(2)), 30)
-    assert margin.status == "feasible"
-    for b_shift, expect in ((margin.objective + 1e-4, "feasible"), (margin.objective - 1e-4, "infeasible")):
+    assert margin.status is MipStatus.FEASIBLE
+    for b_shift, expect in ((margin.objective + 1e-4, MipStatus.FEASIBLE),
+                            (margin.objective - 1e-4, MipStatus.INFEASIBLE)):
         res = solve_mip(polytope_problem(enc, A, np.full(2, b_shift)), 30)
-        assert res.status == expect
+        assert res.status is expect
 
 
 def test_milp_check_respects_split_states() -> None:
@@ -147,10 +149,10 @@ def test_milp_check_respects_split_states() -> None:
         for b in (target + 0.01, target - 0.5):
             res = milp_check(net, lo, hi, c[None], np.array([b]), None, Deadline.after(30), splits,
                              MilpOptions(lp_tighten=trial % 2 == 0))
-            assert res.verdict in ("sat", "unsat")
+            assert res.verdict in (Status.SAT, Status.UNSAT)
             if ok.any() and b > target:
-                assert res.verdict == "sat"
-            if res.verdict == "sat":
+                assert res.verdict is Status.SAT
+            if res.verdict is Status.SAT:
                 pre_x, out_x = relu_pre(net, torch.as_tensor(res.x)[None])
                 for p, s in zip(pre_x, splits):  # up to rounding at the split boundary
                     assert torch.all((s <= 0) | (p >= -1e-9)) and torch.all((s >= 0) | (p <= 1e-9))

@@ -18,6 +18,7 @@ from verifier.exact.milp import MilpOptions, count_unstable, milp_check, milp_ve
 from verifier.exact.outcome import ExactOutcome
 from verifier.exact.smt import SmtOptions, smt_verify
 from verifier.onnx_import import load_onnx
+from verifier.result import Status
 from verifier.validate import validate_counterexample
 from vnnlib import read_spec
 from vnnlib.spec import Case, Polytope, Spec
@@ -48,7 +49,7 @@ def test_test_set_is_decided(onnx_name: str, vnnlib_name: str, want: str, engine
     net = load_onnx(MODELS / onnx_name)
     spec = read_spec(MODELS / vnnlib_name)
     out = ENGINES[engine](net, spec, Deadline.after(60))
-    assert out.verdict == want
+    assert out.verdict is Status(want)
     if want == "sat":  # the witness replays through onnxruntime on the original model
         assert validate_counterexample(MODELS / onnx_name, spec, out.x) is not None
 
@@ -57,7 +58,7 @@ def test_pure_z3_decides_the_small_test_instances() -> None:
     opts = SmtOptions(bounds="none", lp_probe=False, split_unstable=0)
     for onnx_name, vnnlib_name, want in TEST_SET[:3]:
         out = smt_verify(load_onnx(MODELS / onnx_name), read_spec(MODELS / vnnlib_name), Deadline.after(60), opts)
-        assert out.verdict == want and out.problems >= 1
+        assert out.verdict is Status(want) and out.problems >= 1
 
 
 ACAS_SAMPLE = [("1_9", "prop_3.vnnlib"), ("3_3", "prop_3.vnnlib"), ("3_3", "prop_4.vnnlib")]
@@ -74,8 +75,8 @@ def test_acasxu_sample_matches_ground_truth(net_id: str, prop: str, engine: str,
     net = load_onnx(MODELS / "acasxu" / onnx_name)
     spec = read_spec(MODELS / "acasxu" / prop)
     out = ENGINES[engine](net, spec, Deadline.after(60))
-    assert out.verdict == truth[(onnx_name, prop)]
-    if out.verdict == "sat":
+    assert out.verdict is Status(truth[(onnx_name, prop)])
+    if out.verdict is Status.SAT:
         assert validate_counterexample(MODELS / "acasxu" / onnx_name, spec, out.x) is not None
 
 
@@ -93,16 +94,17 @@ def test_timeout_is_honoured(engine: str) -> None:
     start = time.monotonic()
     out = ENGINES[engine](net, spec, Deadline.after(1.0))
     elapsed = time.monotonic() - start
-    assert out.verdict in ("timeout", "unknown")
+    assert out.verdict in (Status.TIMEOUT, Status.UNKNOWN)
     assert elapsed < 2.0, f"{engine} returned {elapsed:.2f}s after a 1 s deadline"
 
 
-def test_smt_forked_check_is_killed_at_the_deadline() -> None:
-    """Without bounds every ReLU is a disjunction: z3 cannot finish, the child is killed."""
+def test_smt_child_check_is_killed_at_the_deadline() -> None:
+    """Without bounds every ReLU is a disjunction: z3 cannot finish, the child
+    (a fresh interpreter running z3 only) is killed."""
     net, spec = _hard_problem()
     start = time.monotonic()
     out = smt_verify(net, spec, Deadline.after(2.0), SmtOptions(bounds="none", lp_probe=False))
-    assert out.verdict == "timeout" and time.monotonic() - start < 3.0
+    assert out.verdict is Status.TIMEOUT and time.monotonic() - start < 3.0
 
 
 def test_milp_check_on_a_leaf_with_crown_bounds() -> None:
@@ -119,7 +121,7 @@ def test_milp_check_on_a_leaf_with_crown_bounds() -> None:
     assert 0 < n_unstable <= count_unstable(net, lo, hi)
     whole = milp_verify(net, Spec((Case(lo, hi, (poly,)),), 5, 5), Deadline.after(60))
     leaf = milp_check(net, lo, hi, poly.A, poly.b, res.intermediate, Deadline.after(60))
-    assert leaf.verdict == whole.verdict and leaf.verdict in ("sat", "unsat")
+    assert leaf.verdict is whole.verdict and leaf.verdict in (Status.SAT, Status.UNSAT)
     # splitting one unstable neuron both ways covers the leaf: the answers combine to the same
     k = 0
     unstable = np.flatnonzero((res.intermediate.lower[k][0] < 0) & (res.intermediate.upper[k][0] > 0))
@@ -128,14 +130,16 @@ def test_milp_check_on_a_leaf_with_crown_bounds() -> None:
         splits = [torch.zeros(1, net.nodes[i].size, dtype=torch.int8) for i in net.relu_indices]
         splits[k][0, unstable[0]] = sign
         answers.append(milp_check(net, lo, hi, poly.A, poly.b, res.intermediate, Deadline.after(60), splits).verdict)
-    assert ("sat" in answers) == (leaf.verdict == "sat")
+    assert (Status.SAT in answers) == (leaf.verdict is Status.SAT)
 
 
 def test_outcome_and_options_are_validated() -> None:
     with pytest.raises(ValueError):
         ExactOutcome("proven")
     with pytest.raises(ValueError):
-        ExactOutcome("sat")
+        ExactOutcome(Status.SAT)
+    with pytest.raises(ValueError):
+        ExactOutcome(Status.ERROR)
     with pytest.raises(ValueError):
         MilpOptions(objective="fast")
     with pytest.raises(ValueError):
@@ -145,6 +149,6 @@ def test_outcome_and_options_are_validated() -> None:
 def test_empty_spec_and_expired_deadline() -> None:
     net = load_onnx(MODELS / "test_small.onnx")
     spec = read_spec(MODELS / "test_small.vnnlib")
-    assert milp_verify(net, Spec((), spec.n_inputs, spec.n_outputs), Deadline.after(10)).verdict == "unsat"
-    assert milp_verify(net, spec, Deadline.after(0)).verdict == "timeout"
-    assert smt_verify(net, spec, Deadline.after(0)).verdict == "timeout"
+    assert milp_verify(net, Spec((), spec.n_inputs, spec.n_outputs), Deadline.after(10)).verdict is Status.UNSAT
+    assert milp_verify(net, spec, Deadline.after(0)).verdict is Status.TIMEOUT
+    assert smt_verify(net, spec, Deadline.after(0)).verdict is Status.TIMEOUT

@@ -13,7 +13,7 @@ import torch
 from tests.nets import FAMILIES, make_case, relu_pre
 from verifier.bounds import Domains, crown, ibp
 from verifier.exact.encoding import MipProblem, encode_network, linear_objective
-from verifier.exact.highs import LpSession, solve_mip
+from verifier.exact.highs import LpSession, MipStatus, solve_mip
 from verifier.exact.lp_relaxation import lp_bounds, lp_tighten
 from verifier.network import MaxPool
 
@@ -54,7 +54,7 @@ def test_bounds_are_ordered_below_the_milp_optimum(seed: int) -> None:
     for s in range(C.shape[1]):
         cost, offset = linear_objective(enc, C[0, s].numpy(), float(d[0, s]))
         opt = solve_mip(replace(enc.problem, cost=cost, offset=offset), 30)
-        assert opt.status == "feasible"
+        assert opt.status is MipStatus.FEASIBLE
         tol = 1e-7 * (1 + abs(opt.objective))
         assert interval[s] <= opt.objective + tol
         assert float(cr.lower[0, s]) <= opt.objective + tol

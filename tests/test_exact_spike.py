@@ -20,6 +20,7 @@ from verifier.exact.smt import SmtOptions, smt_verify
 from verifier.forward import forward
 from verifier.network import Dense, Input, Network, Node, Relu
 from verifier.objective import case_objective
+from verifier.result import Status
 from vnnlib.spec import Case, Polytope, Spec
 
 
@@ -96,7 +97,7 @@ def test_spike_above_threshold_is_found(name: str, engine: str) -> None:
         out = milp_verify(net, spec, Deadline.after(60), MilpOptions())
     else:
         out = smt_verify(net, spec, Deadline.after(60), SmtOptions())
-    assert out.verdict == "sat"
+    assert out.verdict is Status.SAT
     _assert_witness(net, spec, out.x)
 
 
@@ -110,7 +111,7 @@ def test_spike_below_threshold_is_proven(name: str, engine: str) -> None:
         out = milp_verify(net, spec, Deadline.after(60), MilpOptions())
     else:
         out = smt_verify(net, spec, Deadline.after(60), SmtOptions())
-    assert out.verdict == "unsat"
+    assert out.verdict is Status.UNSAT
 
 
 @pytest.mark.parametrize("lp_tighten", [False, True])
@@ -121,6 +122,6 @@ def test_spike_milp_settings(objective: str, lp_tighten: bool) -> None:
     net = spike_net(v, centres, heights, width, distractors)
     opts = MilpOptions(objective=objective, lp_tighten=lp_tighten, crown_bounds=lp_tighten)
     sat = milp_verify(net, spike_spec(lo, hi, 0.99 * heights[0]), Deadline.after(60), opts)
-    assert sat.verdict == "sat"
+    assert sat.verdict is Status.SAT
     _assert_witness(net, spike_spec(lo, hi, 0.99 * heights[0]), sat.x)
-    assert milp_verify(net, spike_spec(lo, hi, 1.0001 * heights[0]), Deadline.after(60), opts).verdict == "unsat"
+    assert milp_verify(net, spike_spec(lo, hi, 1.0001 * heights[0]), Deadline.after(60), opts).verdict is Status.UNSAT

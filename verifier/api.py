@@ -7,8 +7,10 @@ A ``sat`` is only ever produced by ``verifier.validate``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +24,8 @@ from verifier.deadline import Deadline
 from verifier.errors import ShapeMismatchError
 from verifier.network import Network
 from verifier.objective import CaseObjective, case_objective, spec_fits, with_row_combinations
-from verifier.result import Counterexample, Result, Status
+from verifier.result import Counterexample, Result, Status, combine
+from verifier.runtime import runtime
 from verifier.validate import Replayer, validate
 from vnnlib.spec import Spec
 
@@ -47,14 +50,19 @@ def verify(
 
     ``model`` is an ONNX path or a loaded ``Network``; a counterexample is replayed
     through onnxruntime on the ONNX file (``onnx_path``, or the model path, or an
-    export of the ``Network``).
+    export of the ``Network`` into a temporary directory that lasts as long as the run).
+    The run sets torch's threads and TF32 flags (``verifier.runtime``) and restores them.
     """
     start = time.monotonic()
     deadline = Deadline.after(timeout)
     config = config or Config()
-    problem = load_problem(model, spec, config, onnx_path)
-    stats: dict[str, float | int | str] = {"load_time": round(time.monotonic() - start, 4)}
-    status, cex = run_pipeline(problem, config, deadline, stats)
+    with contextlib.ExitStack() as run:
+        if isinstance(model, Network) and onnx_path is None:
+            onnx_path = _export(model, Path(run.enter_context(tempfile.TemporaryDirectory(prefix="verifier-"))))
+        problem = load_problem(model, spec, config, onnx_path)
+        stats: dict[str, float | int | str] = {"load_time": round(time.monotonic() - start, 4)}
+        rt = run.enter_context(runtime(config, problem.net))
+        status, cex = run_pipeline(problem, config, deadline, stats, rt.generator)
     if status is Status.UNKNOWN and deadline.expired():
         status = Status.TIMEOUT
     return Result(status=status, counterexample=cex, time=time.monotonic() - start, stats=stats)
@@ -64,10 +72,14 @@ def load_problem(
     model: str | os.PathLike | Network, spec: str | os.PathLike | Spec, config: Config,
     onnx_path: str | os.PathLike | None = None,
 ) -> Problem:
-    """Load model and spec, check that their sizes agree, move the net to the device."""
+    """Load model and spec, check that their sizes agree, move the net to the device (no process-wide
+    state is touched: ``verify`` runs the pipeline inside ``verifier.runtime``).  A ``Network`` needs the
+    ``onnx_path`` its counterexamples replay on (``verify`` exports one)."""
     if isinstance(model, Network):
+        if onnx_path is None:
+            raise ValueError("a Network needs onnx_path, the ONNX file its counterexamples replay on")
         net = model
-        path = Path(onnx_path) if onnx_path is not None else _export(model)
+        path = Path(onnx_path)
     else:
         from verifier.onnx_import import load_onnx
 
@@ -86,43 +98,28 @@ def load_problem(
     if not all(spec_fits(case, dtype) for case in spec.cases):
         log.info("the spec's output coefficients need float64: bounding in float64")
         dtype = torch.float64
-    torch.set_num_threads(_threads(net, config))
-    if config.device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = False  # too imprecise for verification
-        torch.backends.cudnn.allow_tf32 = False
     return Problem(net=net.to(config.device, dtype), spec=spec, replayer=Replayer(path), model_path=path)
 
 
-_SMALL_NET = 1_000_000  # weights below which one CPU thread is fastest (measured on ACAS Xu)
-
-
-def _threads(net: Network, config: Config) -> int:
-    """CPU threads for torch: the configured number, or 1 for small networks, else all cores."""
-    if config.threads > 0:
-        return config.threads
-    weights = sum(t.numel() for node in net.nodes for t in vars(node.op).values() if isinstance(t, torch.Tensor))
-    return 1 if weights < _SMALL_NET else max(1, os.cpu_count() or 1)
-
-
-def _export(net: Network) -> Path:
-    import tempfile
-
+def _export(net: Network, folder: Path) -> Path:
     from verifier.onnx_export import save_onnx  # exported once so onnxruntime can replay
 
-    path = Path(tempfile.mkdtemp(prefix="verifier-")) / "model.onnx"
+    path = folder / "model.onnx"
     save_onnx(net, path)
     return path
 
 
 def run_pipeline(
-    problem: Problem, config: Config, deadline: Deadline, stats: dict
+    problem: Problem, config: Config, deadline: Deadline, stats: dict, gen: torch.Generator | None = None,
 ) -> tuple[Status, Counterexample | None]:
-    """Attack, then incomplete bounds, then the complete engine; first decision wins."""
+    """Attack, then incomplete bounds, then the complete engine; first decision wins (``gen``: the
+    run's generator, by default one seeded with ``config.seed``)."""
     net, spec = problem.net, problem.spec
     objectives = [case_objective(c, net.dtype, net.device) for c in spec.cases]
     if config.row_combinations > 0:
         objectives = [with_row_combinations(o, config.row_combinations) for o in objectives]
-    gen = torch.Generator(device=net.device).manual_seed(config.seed)
+    if gen is None:
+        gen = torch.Generator(device=net.device).manual_seed(config.seed)
 
     if config.engine in ("milp", "smt"):
         status, cex = _exact_engine(problem, config, deadline, stats)
@@ -180,15 +177,14 @@ def _exact_engine(problem: Problem, config: Config, deadline: Deadline, stats: d
         outcome = smt_verify(problem.net, problem.spec, deadline, config.smt)
     stats.update({f"{config.engine}_time": round(outcome.time, 4), f"{config.engine}_problems": outcome.problems,
                   f"{config.engine}_binaries": outcome.binaries})
-    if outcome.verdict == "unsat":
-        return Status.UNSAT, None
-    if outcome.verdict == "sat":
+    if outcome.verdict is Status.SAT:
         cex = validate(problem.replayer, problem.spec, np.asarray(outcome.x, dtype=np.float64))
         if cex is not None:
             return Status.SAT, cex
         log.warning("%s witness failed the onnxruntime replay: answering unknown", config.engine)
         stats["unconfirmed_witness"] = 1
-    return (Status.TIMEOUT if outcome.verdict == "timeout" else Status.UNKNOWN), None
+        return Status.UNKNOWN, None
+    return outcome.verdict, None
 
 
 def _validator(problem: Problem, case_index: int):
@@ -220,15 +216,17 @@ def _complete(
     from verifier.bab.solve import solve_case
 
     bab_stats = BabStats()
-    verdict = Status.UNSAT
+    verdicts: list[Status] = []
     for index, root in roots.items():
         status, cex = solve_case(problem.net, objectives[index], root, _validator(problem, index), config.bab,
                                  config.alpha, deadline, gen, bab_stats)
         if status is Status.SAT:
             stats.update(bab_stats.as_dict())
             return status, cex
+        # an undecided case is a timeout exactly when the run's deadline has passed
+        verdicts.append(status if status is Status.UNSAT else
+                        Status.TIMEOUT if deadline.expired() else Status.UNKNOWN)
         if status is not Status.UNSAT:
-            verdict = Status.TIMEOUT if deadline.expired() else Status.UNKNOWN
             break
     stats.update(bab_stats.as_dict())
-    return verdict, None
+    return combine(verdicts), None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,6 +18,21 @@ class Status(enum.Enum):
 
     def __str__(self) -> str:
         return self.value
+
+
+def combine(statuses: Iterable[Status]) -> Status:
+    """The verdict of a disjunction of parts (cases, polytopes, regions) from the verdicts of its parts.
+
+    Any ``SAT`` part makes the whole ``SAT``; all parts ``UNSAT`` (or none) make it ``UNSAT``; otherwise
+    the whole is undecided: ``TIMEOUT`` if some part ran out of time, else ``UNKNOWN`` (an ``ERROR``
+    part counts as undecided).  The one place verdicts are combined.
+    """
+    seen = set(statuses)
+    if Status.SAT in seen:
+        return Status.SAT
+    if seen <= {Status.UNSAT}:
+        return Status.UNSAT
+    return Status.TIMEOUT if Status.TIMEOUT in seen else Status.UNKNOWN
 
 
 @dataclass(frozen=True, eq=False)

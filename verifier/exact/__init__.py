@@ -1,8 +1,9 @@
 """Exact (complete) backends: MILP on HiGHS (its answers are hints), SMT on z3 (exact), and the LP
 relaxation.
 
-Entry points: ``milp_verify``/``smt_verify`` (a whole spec), ``milp_check`` (one
-branch-and-bound leaf), ``count_unstable`` (for the auto engine choice),
+Entry points: ``decide_region`` (one region, by the certified LP, the MILP or z3: every exact
+decision goes through it), ``milp_verify``/``smt_verify`` (a whole spec), ``milp_check``/``smt_check``
+(one polytope on one box), ``count_unstable`` (for the auto engine choice),
 ``lp_bounds``/``lp_tighten`` (bounds).  Submodules load on first use, so that
 importing the package does not import the solvers.
 """
@@ -11,11 +12,13 @@ from importlib import import_module
 
 _EXPORTS = {
     "ExactOutcome": "verifier.exact.outcome",
+    "Region": "verifier.exact.region",
+    "decide_region": "verifier.exact.region",
     "MilpOptions": "verifier.exact.milp",
     "milp_verify": "verifier.exact.milp",
     "milp_check": "verifier.exact.milp",
     "count_unstable": "verifier.exact.milp",
-    "case_bounds": "verifier.exact.milp",
+    "case_bounds": "verifier.exact.box_bounds",
     "SmtOptions": "verifier.exact.smt",
     "smt_verify": "verifier.exact.smt",
     "smt_check": "verifier.exact.smt",

@@ -11,6 +11,7 @@ call feasible models infeasible).
 from __future__ import annotations
 
 import ctypes
+import enum
 import logging
 import math
 import os
@@ -26,16 +27,28 @@ from verifier.exact.encoding import MipProblem
 _MIN_TIME = 0.01  # HiGHS treats a zero time limit as none; never pass one
 
 
+class MipStatus(enum.Enum):
+    """HiGHS's own word on a solve (not a verdict: the caller decides what it means)."""
+
+    INFEASIBLE = "infeasible"
+    FEASIBLE = "feasible"  # an incumbent is known
+    TIMEOUT = "timeout"
+    UNKNOWN = "unknown"
+
+
 @dataclass(frozen=True, eq=False)
 class MipSolve:
-    """One solve: ``status`` is "infeasible", "feasible", "timeout" or "unknown"."""
+    """One solve; ``status`` given by name is read as a ``MipStatus``."""
 
-    status: str
+    status: MipStatus
     values: np.ndarray | None  # (n,) the incumbent, when there is one
     objective: float  # the incumbent's objective (inf without one)
     dual_bound: float  # a lower bound on the optimum (-inf when none is known)
     time: float
     message: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", MipStatus(self.status))
 
 
 def solve_mip(
@@ -200,14 +213,12 @@ def _result(h: highspy.Highs, status, is_mip: bool) -> MipSolve:
         dual = objective if status == S.kOptimal and has_value else -math.inf
     message = h.modelStatusToString(status)
     if status == S.kInfeasible:
-        kind = "infeasible"
+        kind = MipStatus.INFEASIBLE
     elif values is not None and status in (S.kOptimal, S.kInterrupt, S.kTimeLimit, S.kSolutionLimit,
                                            S.kObjectiveBound, S.kObjectiveTarget):
-        kind = "feasible"
+        kind = MipStatus.FEASIBLE
     elif status == S.kTimeLimit:
-        kind = "timeout"
-    elif status == S.kInterrupt:
-        kind = "feasible" if values is not None else "unknown"
+        kind = MipStatus.TIMEOUT
     else:
-        kind = "unknown"
+        kind = MipStatus.UNKNOWN
     return MipSolve(kind, values, objective, dual, float(h.getRunTime()), message)

@@ -1,5 +1,6 @@
 """The MILP engine: a whole spec (``milp_verify``) or one region (``milp_check``), on HiGHS.
 
+Both go through ``exact.region.decide_region``, whose ``"milp"`` engine is ``decide_milp`` here.
 Each (case, polytope) pair is one problem, solved in order with an early exit
 on the first confirmed counterexample.  HiGHS's ``infeasible`` is its word, not
 a proof (the encoding is float64 and its MIP status is not certified): an
@@ -12,71 +13,69 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
-import torch
 
 from verifier.deadline import Deadline
+from verifier.exact.box_bounds import case_bounds, crown_bounds, share
 from verifier.exact.encoding import (
     EncodingOptions,
     NetworkEncoding,
-    ReluBounds,
     as_relu_bounds,
-    as_splits,
     encode_network,
     margin_problem,
     polytope_problem,
 )
-from verifier.exact.highs import solve_mip
+from verifier.exact.highs import MipStatus, solve_mip
 from verifier.exact.lp_relaxation import lp_tighten
 from verifier.exact.options import MilpOptions
 from verifier.exact.outcome import ExactOutcome
+from verifier.exact.region import Region, decide_region
 from verifier.exact.witness import Accept, confirmed
 from verifier.network import Network
+from verifier.result import Status, combine
 from vnnlib.spec import Case, Polytope, Spec
+
+__all__ = ["MilpOptions", "case_bounds", "count_unstable", "crown_bounds", "decide_milp", "milp_check",
+           "milp_verify"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, eq=False)
 class _Answer:
-    """One problem's answer: verdict "unsat" (ruled out), "sat", "timeout" or "unknown"."""
+    """One problem's answer: ``UNSAT`` (ruled out, HiGHS's word), ``SAT`` (with ``x``), ``TIMEOUT`` or ``UNKNOWN``."""
 
-    verdict: str
+    verdict: Status
     x: np.ndarray | None = None
     problems: int = 1
 
 
 def milp_verify(net: Network, spec: Spec, deadline: Deadline, options: MilpOptions = MilpOptions(),
                 accept: Accept | None = None) -> ExactOutcome:
-    """Decide ``spec`` on ``net`` by one MILP per (case, polytope).
+    """Decide ``spec`` on ``net`` by one MILP per (case, polytope), each case a ``decide_region``.
 
     ``accept`` (e.g. the strict onnxruntime replay) must take a witness too: a feasible point it
     rejects (one on the boundary) is followed by the deepest point before answering.
     """
     start = time.monotonic()
     problems = binaries = 0
-    pending: list[str] = []
+    verdicts: list[Status] = []
     for c, case in enumerate(spec.cases):
         if deadline.expired():
-            pending.append("timeout")
+            verdicts.append(Status.TIMEOUT)
             break
-        bounds = case_bounds(net, case.lower, case.upper, deadline, options)
-        enc = encode_network(net, case.lower, case.upper, bounds, options=_enc_options(options))
-        binaries = max(binaries, enc.problem.n_binary)
-        log.debug("milp case %d: %d binaries, %d rows", c, enc.problem.n_binary, enc.problem.A.shape[0])
-        if enc.empty:
-            continue
-        for poly in case.polytopes:
-            answer = _decide(net, enc, case, poly, deadline, options, accept)
-            problems += answer.problems
-            if answer.verdict == "sat":
-                return ExactOutcome("sat", answer.x, time.monotonic() - start, problems, binaries)
-            if answer.verdict != "unsat":
-                pending.append(answer.verdict)
-    verdict = "unsat" if not pending else ("timeout" if "timeout" in pending else "unknown")
-    return ExactOutcome(verdict, None, time.monotonic() - start, problems, binaries)
+        region = Region(case.lower, case.upper, bounds=case_bounds(net, case.lower, case.upper, deadline, options))
+        outcome = decide_region(net, region, case.polytopes, "milp", deadline, options, accept)
+        problems += outcome.problems
+        binaries = max(binaries, outcome.binaries)
+        log.debug("milp case %d: %s, %d binaries", c, outcome.verdict, outcome.binaries)
+        if outcome.verdict is Status.SAT:
+            return ExactOutcome(Status.SAT, outcome.x, time.monotonic() - start, problems, binaries)
+        verdicts.append(outcome.verdict)
+    return ExactOutcome(combine(verdicts), None, time.monotonic() - start, problems, binaries)
 
 
 def milp_check(
@@ -100,29 +99,35 @@ def milp_check(
     are used as given (no LP tightening unless ``options.lp_tighten``).
     """
     start = time.monotonic()
-    lower, upper = _flat(lower), _flat(upper)
-    bounds = as_relu_bounds(pre_bounds, net)
-    split_list = as_splits(splits, net)
+    region = Region.of(net, lower, upper, splits, pre_bounds)
     if options.lp_tighten:
-        budget = _share(deadline, options.tighten_share)
-        bounds = lp_tighten(net, lower, upper, bounds, splits=split_list, deadline=budget, threads=options.threads)
-    enc = encode_network(net, lower, upper, bounds, split_list, _enc_options(options))
+        budget = share(deadline, options.tighten_share)
+        splits = None if region.splits is None else list(region.splits)
+        bounds = lp_tighten(net, region.lower, region.upper, region.bounds, splits=splits, deadline=budget,
+                            threads=options.threads)
+        region = replace(region, bounds=bounds)
+    outcome = decide_region(net, region, [Polytope(polytope_A, polytope_b, strict)], "milp", deadline, options,
+                            accept)
+    return replace(outcome, time=time.monotonic() - start)
+
+
+def decide_milp(net: Network, region: Region, polytopes: Sequence[Polytope], deadline: Deadline,
+                options: MilpOptions, accept: Accept | None = None) -> ExactOutcome:
+    """``decide_region``'s ``"milp"`` engine: the region encoded once, one problem per polytope."""
+    start = time.monotonic()
+    splits = None if region.splits is None else list(region.splits)
+    enc = encode_network(net, region.lower, region.upper, region.bounds, splits, _enc_options(options))
     if enc.empty:
-        return ExactOutcome("unsat", None, time.monotonic() - start, 0, 0, "splits contradict the bounds")
-    case = Case(lower, upper, ())
-    answer = _decide(net, enc, case, Polytope(polytope_A, polytope_b, strict), deadline, options, accept)
-    return ExactOutcome(answer.verdict, answer.x, time.monotonic() - start, answer.problems, enc.problem.n_binary)
-
-
-def case_bounds(
-    net: Network, lower: np.ndarray, upper: np.ndarray, deadline: Deadline, options: MilpOptions = MilpOptions()
-) -> ReluBounds | None:
-    """The tightest pre-activation bounds the options allow on one box (None: interval only)."""
-    bounds = crown_bounds(net, lower, upper) if options.crown_bounds else None
-    if options.lp_tighten:
-        budget = _share(deadline, options.tighten_share)
-        bounds = lp_tighten(net, lower, upper, bounds, deadline=budget, threads=options.threads)
-    return bounds
+        return ExactOutcome(Status.UNSAT, None, time.monotonic() - start, 0, 0, "splits contradict the bounds")
+    case = Case(region.lower, region.upper, ())
+    problems, verdicts = 0, []
+    for poly in polytopes:
+        answer = _decide(net, enc, case, poly, deadline, options, accept)
+        problems += answer.problems
+        if answer.verdict is Status.SAT:
+            return ExactOutcome(Status.SAT, answer.x, time.monotonic() - start, problems, enc.problem.n_binary)
+        verdicts.append(answer.verdict)
+    return ExactOutcome(combine(verdicts), None, time.monotonic() - start, problems, enc.problem.n_binary)
 
 
 def count_unstable(net: Network, lower, upper, pre_bounds=None) -> int:
@@ -138,16 +143,16 @@ def _decide(net: Network, enc: NetworkEncoding, case: Case, poly: Polytope, dead
     if options.objective == "feasibility":
         limit = _limit(deadline, options)
         if limit <= 0:
-            return _Answer("timeout", problems=0)
+            return _Answer(Status.TIMEOUT, problems=0)
         solve = solve_mip(polytope_problem(enc, poly.A, poly.b), limit, options.threads)
         log.debug("milp feasibility: %s in %.3fs", solve.message, solve.time)
-        if solve.status == "infeasible":
-            return _Answer("unsat")
-        if solve.status != "feasible":
-            return _Answer(solve.status)
+        if solve.status is MipStatus.INFEASIBLE:
+            return _Answer(Status.UNSAT)
+        if solve.status is not MipStatus.FEASIBLE:
+            return _Answer(Status.TIMEOUT if solve.status is MipStatus.TIMEOUT else Status.UNKNOWN)
         x = confirmed(net, enc.input_of(solve.values), case, poly, accept)
         if x is not None:
-            return _Answer("sat", x)
+            return _Answer(Status.SAT, x)
         log.debug("milp candidate failed the forward check; looking for the deepest point")
         answer = _margin(net, enc, case, poly, deadline, options, accept)
         return _Answer(answer.verdict, answer.x, answer.problems + 1)
@@ -159,39 +164,20 @@ def _margin(net: Network, enc: NetworkEncoding, case: Case, poly: Polytope, dead
     """``min_x max_j A_j f(x) - b_j``, stopped as soon as its sign is known."""
     limit = _limit(deadline, options)
     if limit <= 0:
-        return _Answer("timeout", problems=0)
+        return _Answer(Status.TIMEOUT, problems=0)
     solve = solve_mip(margin_problem(enc, poly.A, poly.b), limit, options.threads, stop_below=0.0)
     log.debug("milp margin: %s, objective %g, bound %g", solve.message, solve.objective, solve.dual_bound)
-    if solve.status == "infeasible" or solve.dual_bound > 0:
-        return _Answer("unsat")
+    if solve.status is MipStatus.INFEASIBLE or solve.dual_bound > 0:
+        return _Answer(Status.UNSAT)
     if solve.values is not None:
         x = confirmed(net, enc.input_of(solve.values), case, poly, accept)
         if x is not None:
-            return _Answer("sat", x)
-    return _Answer("timeout" if solve.status == "timeout" else "unknown")
-
-
-def crown_bounds(net: Network, lower: np.ndarray, upper: np.ndarray) -> ReluBounds | None:
-    """CROWN pre-activation bounds (float64) if the bounding engine provides ``crown``."""
-    try:
-        from verifier.bounds import Domains, crown
-    except ImportError:
-        return None
-    net64 = net.to(dtype=torch.float64)
-    dom = Domains(torch.as_tensor(lower, dtype=torch.float64)[None], torch.as_tensor(upper, dtype=torch.float64)[None])
-    with torch.no_grad():
-        result = crown(net64, dom)
-    return as_relu_bounds(result.intermediate, net)
+            return _Answer(Status.SAT, x)
+    return _Answer(Status.TIMEOUT if solve.status is MipStatus.TIMEOUT else Status.UNKNOWN)
 
 
 def _enc_options(options: MilpOptions) -> EncodingOptions:
     return EncodingOptions(relax=False, margin_abs=options.margin_abs, margin_rel=options.margin_rel)
-
-
-def _share(deadline: Deadline, share: float) -> Deadline:
-    """A deadline after ``share`` of the remaining time (the same one when there is no limit)."""
-    remaining = deadline.remaining()
-    return deadline if not np.isfinite(remaining) else Deadline(time.monotonic() + share * remaining)
 
 
 def _limit(deadline: Deadline, options: MilpOptions) -> float:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -38,7 +37,9 @@ class SmtOptions:
     split_max_depth: int = 24
     lp_probe: bool = True  # try the LP relaxation's optimum (HiGHS) as a counterexample on each box
     problem_time_limit: float | None = None  # seconds per z3 check; the deadline always applies
-    fork: bool = field(default=hasattr(os, "fork"))  # run long checks in a killable child process
+    # run checks longer than half a second in a killable child process (a fresh interpreter with z3 only,
+    # fed the SMT-LIB text; never a fork of this process), so that the time limit holds
+    fork: bool = True
 
     def __post_init__(self) -> None:
         if self.bounds not in ("none", "interval", "crown"):

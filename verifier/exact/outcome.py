@@ -6,18 +6,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-VERDICTS = ("unsat", "sat", "unknown", "timeout")
+from verifier.result import Status
 
 
 @dataclass(frozen=True, eq=False)
 class ExactOutcome:
-    """``verdict`` is one of ``VERDICTS``; a ``sat`` carries a candidate input ``x``.
+    """``verdict`` is a ``Status`` (never ``ERROR``); a ``SAT`` carries a candidate input ``x``.
 
-    The candidate has passed our own forward pass; the caller still replays it
-    through onnxruntime before reporting ``sat``.
+    The candidate has passed our own forward pass (or the caller's ``accept``); the caller still
+    replays it through onnxruntime before reporting ``sat``.  An ``UNSAT`` is only as strong as the
+    engine that gave it: z3's and the certified LP's are proofs, HiGHS's MIP status is a hint.
     """
 
-    verdict: str
+    verdict: Status
     x: np.ndarray | None = None  # (n_in,) flat, float32-representable, inside the box
     time: float = 0.0
     problems: int = 0  # solver problems run
@@ -25,7 +26,7 @@ class ExactOutcome:
     message: str = ""
 
     def __post_init__(self) -> None:
-        if self.verdict not in VERDICTS:
-            raise ValueError(f"unknown verdict {self.verdict!r}")
-        if self.verdict == "sat" and self.x is None:
+        if not isinstance(self.verdict, Status) or self.verdict is Status.ERROR:
+            raise ValueError(f"an exact verdict is a Status other than ERROR, not {self.verdict!r}")
+        if self.verdict is Status.SAT and self.x is None:
             raise ValueError("a sat outcome needs a candidate input")

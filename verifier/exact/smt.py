@@ -12,42 +12,50 @@ ReLUs and add the triangle relaxation of the unstable ones as implied lemmas
 low-dimensional inputs the box is bisected until few ReLUs are unstable, and
 boxes on which the same rigorous bounds rule every polytope out are closed
 without z3.  The LP relaxation's optimum (HiGHS, a hint) is tried as a
-counterexample first.  The check runs in-process for a short
-first attempt and then in a forked child that is killed at the deadline (z3's
-own timeout can overrun by seconds on large rational pivots).
+counterexample first.  Each remaining box is one ``decide_region`` (its ``"smt"``
+engine is ``decide_smt`` here).  A check runs in-process for a short first
+attempt and then in a child process that is killed at the deadline (z3's own
+timeout can overrun by seconds on large rational pivots): a fresh interpreter
+running ``exact.z3_child`` on the SMT-LIB text, never a fork of this (torch) process.
 
-This is the only module that imports ``z3``.
+This module and ``exact.z3_child`` are the only ones that import ``z3``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import os
-import select
-import signal
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
-import torch
 import z3
 
 from verifier.deadline import Deadline
+from verifier.exact import z3_child
+from verifier.exact.box_bounds import rigorous_bounds
 from verifier.exact.encoding import EncodingOptions, ReluBounds, encode_network, margin_problem
 from verifier.exact.highs import LpSession
 from verifier.exact.linear_ops import INDEX_OPS, LINEAR_OPS, index_map, linear_map, maxpool_windows
 from verifier.exact.options import SmtOptions
 from verifier.exact.outcome import ExactOutcome
+from verifier.exact.region import Region, decide_region
 from verifier.exact.witness import confirmed
 from verifier.network import Add, AvgPool, Input, MaxPool, Network, Relu, has_errors
+from verifier.result import Status, combine
 from vnnlib.spec import Case, Polytope, Spec
 
 log = logging.getLogger(__name__)
 
 _SHRINK = 1e-6  # a witness that fails the float check is looked for again with b - _SHRINK * (1 + |b|)
 _IN_PROCESS = 0.5  # seconds of a check run in-process before it moves to a killable child
+_WORDS = {s.value for s in (Status.SAT, Status.UNSAT, Status.TIMEOUT, Status.UNKNOWN)}  # z3_child's answers
+_INEXACT = "the network has inexact constants (verifier.constants): no exact proof"
 
 
 @dataclass
@@ -63,20 +71,20 @@ def smt_verify(net: Network, spec: Spec, deadline: Deadline, options: SmtOptions
     """Decide ``spec`` on ``net`` with z3, case by case, polytope by polytope."""
     start = time.monotonic()
     tally = _Tally()
-    pending: list[str] = []
+    verdicts: list[Status] = []
     for case in spec.cases:
         verdict, x = _decide_case(net, case, list(case.polytopes), deadline, options, tally)
-        if verdict == "sat":
-            return ExactOutcome("sat", x, time.monotonic() - start, tally.checks, tally.disjunctions)
-        if verdict != "unsat":
-            pending.append(verdict)
-            if deadline.expired():
-                break
-    verdict = "unsat" if not pending else ("timeout" if "timeout" in pending else "unknown")
+        if verdict is Status.SAT:
+            return ExactOutcome(Status.SAT, x, time.monotonic() - start, tally.checks, tally.disjunctions)
+        verdicts.append(verdict)
+        if verdict is not Status.UNSAT and deadline.expired():
+            break
+    verdict = combine(verdicts)
     message = f"{tally.boxes} boxes"
-    if verdict == "unsat" and has_errors(net):
-        # z3 decided the network with its constants as stored; some are only close to the model's
-        verdict, message = "unknown", "the network has inexact constants (verifier.constants): no exact proof"
+    if verdict is Status.UNSAT and has_errors(net):
+        # z3 decided the network with its constants as stored (and the bounds closed boxes on them);
+        # some are only close to the model's
+        verdict, message = Status.UNKNOWN, _INEXACT
         log.info("smt: %s", message)
     return ExactOutcome(verdict, None, time.monotonic() - start, tally.checks, tally.disjunctions, message)
 
@@ -98,90 +106,102 @@ def smt_check(
 
 
 def _decide_case(net: Network, case: Case, polys: list[Polytope], deadline: Deadline, options: SmtOptions,
-                 tally: _Tally) -> tuple[str, np.ndarray | None]:
+                 tally: _Tally) -> tuple[Status, np.ndarray | None]:
     """Depth-first over sub-boxes of the case's box; ``(verdict, witness)``."""
-    pending: list[str] = []
+    verdicts: list[Status] = []
     stack = [(case.lower, case.upper, 0)]
     while stack:
         lower, upper, depth = stack.pop()
         if deadline.expired():
-            return "timeout", None
+            return Status.TIMEOUT, None
         tally.boxes += 1
-        bounds, ruled = _bounds(net, lower, upper, polys, options)
+        bounds, ruled = rigorous_bounds(net, lower, upper, polys, options.bounds)
         live = [p for p, out in zip(polys, ruled, strict=True) if not out]
         if not live:
             continue
         x = _lp_candidate(net, Case(lower, upper, ()), bounds, live, options)
         if x is not None:
-            return "sat", x
+            return Status.SAT, x
         if _should_split(bounds, lower, depth, options):
             dim = int(np.argmax((upper - lower) / np.maximum(case.upper - case.lower, 1e-300)))
             mid = 0.5 * (lower[dim] + upper[dim])
             stack.append((_with(lower, dim, mid), upper, depth + 1))
             stack.append((lower, _with(upper, dim, mid), depth + 1))
             continue
-        verdict, x = _decide_box(net, case, lower, upper, bounds, live, deadline, options, tally)
-        if verdict == "sat":
-            return verdict, x
-        if verdict != "unsat":
-            pending.append(verdict)
-    return ("unsat" if not pending else ("timeout" if "timeout" in pending else "unknown")), None
+        outcome = decide_region(net, Region(lower, upper, bounds=bounds), live, "smt", deadline, options)
+        tally.checks += outcome.problems
+        tally.disjunctions = max(tally.disjunctions, outcome.binaries)
+        if outcome.verdict is Status.SAT:
+            return Status.SAT, outcome.x
+        verdicts.append(outcome.verdict)
+    return combine(verdicts), None
 
 
-def _decide_box(net, case: Case, lower, upper, bounds, polys, deadline, options, tally):
-    """z3 on one box: the network once, then each polytope in a push/pop scope."""
-    text, inputs, n_or = _formula(net, lower, upper, bounds)
-    tally.disjunctions = max(tally.disjunctions, n_or)
+def decide_smt(net: Network, region: Region, polys: Sequence[Polytope], deadline: Deadline,
+               options: SmtOptions) -> ExactOutcome:
+    """``decide_region``'s ``"smt"`` engine: z3 on one box, the network once, then each polytope in a
+    push/pop scope (``UNKNOWN`` instead of ``UNSAT`` for a network with inexact constants)."""
+    if region.splits is not None and any(np.any(s != 0) for s in region.splits):
+        raise ValueError("the smt engine decides boxes: it takes no split states")
+    start = time.monotonic()
+    text, inputs, n_or = _formula(net, region.lower, region.upper, region.bounds)
     ctx = z3.Context()
     solver = z3.SolverFor("QF_LRA", ctx=ctx)
     solver.from_string(text)
-    pending = []
-    sub = Case(lower, upper, ())
+    verdicts: list[Status] = []
+    sub = Case(region.lower, region.upper, ())
+    checks = 0
     for poly in polys:
-        verdict, x = _decide_polytope(net, solver, inputs, sub, poly, deadline, options, tally)
-        if verdict == "sat":
-            return verdict, x
-        if verdict != "unsat":
-            pending.append(verdict)
-            if deadline.expired():
-                break
-    return ("unsat" if not pending else ("timeout" if "timeout" in pending else "unknown")), None
+        verdict, x, n = _decide_polytope(net, solver, text, inputs, sub, poly, deadline, options)
+        checks += n
+        if verdict is Status.SAT:
+            return ExactOutcome(Status.SAT, x, time.monotonic() - start, checks, n_or)
+        verdicts.append(verdict)
+        if verdict is not Status.UNSAT and deadline.expired():
+            break
+    verdict, message = combine(verdicts), ""
+    if verdict is Status.UNSAT and has_errors(net):
+        verdict, message = Status.UNKNOWN, _INEXACT
+    return ExactOutcome(verdict, None, time.monotonic() - start, checks, n_or, message)
 
 
-def _decide_polytope(net, solver, inputs, box: Case, poly: Polytope, deadline, options, tally):
-    """One polytope; a witness that fails the float check is looked for again slightly inside."""
-    for shrink in (0.0, _SHRINK):
+def _decide_polytope(net, solver, text: str, inputs, box: Case, poly: Polytope, deadline, options
+                     ) -> tuple[Status, np.ndarray | None, int]:
+    """One polytope: ``(verdict, witness, checks run)``; a witness that fails the float check is looked
+    for again slightly inside."""
+    for n, shrink in enumerate((0.0, _SHRINK), 1):
         b = poly.b - shrink * (1.0 + np.abs(poly.b))
+        extra = _polytope_text(poly.A, b)
         solver.push()
-        solver.from_string(_polytope_text(poly.A, b))
-        status, values = _check(solver, inputs, deadline, options)
-        tally.checks += 1
+        solver.from_string(extra)
+        status, values = _check(solver, f"{text}\n{extra}", inputs, deadline, options)
         solver.pop()
-        if status == "unsat":
+        if status is Status.UNSAT:
             # with shrink 0 the closure of the polytope is empty on the box; with a shrink only
             # points within the shrink margin remain, and one of them failed the float check
-            return ("unsat" if shrink == 0.0 else "unknown"), None
-        if status != "sat":
-            return status, None
+            return (Status.UNSAT if shrink == 0.0 else Status.UNKNOWN), None, n
+        if status is not Status.SAT:
+            return status, None, n
         x = confirmed(net, np.array([float(v) for v in values]), box, poly)
         if x is not None:
-            return "sat", x
+            return Status.SAT, x, n
         log.debug("smt witness failed the float check (shrink %g)", shrink)
-    return "unknown", None
+    return Status.UNKNOWN, None, 2
 
 
-def _check(solver: z3.Solver, inputs: list[str], deadline: Deadline, options: SmtOptions):
-    """``(status, input values)``: a short in-process attempt, then a killable child."""
+def _check(solver: z3.Solver, text: str, inputs: list[str], deadline: Deadline, options: SmtOptions):
+    """``(z3's answer as a Status, input values)``: a short in-process attempt, then a killable child
+    on ``text`` (the same formula)."""
     remaining = deadline.remaining()
     if options.problem_time_limit is not None:
         remaining = min(remaining, options.problem_time_limit)
     if remaining <= 0:
-        return "timeout", None
+        return Status.TIMEOUT, None
     first = min(remaining, _IN_PROCESS) if options.fork else remaining
     status, values = _check_here(solver, inputs, first)
-    if status != "timeout" or first >= remaining:
+    if status is not Status.TIMEOUT or first >= remaining:
         return status, values
-    return _check_forked(solver, inputs, remaining - first)
+    return _check_child(text, inputs, remaining - first)
 
 
 def _check_here(solver: z3.Solver, inputs: list[str], seconds: float):
@@ -199,96 +219,32 @@ def _check_here(solver: z3.Solver, inputs: list[str], seconds: float):
     return _read(solver, status, inputs)
 
 
-def _check_forked(solver: z3.Solver, inputs: list[str], seconds: float):
-    """The check in a forked child, killed when ``seconds`` have passed."""
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: solve, report, exit without running the parent's cleanup
-        code = 1
-        try:
-            os.close(read_fd)
-            solver.set("timeout", max(1, int(seconds * 1000)) if np.isfinite(seconds) else 4294967295)
-            status, values = _read(solver, solver.check(), inputs)
-            os.write(write_fd, "\n".join([status, *(str(v) for v in values or [])]).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_fd)
+def _check_child(text: str, inputs: list[str], seconds: float):
+    """The check in a child interpreter running ``exact.z3_child``, killed when ``seconds`` have passed."""
+    header = json.dumps({"timeout_ms": max(1, int(seconds * 1000)) if np.isfinite(seconds) else None,
+                         "inputs": inputs})
+    safe_path = ["-P"] if sys.version_info >= (3, 11) else []  # the child imports nothing from its folder
+    proc = subprocess.Popen([sys.executable, *safe_path, z3_child.__file__], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
-        data = _read_until(read_fd, time.monotonic() + seconds + 0.1)
-    finally:
-        os.close(read_fd)
-        _reap(pid)
-    if data is None:
-        return "timeout", None
-    lines = data.decode().split("\n")
-    if lines[0] != "sat":
-        return (lines[0] if lines[0] in ("unsat", "timeout", "unknown") else "unknown"), None
-    return "sat", [Fraction(v) for v in lines[1:]]
-
-
-def _read_until(fd: int, until: float) -> bytes | None:
-    chunks = []
-    while True:
-        wait = until - time.monotonic()
-        if wait <= 0:
-            return None
-        ready, _, _ = select.select([fd], [], [], wait)
-        if not ready:
-            return None
-        chunk = os.read(fd, 1 << 16)
-        if not chunk:
-            return b"".join(chunks) if chunks else None
-        chunks.append(chunk)
-
-
-def _reap(pid: int) -> None:
-    done, _ = os.waitpid(pid, os.WNOHANG)
-    if done == 0:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+        out, _ = proc.communicate(f"{header}\n{text}", timeout=seconds + 0.1 if np.isfinite(seconds) else None)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        return Status.TIMEOUT, None
+    lines = out.split("\n")
+    status = Status(lines[0]) if proc.returncode == 0 and lines[0] in _WORDS else None
+    if status is None:
+        log.info("smt: the z3 child failed (exit code %s)", proc.returncode)
+        return Status.UNKNOWN, None
+    return status, ([Fraction(v) for v in lines[1:]] if status is Status.SAT else None)
 
 
 def _read(solver: z3.Solver, status, inputs: list[str]):
-    if status == z3.sat:
-        model = solver.model()
-        ctx = solver.ctx
-        return "sat", [_fraction(model.eval(z3.Real(name, ctx), model_completion=True)) for name in inputs]
-    if status == z3.unsat:
-        return "unsat", None
-    reason = solver.reason_unknown()
-    log.debug("z3 unknown: %s", reason)
-    return ("timeout" if ("timeout" in reason or "canceled" in reason) else "unknown"), None
-
-
-def _fraction(value) -> Fraction:
-    if z3.is_rational_value(value):
-        return Fraction(value.numerator_as_long(), value.denominator_as_long())
-    return Fraction(value.as_decimal(30).rstrip("?"))
-
-
-def _bounds(net, lower, upper, polys: list[Polytope], options: SmtOptions) -> tuple[ReluBounds | None, list[bool]]:
-    """Rigorous pre-activation bounds on the box (None for the pure encoding), and per polytope whether
-    the same bounds rule it out there."""
-    if options.bounds == "none":
-        return None, [False] * len(polys)
-    from verifier.bounds import Domains, crown, ibp
-
-    net64 = net.to(dtype=torch.float64)
-    dom = Domains(torch.as_tensor(lower, dtype=torch.float64)[None], torch.as_tensor(upper, dtype=torch.float64)[None])
-    C = np.concatenate([p.A for p in polys]) if polys else np.zeros((0, net.n_outputs))
-    d = np.concatenate([p.b for p in polys]) if polys else np.zeros(0)
-    bound = crown if options.bounds == "crown" else ibp
-    with torch.no_grad():
-        res = bound(net64, dom, torch.as_tensor(C)[None], torch.as_tensor(d)[None])
-    lower_rows = res.lower[0].numpy()
-    ruled, start = [], 0
-    for p in polys:  # a row whose lower bound is above 0 rules its polytope out (``vnnlib.spec``)
-        ruled.append(bool(np.any(lower_rows[start:start + p.A.shape[0]] > 0)))
-        start += p.A.shape[0]
-    inter = res.intermediate
-    relu = ReluBounds(tuple(t[0].numpy() for t in inter.lower), tuple(t[0].numpy() for t in inter.upper))
-    return relu, ruled
+    word, values = z3_child.answer(solver, status, inputs)
+    if status != z3.sat and status != z3.unsat:
+        log.debug("z3 unknown: %s", solver.reason_unknown())
+    return Status(word), values
 
 
 def _lp_candidate(net, box: Case, bounds: ReluBounds | None, polys: list[Polytope], options: SmtOptions):

@@ -1,0 +1,54 @@
+"""The process-wide state of one run, set on entry and restored on exit: ``with runtime(config, net) as rt``.
+
+torch's CPU thread count and the TF32 flags are global to the process; a run sets them once here (and
+nowhere else) and puts back what it found, so that two ``verify()`` calls in one process do not
+interfere.  The run's random numbers come from ``rt.generator``, seeded from the config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from verifier.config import Config
+from verifier.network import Network
+
+_SMALL_NET = 1_000_000  # weights below which one CPU thread is fastest (measured on ACAS Xu)
+
+
+@dataclass(frozen=True, eq=False)
+class Runtime:
+    """What a run may use: its thread count and its seeded generator (on the network's device)."""
+
+    threads: int
+    generator: torch.Generator
+
+
+@contextlib.contextmanager
+def runtime(config: Config, net: Network) -> Iterator[Runtime]:
+    """torch's CPU threads for ``net`` (``threads``), TF32 off (too imprecise for verification: bounds assume
+    IEEE float32 matmuls), a generator seeded with ``config.seed``; the previous threads and flags come back
+    on exit, also on an exception."""
+    threads = choose_threads(net, config)
+    saved = (torch.get_num_threads(), torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        torch.set_num_threads(threads)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        yield Runtime(threads, torch.Generator(device=net.device).manual_seed(config.seed))
+    finally:
+        torch.set_num_threads(saved[0])
+        torch.backends.cuda.matmul.allow_tf32 = saved[1]
+        torch.backends.cudnn.allow_tf32 = saved[2]
+
+
+def choose_threads(net: Network, config: Config) -> int:
+    """CPU threads for torch: the configured number, or 1 for small networks, else all cores."""
+    if config.threads > 0:
+        return config.threads
+    weights = sum(t.numel() for node in net.nodes for t in vars(node.op).values() if isinstance(t, torch.Tensor))
+    return 1 if weights < _SMALL_NET else max(1, os.cpu_count() or 1)

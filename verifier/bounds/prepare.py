@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import functools
+import logging
 
 import torch
 
 from verifier.bounds.types import Domains, IntermediateBounds, Tensor
 from verifier.network import Network
 
+log = logging.getLogger(__name__)
+
 
 def disable_tf32(device: torch.device) -> None:
-    """TF32 matmuls are too imprecise for verification; turn them off on CUDA."""
-    if device.type == "cuda":
+    """TF32 matmuls are too imprecise for verification (the rounding terms assume IEEE float32).  A run
+    turns TF32 off once and restores it after (``verifier.runtime``), so this writes nothing there; a bound
+    called on CUDA outside a run with TF32 on turns it off here (logged) rather than bound in TF32."""
+    if device.type == "cuda" and (torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32):
+        log.warning("TF32 was on: turning it off for bounding (verifier.runtime sets it per run)")
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
 

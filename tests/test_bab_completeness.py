@@ -205,6 +205,7 @@ def test_problems_are_balanced(cases: list[Problem]) -> None:
     assert max(p.spec.cases[0].polytopes[0].A.shape[0] for p in cases) == 3
 
 
+@pytest.mark.slow  # 33-46 s per branching rule on 2 shared cores
 @pytest.mark.parametrize("branching", ["input", "relu"])
 def test_bab_matches_exact(cases: list[Problem], models: dict[int, Path], branching: str) -> None:
     wrong = []

@@ -27,7 +27,7 @@ TIMEOUT = 5.0  # seconds per verifier run
 Z3_TIMEOUT = 60.0
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module")  # about 200 s on 2 shared cores: its tests are marked slow
 def rows() -> list[dict]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # module fixtures run before the autouse one_thread
@@ -38,11 +38,13 @@ def rows() -> list[dict]:
         torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_no_wrong_answer(rows: list[dict]) -> None:
     wrong = [f"{r['family']} {r['seed']} {r['engine']}: {r['verdict']} ({r['note']})" for r in rows if r["wrong"]]
     assert not wrong, "\n".join(wrong)
 
 
+@pytest.mark.slow
 def test_every_problem_has_an_exact_truth_and_both_verdicts_occur(rows: list[dict]) -> None:
     truths = {(r["family"], r["seed"]): r["truth"] for r in rows}
     assert set(truths.values()) == {"sat", "unsat"}, truths
@@ -52,11 +54,13 @@ def test_every_problem_has_an_exact_truth_and_both_verdicts_occur(rows: list[dic
     assert not [r for r in rows if "MISMATCH" in r["note"] or "differs" in r["note"]]
 
 
+@pytest.mark.slow
 def test_most_problems_are_decided(rows: list[dict]) -> None:
     decided = [r for r in rows if r["verdict"] in ("sat", "unsat")]
     assert len(decided) >= 0.7 * len(rows)
 
 
+@pytest.mark.slow
 def test_no_engine_crashes(rows: list[dict]) -> None:
     errors = [f"{r['family']} {r['seed']} {r['engine']}: {r['note']}" for r in rows if r["verdict"] == "error"]
     assert not errors, "\n".join(errors)

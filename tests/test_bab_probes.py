@@ -57,7 +57,7 @@ def test_corners_minimize_the_linear_bounds_and_only_unsafe_ones_are_kept() -> N
 
 def test_strong_branching_estimates_probe_the_candidates_corners() -> None:
     """Every candidate split that strong branching ranks (not only the chosen one) has its corners probed."""
-    from verifier.bab.solve import _estimates
+    from verifier.bab.input_split import _estimates
 
     net, spec = _corner_problem()
     obj = case_objective(spec.cases[0], net.dtype)

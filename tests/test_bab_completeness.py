@@ -27,7 +27,7 @@ from verifier.bounds.types import Domains
 from verifier.config import Config
 from verifier.deadline import Deadline
 from verifier.exact.encoding import encode_network, margin_problem
-from verifier.exact.highs import solve_mip
+from verifier.exact.highs import MipStatus, solve_mip
 from verifier.exact.milp import MilpOptions, case_bounds
 from verifier.forward import forward
 from verifier.network import Add, Network
@@ -103,7 +103,7 @@ def exact_optimum(net: Network, lo: np.ndarray, hi: np.ndarray, polys: list[np.n
     best = np.inf
     for A in polys:
         solve = solve_mip(margin_problem(enc, A, np.zeros(A.shape[0])), 60.0)
-        if solve.status != "feasible" or solve.dual_bound < solve.objective - 1e-9 * (1 + abs(solve.objective)):
+        if solve.status is not MipStatus.FEASIBLE or solve.dual_bound < solve.objective - 1e-9 * (1 + abs(solve.objective)):
             return None
         best = min(best, solve.objective)
     return float(best)

@@ -138,7 +138,7 @@ def _lying_highs(monkeypatch: pytest.MonkeyPatch) -> None:
     import verifier.exact.milp as milp
 
     def mip(problem, time_limit, threads=1, stop_below=None):
-        return highs.MipSolve("infeasible", None, np.inf, np.inf, 0.0, "lie")
+        return highs.MipSolve(highs.MipStatus.INFEASIBLE, None, np.inf, np.inf, 0.0, "lie")
 
     monkeypatch.setattr(highs, "solve_mip", mip)
     monkeypatch.setattr(milp, "solve_mip", mip, raising=False)

@@ -11,10 +11,7 @@ import time
 
 import torch
 
-from verifier.bounds.alpha import alpha_crown
-from verifier.bounds.crown import crown
-from verifier.bounds.ibp import ibp
-from verifier.bounds.types import BoundResult, Domains
+from verifier.bounds import BoundResult, Domains, alpha_crown, crown, ibp
 from verifier.config import Config
 from verifier.deadline import Deadline
 from verifier.network import Network

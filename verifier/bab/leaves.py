@@ -13,7 +13,6 @@ import torch
 
 from verifier.bab.search import ValidateFn
 from verifier.bab.subproblems import SubproblemBatch
-from verifier.bounds.lagrangian import lagrangian_bound as _lagrangian_bound
 from verifier.deadline import Deadline
 from verifier.network import Network
 from verifier.objective import CaseObjective
@@ -64,9 +63,3 @@ def _polytope(obj: CaseObjective, p: int):
 
     rows = obj.groups[p].cpu().numpy()
     return Polytope(obj.C[rows].detach().cpu().double().numpy(), obj.d[rows].detach().cpu().double().numpy())
-
-
-def lagrangian_bound(net: Network, leaf: SubproblemBatch, C: Tensor, d: Tensor, lam: Tensor,
-                     nu: dict[int, Tensor]) -> Tensor:
-    """``verifier.bounds.lagrangian.lagrangian_bound`` on a leaf batch (kept during the transition)."""
-    return _lagrangian_bound(net, leaf.domains, leaf.intermediate, C, d, lam, nu)

@@ -27,8 +27,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from verifier.bounds.lagrangian import lagrangian_bound
-from verifier.bounds.types import Domains, IntermediateBounds
+from verifier.bounds import Domains, IntermediateBounds, lagrangian_bound
 from verifier.deadline import Deadline
 from verifier.exact.encoding import EncodingOptions, NetworkEncoding, encode_network, margin_problem
 from verifier.exact.highs import LpSession

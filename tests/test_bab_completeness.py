@@ -103,7 +103,8 @@ def exact_optimum(net: Network, lo: np.ndarray, hi: np.ndarray, polys: list[np.n
     best = np.inf
     for A in polys:
         solve = solve_mip(margin_problem(enc, A, np.zeros(A.shape[0])), 60.0)
-        if solve.status is not MipStatus.FEASIBLE or solve.dual_bound < solve.objective - 1e-9 * (1 + abs(solve.objective)):
+        gap = solve.objective - solve.dual_bound
+        if solve.status is not MipStatus.FEASIBLE or gap > 1e-9 * (1 + abs(solve.objective)):
             return None
         best = min(best, solve.objective)
     return float(best)

@@ -42,8 +42,8 @@ log = logging.getLogger("benchmarks.soundness")
 ENGINES: dict[str, dict] = {
     "auto": {"engine": "auto"},
     "bab_input": {"engine": "bab", "bab": {"branching": "input"}},
-    "bab_fsb": {"engine": "bab", "bab": {"branching": "relu", "relu_branching": "fsb"}},
-    "bab_babsr": {"engine": "bab", "bab": {"branching": "relu", "relu_branching": "babsr"}},
+    "bab_fsb": {"engine": "bab", "bab": {"branching": "relu", "relu": {"branching": "fsb"}}},
+    "bab_babsr": {"engine": "bab", "bab": {"branching": "relu", "relu": {"branching": "babsr"}}},
     "milp": {"engine": "milp"},
     "smt": {"engine": "smt"},
 }

@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from tests.nets import Builder, sample_box
-from verifier.bab.search import BabOptions, BabStats
+from verifier.bab.options import BabOptions
+from verifier.bab.search import BabStats
 from verifier.bab.solve import solve_case
 from verifier.bounds.alpha import AlphaOptions
 from verifier.bounds.crown import crown

@@ -13,8 +13,9 @@ import numpy as np
 import torch
 
 from tests.nets import Builder
+from verifier.bab.options import BabOptions, InputSplitOptions
 from verifier.bab.probes import unsafe_corners
-from verifier.bab.search import BabOptions, BabStats
+from verifier.bab.search import BabStats
 from verifier.bab.solve import solve_case
 from verifier.bab.subproblems import SubproblemBatch
 from verifier.bounds import Domains, crown
@@ -87,8 +88,8 @@ def test_input_splitting_finds_a_corner_counterexample(tmp_path: Path) -> None:
         # no PGD and no ReLU-splitting leaves (whose LP finds the corner too) during the search: only the
         # centres and (with the linear bounds) the corners are probed; strong branching's estimates would
         # probe corners too
-        opts = BabOptions(branching="input", contract=contract, attack_every=10**9, exact_unstable=0,
-                          strong_branching="full" if contract else "none")
+        opts = BabOptions(branching="input", attack_every=10**9, input=InputSplitOptions(
+            contract=contract, exact_unstable=0, strong_branching="full" if contract else "none"))
         stats = BabStats()
         status, cex = solve_case(net, obj, root, check, opts, AlphaOptions(), Deadline.after(5.0),
                                  torch.Generator().manual_seed(0), stats)

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from tests.nets import Builder, dense_net, relu_pre, sample_box
+from verifier.bab.options import BabOptions
 from verifier.bab.refine import cut_at, prove_rows, refine_bounds, refined_root
-from verifier.bab.search import BabOptions, BabStats
+from verifier.bab.search import BabStats
 from verifier.bounds import AlphaOptions, Domains, alpha_crown
 from verifier.deadline import Deadline
 from verifier.forward import forward

@@ -9,6 +9,7 @@ import torch
 
 from tests.nets import FAMILIES, check_bounds, consistent, dense_net, relu_pre, sample_box
 from verifier.bab.branching import babsr_scores, fast_bound, split_relus
+from verifier.bab.options import BabOptions, ReluSplitOptions
 from verifier.bab.relu_split import (
     decide_leaves,
     is_leaf,
@@ -18,7 +19,7 @@ from verifier.bab.relu_split import (
     relu_start,
     reuse_groups,
 )
-from verifier.bab.search import BabOptions, BabStats, still_open
+from verifier.bab.search import BabStats, still_open
 from verifier.bab.solve import solve_case
 from verifier.bab.spec_rows import combine_rows, mix_lower, mix_rows, needed_rows, one_polytope_each
 from verifier.bounds import AlphaOptions, Domains, alpha_crown, crown
@@ -275,8 +276,8 @@ def test_search_with_a_replay_that_rejects_everything_is_never_unsat() -> None:
 # --- whole searches -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("options", [
-    dict(relu_branching="fsb"), dict(relu_branching="babsr"), dict(relu_per_polytope=False),
-    dict(relu_batch_size=2, beta_iterations=2),
+    dict(branching="fsb"), dict(branching="babsr"), dict(per_polytope=False),
+    dict(batch_size=2, beta_iterations=2),
 ])
 @pytest.mark.parametrize("seed", [0, 1, 3, 6])
 def test_search_verdict_matches_milp(seed: int, options: dict) -> None:
@@ -288,8 +289,8 @@ def test_search_verdict_matches_milp(seed: int, options: dict) -> None:
     assert truth in (Status.SAT, Status.UNSAT)
     stats = BabStats()
     status, cex = solve_case(net, obj, _root(net, obj, alpha=seed % 3 == 0), _forward_check(net, spec),
-                             BabOptions(branching="relu", **options), AlphaOptions(), Deadline.after(30),
-                             torch.Generator().manual_seed(seed), stats)
+                             BabOptions(branching="relu", relu=ReluSplitOptions(**options)), AlphaOptions(),
+                             Deadline.after(30), torch.Generator().manual_seed(seed), stats)
     assert status is truth, stats
     if status is Status.SAT:
         assert spec.is_violated_by(cex.x, cex.y)
@@ -308,9 +309,9 @@ def test_network_without_relus_is_a_leaf_at_the_root() -> None:
 
 
 def test_bab_options_reject_unknown_relu_branching() -> None:
-    with pytest.raises(ValueError, match="relu_branching"):
-        BabOptions(relu_branching="random")
-    assert np.isfinite(BabOptions().beta_iterations)
+    with pytest.raises(ValueError, match="branching must be one of babsr, fsb"):
+        BabOptions(relu=ReluSplitOptions(branching="random"))
+    assert np.isfinite(BabOptions().relu.beta_iterations)
 
 
 def test_a_nan_bound_leaves_its_subdomain_open():

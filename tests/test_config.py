@@ -15,9 +15,9 @@ def test_defaults_are_frozen():
 
 def test_yaml_then_overrides(tmp_path):
     f = tmp_path / "c.yaml"
-    f.write_text("seed: 7\nattack:\n  steps: 11\n  enabled: false\nbab:\n  batch_size: 64\n")
+    f.write_text("seed: 7\nattack:\n  steps: 11\n  enabled: false\nbab:\n  input:\n    batch_size: 64\n")
     c = load_config(f, {"attack": {"steps": 5}})
-    assert (c.seed, c.attack.steps, c.attack.enabled, c.bab.batch_size) == (7, 5, False, 64)
+    assert (c.seed, c.attack.steps, c.attack.enabled, c.bab.input.batch_size) == (7, 5, False, 64)
 
 
 def test_two_configs_do_not_interfere():
@@ -33,6 +33,10 @@ def test_two_configs_do_not_interfere():
     ("seed: [1, 2]\n", "seed"),
     ("attack: 3\n", "expected a mapping"),
     ("a: [unclosed\n", "not valid YAML"),
+    ("bab:\n  relu:\n    branching: fbs\n", "bab.relu.branching: 'fbs' is not one of 'babsr', 'fsb'"),
+    ("bab:\n  input:\n    strong_branching: ful\n", "bab.input.strong_branching: 'ful' is not one of"),
+    ("bab:\n  branching: inputs\n", "bab.branching: 'inputs' is not one of"),
+    ("bab:\n  relu_branching: fsb\n", "bab: unknown key(s) relu_branching"),
 ])
 def test_bad_config_files(tmp_path, text, fragment):
     f = tmp_path / "bad.yaml"

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from verifier.api import verify
-from verifier.bab.search import BabOptions, BabStats
+from verifier.bab.options import BabOptions
+from verifier.bab.search import BabStats
 from verifier.bab.solve import solve_case
 from verifier.bounds import Domains, alpha_crown
 from verifier.config import load_config

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from verifier.attack import AttackOptions
-from verifier.bab.search import BabOptions
+from verifier.bab.options import BabOptions
 from verifier.bounds.alpha import AlphaOptions
 from verifier.errors import ConfigError
 from verifier.exact.options import MilpOptions, SmtOptions

@@ -24,9 +24,10 @@ import torch
 from verifier.bab.branching import bisect_inputs, input_split_dims, strong_input_split
 from verifier.bab.contract import contract
 from verifier.bab.leaves import decide_leaves
+from verifier.bab.options import BabOptions
 from verifier.bab.probes import check_centres, unsafe_corners, validate_best
 from verifier.bab.relu_split import solve_relu
-from verifier.bab.search import BabOptions, BabStats, Rule, ValidateFn
+from verifier.bab.search import BabStats, Rule, ValidateFn
 from verifier.bab.subproblems import SubproblemBatch, in_chunks
 from verifier.bounds import AlphaOptions, BoundResult, Domains, IntermediateBounds, alpha_crown, crown, float32_copy
 from verifier.deadline import Deadline
@@ -53,11 +54,11 @@ def input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts: 
         # second), of children with similar numbers of unstable ReLUs (a chunk's backward pass has as many
         # rows as its most unstable child needs)
         key = None if children.intermediate is None else children.intermediate.unstable_count(children.batch)
-        return in_chunks(cheap_chunk, children, opts.bound_chunk, key)
+        return in_chunks(cheap_chunk, children, opts.input.bound_chunk, key)
 
     def cheap_chunk(children: SubproblemBatch) -> SubproblemBatch:
         # a child's box lies in its parent's: the parent's intermediate bounds stay valid
-        res = crown(net, children.domains, C, d, known=children.intermediate, need_linear=opts.contract)
+        res = crown(net, children.domains, C, d, known=children.intermediate, need_linear=opts.input.contract)
         children = keep_best(children, res)
         if res.linear is None:
             return children
@@ -66,14 +67,14 @@ def input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts: 
 
     def tight(children: SubproblemBatch) -> SubproblemBatch:
         gate.bounded = children.batch
-        if opts.bound != "alpha":
+        if opts.input.bound != "alpha":
             return children
         idx = torch.nonzero(~obj.ruled_out(children.bound)).flatten()
         if idx.numel() == 0:
             return children
         sub = children.select(idx)
         res = alpha_crown(net, sub.domains, C, d, alpha_opts, known=sub.intermediate,
-                          slopes=sub.slopes if opts.warm_start else None, deadline=deadline)
+                          slopes=sub.slopes if opts.input.warm_start else None, deadline=deadline)
         bound = children.bound.clone()
         bound[idx] = torch.maximum(sub.bound, res.lower)
         return replace(children, bound=bound)
@@ -84,18 +85,18 @@ def input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts: 
         return replace(children, bound=torch.maximum(children.bound, res.lower))
 
     def branch(parents: SubproblemBatch) -> SubproblemBatch:
-        if opts.strong_branching == "final":
+        if opts.input.strong_branching == "final":
             return cheap(strong_input_split(parents, score, obj))
-        if opts.strong_branching == "full":
+        if opts.input.strong_branching == "full":
             return strong_input_split(parents, estimate, obj, finish=cheap)
         return cheap(bisect_inputs(parents, input_split_dims(net, obj, parents)))
 
-    estimate = _estimates(net, obj, opts.bound_chunk, probes)
+    estimate = _estimates(net, obj, opts.input.bound_chunk, probes)
 
     def settle(open_: SubproblemBatch) -> tuple[SubproblemBatch, Counterexample | None, bool]:
         cex = validate_best(probes, validate_fn) or check_centres(net, obj, open_, validate_fn)
         probes.clear()
-        if cex is not None or opts.exact_unstable <= 0 or open_.intermediate is None:
+        if cex is not None or opts.input.exact_unstable <= 0 or open_.intermediate is None:
             return open_, cex, False
         budget, least = gate.turn(open_.batch, deadline)
         if budget is None:
@@ -105,10 +106,10 @@ def input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts: 
         gate.spent(time.monotonic() - t, open_.batch - kept.batch)
         return kept, cex, undecided
 
-    gate = _LeafGate(opts.exact_share)
+    gate = _LeafGate(opts.input.exact_share)
 
-    strong = opts.strong_branching != "none"
-    batch = max(1, opts.batch_size // (2 * net.n_inputs)) if strong else opts.batch_size
+    strong = opts.input.strong_branching != "none"
+    batch = max(1, opts.input.batch_size // (2 * net.n_inputs)) if strong else opts.input.batch_size
     return Rule(branch=branch, bound=tight, batch_size=batch, settle=settle)
 
 
@@ -211,10 +212,10 @@ def relu_leaves(
         keep[torch.nonzero(linear).flatten()[undecided.to(linear.device)]] = True
         open_ = open_.select(keep)
         unstable = unstable[keep]
-    few = torch.nonzero(unstable <= opts.exact_unstable).flatten()
-    picks = few[torch.argsort(unstable[few], stable=True)][: opts.exact_per_round].tolist()
+    few = torch.nonzero(unstable <= opts.input.exact_unstable).flatten()
+    picks = few[torch.argsort(unstable[few], stable=True)][: opts.input.exact_per_round].tolist()
     proven = torch.zeros(open_.batch, dtype=torch.bool)
-    relu_opts = replace(opts, branching="relu", refine_share=0.0)
+    relu_opts = replace(opts, branching="relu", refine=replace(opts.refine, share=0.0))
     tried = 0
     for n, i in enumerate(picks):
         if deadline.expired():

@@ -30,7 +30,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from verifier.bab.search import BabOptions, BabStats, margins, search
+from verifier.bab.options import BabOptions
+from verifier.bab.search import BabStats, margins, search
 from verifier.bab.subproblems import SubproblemBatch
 from verifier.bounds import AlphaOptions, BoundResult, Domains, IntermediateBounds, alpha_crown
 from verifier.deadline import Deadline
@@ -285,7 +286,7 @@ def refined_root(
     again by alpha-CROWN from them; each bound is the better of the two."""
     t = time.monotonic()
     before = int(root.intermediate.unstable_count(1)[0])
-    out = refine_bounds(net, obj, root.intermediate, opts, alpha_opts, deadline, gen, opts.refine_neuron_budget)
+    out = refine_bounds(net, obj, root.intermediate, opts, alpha_opts, deadline, gen, opts.refine.neuron_budget)
     res = alpha_crown(net, Domains(obj.lower.unsqueeze(0), obj.upper.unsqueeze(0)), obj.C.unsqueeze(0),
                       obj.d.unsqueeze(0), alpha_opts, known=out.bounds)
     best = replace(res, lower=torch.maximum(res.lower, root.lower))

@@ -40,8 +40,9 @@ import torch
 
 from verifier.bab.branching import babsr_scores, fast_bound, fsb_choice, split_relus, target_rows
 from verifier.bab.leaves import decide_leaves
+from verifier.bab.options import BabOptions
 from verifier.bab.probes import check_points
-from verifier.bab.search import BabOptions, BabStats, Rule, ValidateFn, search
+from verifier.bab.search import BabStats, Rule, ValidateFn, search
 from verifier.bab.spec_rows import (
     batch_bound,
     combine_rows,
@@ -181,8 +182,8 @@ def relu_rule(
     deadline: Deadline, stats: BabStats,
 ) -> Rule:
     """The ReLU-split rule: BaBSR or FSB branching, beta-CROWN bounds, exact leaves."""
-    beta_opts = replace(alpha_opts, iterations=opts.beta_iterations, intermediate_slopes="shared",
-                        optimize_intermediate=opts.beta_intermediate)
+    beta_opts = replace(alpha_opts, iterations=opts.relu.beta_iterations, intermediate_slopes="shared",
+                        optimize_intermediate=opts.relu.beta_intermediate)
     largest = max((n.size for n in net.nodes), default=1)
     row_budget = _ROWS_SHARE * opts.max_memory * physical_memory()
 
@@ -196,8 +197,8 @@ def relu_rule(
         if split.batch == 0:
             return passed
         scores = babsr_scores(net, obj, split)
-        if opts.relu_branching == "fsb" and opts.fsb_candidates > 1:
-            flat, lower = fsb_choice(net, obj, split, scores, opts.fsb_candidates)
+        if opts.relu.branching == "fsb" and opts.relu.fsb_candidates > 1:
+            flat, lower = fsb_choice(net, obj, split, scores, opts.relu.fsb_candidates)
             children = split_relus(split, flat)
         else:
             flat = scores.argmax(dim=1)
@@ -253,7 +254,7 @@ def relu_rule(
         cex, undecided = decide_leaves(net, obj, leaves, validate_fn, deadline)
         return open_.select(~leaf), cex, bool(undecided.any())
 
-    return Rule(branch=branch, bound=bound, batch_size=opts.relu_batch_size, settle=settle)
+    return Rule(branch=branch, bound=bound, batch_size=opts.relu.batch_size, settle=settle)
 
 
 def check_primals(net: Network, obj: CaseObjective, batch: SubproblemBatch, validate_fn: ValidateFn
@@ -267,6 +268,6 @@ def solve_relu(
     alpha_opts: AlphaOptions, deadline: Deadline, gen: torch.Generator, stats: BabStats,
 ) -> tuple[Status, Counterexample | None]:
     """Decide one case by ReLU splitting from the bound its incomplete stages reached."""
-    rows, start = relu_start(net, obj, root, opts.relu_per_polytope)
+    rows, start = relu_start(net, obj, root, opts.relu.per_polytope)
     rule = relu_rule(net, rows, validate_fn, opts, alpha_opts, deadline, stats)
     return search(net, rows, start, rule, validate_fn, opts, deadline, gen, stats)

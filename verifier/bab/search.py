@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from verifier.attack import AttackOptions, attack_case
+from verifier.attack import attack_case
+from verifier.bab.options import BabOptions
 from verifier.bab.subproblems import Store, SubproblemBatch
 from verifier.deadline import Deadline
 from verifier.forward import forward
@@ -26,70 +27,6 @@ from verifier.result import Counterexample, Status
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
 ValidateFn = Callable[[Tensor], Counterexample | None]
-
-
-@dataclass(frozen=True)
-class BabOptions:
-    """Branch-and-bound settings."""
-
-    branching: str = "auto"  # auto | input | relu
-    input_split_max_dim: int = 16  # auto picks input splitting up to this many inputs
-    # auto with input splitting: its share of the time before ReLU splitting takes over (on ACAS Xu, ReLU
-    # splitting after input splitting decided none of the 186; benchmarks/results/README.md)
-    input_share: float = 0.95
-    batch_size: int = 2048  # parents popped per round (input splitting)
-    relu_batch_size: int = 256  # parents popped per round (ReLU splitting)
-    bound: str = "crown"  # input splitting: crown, or alpha (CROWN, then alpha-CROWN on the open)
-    # input splitting: bound both halves for every dimension and keep the best split, scoring with CROWN
-    # on the spec rows only ("final"), with full CROWN ("full"), or not at all ("none": gradient x width)
-    strong_branching: str = "full"
-    contract: bool = True  # input splitting: shrink each box by its rows' linear bounds (bab/contract.py)
-    bound_chunk: int = 512  # input splitting: children bounded per CROWN call
-    input_all_combinations: bool = False  # input splitting: bound every row combination, not only midpoints
-    # input splitting: open subdomains with at most this many unstable ReLUs are searched by ReLU splitting
-    # on their box (0: never) ...
-    exact_unstable: int = 12
-    exact_share: float = 0.1  # ... while those searches have taken at most this share of the time
-    exact_per_round: int = 16  # ... at most this many per round
-    warm_start: bool = False  # start a child's slope optimization from its parent's slopes
-    relu_branching: str = "fsb"  # ReLU splitting: babsr (intercept score) | fsb (best of the top candidates)
-    fsb_candidates: int = 4  # ReLU splitting, fsb: candidates per parent bounded before choosing
-    beta_iterations: int = 20  # ReLU splitting: beta-CROWN iterations per batch of children
-    beta_intermediate: bool = False  # ReLU splitting: also optimize the intermediate layers' slopes
-    relu_per_polytope: bool = True  # ReLU splitting: one search per polytope left open by the root bound
-    # ReLU splitting on networks of two or more ReLU layers: after refine_after of the time, the search
-    # starts again from a root whose unstable neurons were proven stable where possible (bab/refine.py),
-    # which may take refine_share of the time left, at most refine_neuron_budget subdomains bounded per
-    # neuron (four times as many in each later pass); measured in benchmarks/results/README.md
-    refine_after: float = 0.1
-    refine_share: float = 0.6  # 0 turns the refinement off
-    refine_neuron_budget: int = 64
-    # ... on networks whose ReLU layers have at most this many neurons each (measured on mnistfc's 256-wide
-    # layers; oval21's convolutional layers have 1024-4096, and its cases decided by ReLU splitting took up
-    # to 63 s of it: not measured with the refinement)
-    refine_max_width: int = 1024
-    attack_every: int = 10  # rounds between PGD attacks on the worst subdomains
-    attack_domains: int = 16  # worst subdomains attacked each time
-    attack: AttackOptions = field(default_factory=lambda: AttackOptions(
-        samples=64, restarts=8, steps=20, rounds=1, candidates=4))  # per attacked subdomain
-    max_domains: int = 5_000_000  # open subdomains before giving up (memory)
-    # memory: the open subdomains may hold this fraction of the machine's physical memory; past half of
-    # it the search pops deepest first (depth-first keeps the store from growing), past all of it it
-    # answers unknown instead of being killed (popping copies the store, so the peak is about twice this)
-    max_memory: float = 0.25
-    progress_every: float = 2.0  # seconds between progress lines (-v)
-
-    def __post_init__(self) -> None:
-        for name, allowed in (("branching", ("auto", "input", "relu")), ("bound", ("crown", "alpha")),
-                              ("strong_branching", ("full", "final", "none"))):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
-        if self.relu_branching not in ("babsr", "fsb"):
-            raise ValueError(f"relu_branching must be babsr or fsb, not {self.relu_branching!r}")
-        if not 0 < self.max_memory <= 1:
-            raise ValueError(f"max_memory must be a fraction of the memory in (0, 1], not {self.max_memory}")
-        if self.fsb_candidates < 1 or self.beta_iterations < 0:
-            raise ValueError("fsb_candidates must be at least 1 and beta_iterations at least 0")
 
 
 @dataclass

@@ -14,9 +14,10 @@ from dataclasses import replace
 import torch
 
 from verifier.bab.input_split import input_rule
+from verifier.bab.options import BabOptions
 from verifier.bab.refine import refined_root
 from verifier.bab.relu_split import solve_relu
-from verifier.bab.search import BabOptions, BabStats, ValidateFn, search
+from verifier.bab.search import BabStats, ValidateFn, search
 from verifier.bab.subproblems import SubproblemBatch
 from verifier.bounds import AlphaOptions, BoundResult
 from verifier.deadline import Deadline
@@ -31,7 +32,7 @@ def choose_branching(net: Network, opts: BabOptions) -> str:
     """``input`` for low-dimensional inputs, else ``relu`` (unless the options say)."""
     if opts.branching != "auto":
         return opts.branching
-    return "input" if net.n_inputs <= opts.input_split_max_dim else "relu"
+    return "input" if net.n_inputs <= opts.input.max_dim else "relu"
 
 
 def solve_case(
@@ -48,10 +49,10 @@ def solve_case(
     if choose_branching(net, opts) == "input":
         # a portfolio: input splitting first, then ReLU splitting (some low-dimensional instances have
         # ReLUs that no input split makes stable)
-        input_deadline = deadline.share(opts.input_share if opts.branching == "auto" else 1.0)
+        input_deadline = deadline.share(opts.input.share if opts.branching == "auto" else 1.0)
         # on small boxes the rows seldom cross: the combinations other than the midpoints proved nothing
         # more on ACAS Xu but took about half of the bounding time (benchmarks/results/README.md)
-        keep = torch.ones_like(obj.strict) if opts.input_all_combinations else obj.midpoint_rows()
+        keep = torch.ones_like(obj.strict) if opts.input.all_combinations else obj.midpoint_rows()
         obj_in = obj.select_rows(keep)
         root_in = replace(root_batch, bound=root_batch.bound[:, keep])
         rule = input_rule(net, obj_in, validate_fn, opts, alpha_opts, input_deadline)
@@ -70,13 +71,13 @@ def _relu_portfolio(
     """ReLU splitting; on networks of several ReLU layers it starts again from a refined root once it
     has used its first share."""
     widest = max((net.nodes[r].size for r in net.relu_indices), default=0)
-    if (opts.refine_share > 0 and len(net.relu_indices) >= 2 and widest <= opts.refine_max_width
+    if (opts.refine.share > 0 and len(net.relu_indices) >= 2 and widest <= opts.refine.max_width
             and root.intermediate is not None):
-        status, cex = solve_relu(net, obj, root, validate_fn, opts, alpha_opts, deadline.share(opts.refine_after),
+        status, cex = solve_relu(net, obj, root, validate_fn, opts, alpha_opts, deadline.share(opts.refine.after),
                                  gen, stats)
         if status not in (Status.TIMEOUT, Status.UNKNOWN) or deadline.expired():
             return status, cex
-        root = refined_root(net, obj, root, opts, alpha_opts, deadline.share(opts.refine_share), gen, stats)
+        root = refined_root(net, obj, root, opts, alpha_opts, deadline.share(opts.refine.share), gen, stats)
         if bool(obj.ruled_out(root.lower).all()):
             return Status.UNSAT, None
     return solve_relu(net, obj, root, validate_fn, opts, alpha_opts, deadline, gen, stats)

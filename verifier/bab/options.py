@@ -1,0 +1,113 @@
+"""Branch-and-bound options: the search loop and portfolio, and one part per rule.
+
+Config keys: ``bab.<loop key>``, ``bab.input.<key>``, ``bab.relu.<key>``, ``bab.refine.<key>``.  The
+measurements behind the defaults are in ``benchmarks/results/README.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Literal
+
+from verifier.attack import AttackOptions
+
+
+def check_choices(options: object) -> None:
+    """Raise ``ValueError`` naming the field whose value is not one its ``Literal`` type allows."""
+    hints = typing.get_type_hints(type(options))
+    for f in dataclasses.fields(options):
+        hint = hints[f.name]
+        if typing.get_origin(hint) is Literal and getattr(options, f.name) not in typing.get_args(hint):
+            allowed = ", ".join(map(str, typing.get_args(hint)))
+            raise ValueError(f"{f.name} must be one of {allowed}, not {getattr(options, f.name)!r}")
+
+
+@dataclass(frozen=True)
+class InputSplitOptions:
+    """Input splitting (``bab/input_split.py``)."""
+
+    max_dim: int = 16  # branching auto picks input splitting up to this many inputs
+    share: float = 0.95  # with branching auto: its share of the time before ReLU splitting takes over
+    batch_size: int = 2048  # parents popped per round
+    bound: Literal["crown", "alpha"] = "crown"  # alpha: CROWN, then alpha-CROWN on the children left open
+    # bound both halves for every dimension and keep the best split, scoring with full CROWN ("full"), with
+    # CROWN on the spec rows only ("final"), or not at all ("none": gradient times width)
+    strong_branching: Literal["full", "final", "none"] = "full"
+    contract: bool = True  # shrink each box by its rows' linear bounds (bab/contract.py)
+    bound_chunk: int = 512  # children bounded per CROWN call
+    all_combinations: bool = False  # bound every row combination, not only the midpoints
+    # open boxes with at most this many unstable ReLUs are searched by ReLU splitting on their own (0: never) ...
+    exact_unstable: int = 12
+    exact_share: float = 0.1  # ... while those searches have taken at most this share of the time
+    exact_per_round: int = 16  # ... at most this many per round
+    warm_start: bool = False  # alpha: start a child's slope optimization from its parent's slopes
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        if self.max_dim < 0 or self.batch_size < 1 or self.bound_chunk < 1:
+            raise ValueError("max_dim must be at least 0, batch_size and bound_chunk at least 1")
+
+
+@dataclass(frozen=True)
+class ReluSplitOptions:
+    """ReLU splitting (``bab/relu_split.py``)."""
+
+    batch_size: int = 256  # parents popped per round
+    branching: Literal["babsr", "fsb"] = "fsb"  # babsr: intercept score; fsb: best of the top candidates
+    fsb_candidates: int = 4  # fsb: candidates per parent bounded before choosing
+    beta_iterations: int = 20  # beta-CROWN iterations per batch of children
+    beta_intermediate: bool = False  # also optimize the intermediate layers' slopes
+    per_polytope: bool = True  # one search per polytope left open by the root bound
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        if self.fsb_candidates < 1 or self.beta_iterations < 0 or self.batch_size < 1:
+            raise ValueError("fsb_candidates and batch_size must be at least 1 and beta_iterations at least 0")
+
+
+@dataclass(frozen=True)
+class RefineOptions:
+    """The refinement of intermediate bounds (``bab/refine.py``) on networks of two or more ReLU layers:
+    after ``after`` of the time, ReLU splitting starts again from a root whose unstable neurons were proven
+    stable where possible, which may take ``share`` of the time left, at most ``neuron_budget`` subdomains
+    bounded per neuron (four times as many in each later pass)."""
+
+    after: float = 0.1
+    share: float = 0.6  # 0 turns the refinement off
+    neuron_budget: int = 64
+    # only on networks whose ReLU layers have at most this many neurons each (measured on mnistfc's
+    # 256-wide layers, not on convolutional layers of thousands)
+    max_width: int = 1024
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.after <= 1 and 0 <= self.share <= 1):
+            raise ValueError("refine after and share must be fractions of the time in [0, 1]")
+
+
+@dataclass(frozen=True)
+class BabOptions:
+    """The search loop and the per-case portfolio, with one part per rule."""
+
+    branching: Literal["auto", "input", "relu"] = "auto"
+    attack_every: int = 10  # rounds between PGD attacks on the worst subdomains
+    attack_domains: int = 16  # worst subdomains attacked each time
+    attack: AttackOptions = field(default_factory=lambda: AttackOptions(
+        samples=64, restarts=8, steps=20, rounds=1, candidates=4))  # per attacked subdomain
+    max_domains: int = 5_000_000  # open subdomains before giving up (memory)
+    # the open subdomains may hold this fraction of the machine's physical memory; past half of it the
+    # search pops deepest first (depth-first keeps the store from growing), past all of it it answers
+    # unknown instead of being killed (popping copies the store, so the peak is about twice this)
+    max_memory: float = 0.25
+    progress_every: float = 2.0  # seconds between progress lines (-v)
+    input: InputSplitOptions = field(default_factory=InputSplitOptions)
+    relu: ReluSplitOptions = field(default_factory=ReluSplitOptions)
+    refine: RefineOptions = field(default_factory=RefineOptions)
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        if not 0 < self.max_memory <= 1:
+            raise ValueError(f"max_memory must be a fraction of the memory in (0, 1], not {self.max_memory}")
+        if self.attack_every < 1:
+            raise ValueError("attack_every must be at least 1")

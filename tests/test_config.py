@@ -29,7 +29,7 @@ def test_two_configs_do_not_interfere():
 @pytest.mark.parametrize("text, fragment", [
     ("sede: 1\n", "unknown key(s) sede"),
     ("attack:\n  stepz: 1\n", "attack: unknown key(s) stepz"),
-    ("engine: magic\n", "engine must be one of"),
+    ("engine: magic\n", "engine: 'magic' is not one of"),
     ("seed: [1, 2]\n", "seed"),
     ("attack: 3\n", "expected a mapping"),
     ("a: [unclosed\n", "not valid YAML"),

@@ -12,7 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from verifier.attack import AttackOptions
 from verifier.bab.options import BabOptions
@@ -31,12 +31,12 @@ class Config:
     device: str = "cpu"
     # the bounds' arithmetic; both are rigorous (README "Soundness"), but float32's rounding allowance is
     # about 1e-2 on an mnistfc margin, which keeps close subdomains from being proven
-    dtype: str = "float64"
+    dtype: Literal["float32", "float64"] = "float64"
     seed: int = 0
     threads: int = 0  # torch CPU threads; 0 = automatic (1 for small networks, where more only add overhead)
-    engine: str = "auto"  # auto | bab | milp | smt
+    engine: Literal["auto", "bab", "milp", "smt"] = "auto"
     row_combinations: int = 9  # convex combinations per pair of rows of a polytope (0: none); see objective.py
-    stop_after: str = "complete"  # attack | ibp | crown | alpha | complete (incomplete modes answer unknown)
+    stop_after: Literal["attack", "ibp", "crown", "alpha", "complete"] = "complete"  # else: unknown after it
     attack: AttackOptions = field(default_factory=AttackOptions)
     alpha: AlphaOptions = field(default_factory=AlphaOptions)
     bab: BabOptions = field(default_factory=BabOptions)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -13,7 +14,8 @@ class MilpOptions:
     lp_tighten: bool = True  # LP-tighten the unstable ReLUs' bounds before the MILP (per case)
     tighten_share: float = 0.5  # at most this share of the remaining time goes to LP tightening
     crown_bounds: bool = True  # intersect with CROWN bounds from verifier.bounds when it provides them
-    objective: str = "feasibility"  # "feasibility" (A y <= b as constraints) or "margin" (min max_j A_j y - b_j)
+    # "feasibility" (A y <= b as constraints) or "margin" (min max_j A_j y - b_j)
+    objective: Literal["feasibility", "margin"] = "feasibility"
     threads: int = 1
     margin_abs: float = 1e-6  # given bounds are widened by margin_abs + margin_rel * |bound|
     margin_rel: float = 1e-6
@@ -31,7 +33,7 @@ class MilpOptions:
 class SmtOptions:
     """Options of the SMT engine."""
 
-    bounds: str = "crown"  # rigorous bounds: "none" (pure exact encoding), "interval" or "crown"
+    bounds: Literal["none", "interval", "crown"] = "crown"  # rigorous bounds; "none": the pure exact encoding
     split_unstable: int = 8  # bisect the input box while more ReLUs than this are unstable (0: never)
     split_max_inputs: int = 10  # only split boxes of at most this many inputs
     split_max_depth: int = 24

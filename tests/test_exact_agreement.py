@@ -17,12 +17,13 @@ import pytest
 import torch
 
 from tests.nets import Builder
+from verifier.bab.exact_split import smt_verify
 from verifier.bounds import Domains, crown
 from verifier.deadline import Deadline
 from verifier.exact.encoding import encode_network, linear_objective
 from verifier.exact.highs import MipStatus, solve_mip
 from verifier.exact.milp import MilpOptions, milp_verify
-from verifier.exact.smt import SmtOptions, smt_verify
+from verifier.exact.options import SmtOptions
 from verifier.forward import forward, forward_all
 from verifier.network import Conv, Input, Network, Node, Relu, Reshape
 from verifier.result import Status

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tests.nets import FAMILIES, consistent, random_splits, relu_pre, sample_box
+from verifier.bab.exact_split import smt_check
 from verifier.deadline import Deadline
 from verifier.exact.encoding import (
     EncodingOptions,
@@ -21,7 +22,7 @@ from verifier.exact.encoding import (
 from verifier.exact.highs import MipStatus, solve_mip
 from verifier.exact.linear_ops import INDEX_OPS, LINEAR_OPS, index_map, linear_map, maxpool_windows
 from verifier.exact.milp import MilpOptions, count_unstable, milp_check
-from verifier.exact.smt import SmtOptions, smt_check
+from verifier.exact.options import SmtOptions
 from verifier.forward import forward, forward_all
 from verifier.network import OP_TYPES, Add, Input, MaxPool, Relu
 from verifier.result import Status

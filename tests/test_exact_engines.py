@@ -12,11 +12,12 @@ import torch
 
 from tests.conftest import REPO
 from tests.nets import dense_net
+from verifier.bab.exact_split import smt_verify
 from verifier.bounds import Domains, crown
 from verifier.deadline import Deadline
 from verifier.exact.milp import MilpOptions, count_unstable, milp_check, milp_verify
+from verifier.exact.options import SmtOptions
 from verifier.exact.outcome import ExactOutcome
-from verifier.exact.smt import SmtOptions, smt_verify
 from verifier.onnx_import import load_onnx
 from verifier.result import Status
 from verifier.validate import validate_counterexample

@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from verifier.attack import AttackOptions, attack_case
+from verifier.bab.exact_split import smt_verify
 from verifier.deadline import Deadline
 from verifier.exact.milp import MilpOptions, milp_verify
-from verifier.exact.smt import SmtOptions, smt_verify
+from verifier.exact.options import SmtOptions
 from verifier.forward import forward
 from verifier.network import Dense, Input, Network, Node, Relu
 from verifier.objective import case_objective

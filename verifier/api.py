@@ -172,7 +172,7 @@ def _exact_engine(problem: Problem, config: Config, deadline: Deadline, stats: d
         outcome = milp_verify(problem.net, problem.spec, deadline, config.milp,
                               accept=lambda x: validate(problem.replayer, problem.spec, x) is not None)
     else:
-        from verifier.exact.smt import smt_verify
+        from verifier.bab.exact_split import smt_verify
 
         outcome = smt_verify(problem.net, problem.spec, deadline, config.smt)
     stats.update({f"{config.engine}_time": round(outcome.time, 4), f"{config.engine}_problems": outcome.problems,

@@ -61,9 +61,9 @@ def run_one(folder: str, onnx: str, vnnlib: str, seconds: float, engine: str, tr
     import torch
 
     torch.set_num_threads(1)
+    from verifier.bab.exact_split import smt_verify
     from verifier.deadline import Deadline
     from verifier.exact.milp import milp_verify
-    from verifier.exact.smt import smt_verify
     from verifier.onnx_import import load_onnx
     from verifier.validate import validate_counterexample
     from vnnlib import read_spec

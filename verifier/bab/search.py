@@ -144,7 +144,9 @@ def search(
             log.info("%s: open %d (%.0f MB), %s %.4g, bounded %d, depth %d, %.1fs left", rule.name, store.size,
                      store.nbytes / 1e6, "next priority" if rule.priority else "worst margin",
                      store.min_priority(), stats.bounded, stats.max_depth, deadline.remaining())
-    return (Status.UNKNOWN if undecided else Status.UNSAT), None
+    if undecided:  # some leaf was left undecided: out of time if the deadline has passed
+        return (Status.TIMEOUT if deadline.expired() else Status.UNKNOWN), None
+    return Status.UNSAT, None
 
 
 def _stop(store: Store, rule: Rule, status: Status) -> tuple[Status, None]:

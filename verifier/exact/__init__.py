@@ -2,9 +2,9 @@
 relaxation.
 
 Entry points: ``decide_region`` (one region, by the certified LP, the MILP or z3: every exact
-decision goes through it), ``milp_verify``/``smt_verify`` (a whole spec), ``milp_check``/``smt_check``
-(one polytope on one box), ``count_unstable`` (for the auto engine choice),
-``lp_bounds``/``lp_tighten`` (bounds).  Submodules load on first use, so that
+decision goes through it), ``milp_verify`` (a whole spec), ``milp_check`` (one polytope on one box;
+the SMT engine's search over a whole spec is ``bab.exact_split.smt_verify``), ``count_unstable`` (for
+the auto engine choice), ``lp_bounds``/``lp_tighten`` (bounds).  Submodules load on first use, so that
 importing the package does not import the solvers.
 """
 
@@ -19,9 +19,8 @@ _EXPORTS = {
     "milp_check": "verifier.exact.milp",
     "count_unstable": "verifier.exact.milp",
     "case_bounds": "verifier.exact.box_bounds",
-    "SmtOptions": "verifier.exact.smt",
-    "smt_verify": "verifier.exact.smt",
-    "smt_check": "verifier.exact.smt",
+    "SmtOptions": "verifier.exact.options",
+    "relaxation_candidate": "verifier.exact.region",
     "lp_bounds": "verifier.exact.lp_relaxation",
     "lp_tighten": "verifier.exact.lp_relaxation",
     "ReluBounds": "verifier.exact.encoding",

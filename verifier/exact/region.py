@@ -117,3 +117,28 @@ def _check_options(engine: Engine, options) -> None:
     wanted = {"lp": type(None), "milp": MilpOptions, "smt": SmtOptions}[engine]
     if options is not None and not isinstance(options, wanted):
         raise TypeError(f"the {engine} engine takes {wanted.__name__}, not {type(options).__name__}")
+
+
+def relaxation_candidate(net: Network, region: Region, polytopes: Sequence[Polytope]) -> np.ndarray | None:
+    """A hint: the optimum of the LP relaxation (HiGHS) of each polytope's margin on ``region`` (which
+    needs ``bounds``), returned when our forward pass confirms it as a counterexample."""
+    if region.bounds is None or not polytopes:
+        return None
+    from verifier.exact.encoding import EncodingOptions, encode_network, margin_problem
+    from verifier.exact.highs import LpSession
+    from verifier.exact.witness import confirmed
+    from vnnlib.spec import Case
+
+    box = Case(region.lower, region.upper, ())
+    enc = encode_network(net, region.lower, region.upper, region.bounds, options=EncodingOptions(relax=True))
+    if enc.empty:
+        return None
+    for poly in polytopes:
+        problem = margin_problem(enc, poly.A, poly.b)
+        session = LpSession(problem)
+        session.minimize(problem.cost, problem.offset)
+        values = session.values()
+        x = None if values is None else confirmed(net, enc.input_of(values), box, poly)
+        if x is not None:
+            return x
+    return None

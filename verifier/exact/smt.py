@@ -9,11 +9,10 @@ SMT-LIB text (one named term per neuron, which z3 shares), parsed by z3 in C++.
 Rigorous pre-activation bounds (``verifier.bounds``, optional) fix the stable
 ReLUs and add the triangle relaxation of the unstable ones as implied lemmas
 (Ehlers, ATVA 2017); this removes only branches that hold no input.  On
-low-dimensional inputs the box is bisected until few ReLUs are unstable, and
-boxes on which the same rigorous bounds rule every polytope out are closed
-without z3.  The LP relaxation's optimum (HiGHS, a hint) is tried as a
-counterexample first.  Each remaining box is one ``decide_region`` (its ``"smt"``
-engine is ``decide_smt`` here).  A check runs in-process for a short first
+low-dimensional inputs the box is bisected until few ReLUs are unstable
+(``bab.exact_split``: a rule of the one branch-and-bound loop), and each
+remaining box is one ``decide_region`` (its ``"smt"`` engine is ``decide_smt``
+here).  A check runs in-process for a short first
 attempt and then in a child process that is killed at the deadline (z3's own
 timeout can overrun by seconds on large rational pivots): a fresh interpreter
 running ``exact.z3_child`` on the SMT-LIB text, never a fork of this (torch) process.
@@ -30,7 +29,6 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
@@ -38,17 +36,15 @@ import z3
 
 from verifier.deadline import Deadline
 from verifier.exact import z3_child
-from verifier.exact.box_bounds import rigorous_bounds
-from verifier.exact.encoding import EncodingOptions, ReluBounds, encode_network, margin_problem
-from verifier.exact.highs import LpSession
+from verifier.exact.encoding import ReluBounds
 from verifier.exact.linear_ops import INDEX_OPS, LINEAR_OPS, index_map, linear_map, maxpool_windows
 from verifier.exact.options import SmtOptions
 from verifier.exact.outcome import ExactOutcome
-from verifier.exact.region import Region, decide_region
+from verifier.exact.region import Region
 from verifier.exact.witness import confirmed
 from verifier.network import Add, AvgPool, Input, MaxPool, Network, Relu, has_errors
 from verifier.result import Status, combine
-from vnnlib.spec import Case, Polytope, Spec
+from vnnlib.spec import Case, Polytope
 
 log = logging.getLogger(__name__)
 
@@ -56,85 +52,6 @@ _SHRINK = 1e-6  # a witness that fails the float check is looked for again with 
 _IN_PROCESS = 0.5  # seconds of a check run in-process before it moves to a killable child
 _WORDS = {s.value for s in (Status.SAT, Status.UNSAT, Status.TIMEOUT, Status.UNKNOWN)}  # z3_child's answers
 _INEXACT = "the network has inexact constants (verifier.constants): no exact proof"
-
-
-@dataclass
-class _Tally:
-    """Counters of one run (private, mutable)."""
-
-    checks: int = 0
-    disjunctions: int = 0
-    boxes: int = 0
-
-
-def smt_verify(net: Network, spec: Spec, deadline: Deadline, options: SmtOptions = SmtOptions()) -> ExactOutcome:
-    """Decide ``spec`` on ``net`` with z3, case by case, polytope by polytope."""
-    start = time.monotonic()
-    tally = _Tally()
-    verdicts: list[Status] = []
-    for case in spec.cases:
-        verdict, x = _decide_case(net, case, list(case.polytopes), deadline, options, tally)
-        if verdict is Status.SAT:
-            return ExactOutcome(Status.SAT, x, time.monotonic() - start, tally.checks, tally.disjunctions)
-        verdicts.append(verdict)
-        if verdict is not Status.UNSAT and deadline.expired():
-            break
-    verdict = combine(verdicts)
-    message = f"{tally.boxes} boxes"
-    if verdict is Status.UNSAT and has_errors(net):
-        # z3 decided the network with its constants as stored (and the bounds closed boxes on them);
-        # some are only close to the model's
-        verdict, message = Status.UNKNOWN, _INEXACT
-        log.info("smt: %s", message)
-    return ExactOutcome(verdict, None, time.monotonic() - start, tally.checks, tally.disjunctions, message)
-
-
-def smt_check(
-    net: Network,
-    lower,
-    upper,
-    polytope_A: np.ndarray,
-    polytope_b: np.ndarray,
-    deadline: Deadline,
-    options: SmtOptions = SmtOptions(),
-    strict: np.ndarray | None = None,
-) -> ExactOutcome:
-    """Decide one polytope on one box."""
-    case = Case(np.asarray(lower, dtype=np.float64), np.asarray(upper, dtype=np.float64),
-                (Polytope(polytope_A, polytope_b, strict),))
-    return smt_verify(net, Spec((case,), net.n_inputs, net.n_outputs), deadline, options)
-
-
-def _decide_case(net: Network, case: Case, polys: list[Polytope], deadline: Deadline, options: SmtOptions,
-                 tally: _Tally) -> tuple[Status, np.ndarray | None]:
-    """Depth-first over sub-boxes of the case's box; ``(verdict, witness)``."""
-    verdicts: list[Status] = []
-    stack = [(case.lower, case.upper, 0)]
-    while stack:
-        lower, upper, depth = stack.pop()
-        if deadline.expired():
-            return Status.TIMEOUT, None
-        tally.boxes += 1
-        bounds, ruled = rigorous_bounds(net, lower, upper, polys, options.bounds)
-        live = [p for p, out in zip(polys, ruled, strict=True) if not out]
-        if not live:
-            continue
-        x = _lp_candidate(net, Case(lower, upper, ()), bounds, live, options)
-        if x is not None:
-            return Status.SAT, x
-        if _should_split(bounds, lower, depth, options):
-            dim = int(np.argmax((upper - lower) / np.maximum(case.upper - case.lower, 1e-300)))
-            mid = 0.5 * (lower[dim] + upper[dim])
-            stack.append((_with(lower, dim, mid), upper, depth + 1))
-            stack.append((lower, _with(upper, dim, mid), depth + 1))
-            continue
-        outcome = decide_region(net, Region(lower, upper, bounds=bounds), live, "smt", deadline, options)
-        tally.checks += outcome.problems
-        tally.disjunctions = max(tally.disjunctions, outcome.binaries)
-        if outcome.verdict is Status.SAT:
-            return Status.SAT, outcome.x
-        verdicts.append(outcome.verdict)
-    return combine(verdicts), None
 
 
 def decide_smt(net: Network, region: Region, polys: Sequence[Polytope], deadline: Deadline,
@@ -245,40 +162,6 @@ def _read(solver: z3.Solver, status, inputs: list[str]):
     if status != z3.sat and status != z3.unsat:
         log.debug("z3 unknown: %s", solver.reason_unknown())
     return Status(word), values
-
-
-def _lp_candidate(net, box: Case, bounds: ReluBounds | None, polys: list[Polytope], options: SmtOptions):
-    """The optimum of the LP relaxation (HiGHS) of each polytope's margin, if one is a counterexample."""
-    if not options.lp_probe or bounds is None or not polys:
-        return None
-    enc = encode_network(net, box.lower, box.upper, bounds, options=EncodingOptions(relax=True))
-    if enc.empty:
-        return None
-    for poly in polys:
-        problem = margin_problem(enc, poly.A, poly.b)
-        session = LpSession(problem)
-        session.minimize(problem.cost, problem.offset)
-        values = session.values()
-        x = None if values is None else confirmed(net, enc.input_of(values), box, poly)
-        if x is not None:
-            return x
-    return None
-
-
-def _should_split(bounds: ReluBounds | None, lower: np.ndarray, depth: int, options: SmtOptions) -> bool:
-    return (
-        bounds is not None
-        and options.split_unstable > 0
-        and lower.size <= options.split_max_inputs
-        and depth < options.split_max_depth
-        and bounds.unstable() > options.split_unstable
-    )
-
-
-def _with(a: np.ndarray, i: int, v: float) -> np.ndarray:
-    out = a.copy()
-    out[i] = v
-    return out
 
 
 def _formula(net: Network, lower, upper, bounds: ReluBounds | None) -> tuple[str, list[str], int]:

@@ -96,3 +96,18 @@ def test_a_network_without_its_onnx_file_is_refused_by_load_problem() -> None:
 ])
 def test_combine(parts: list, whole: Status) -> None:
     assert combine(parts) is whole
+
+
+def test_bounds_on_cuda_refuse_tf32_and_a_run_turns_it_off(monkeypatch) -> None:
+    """The bounds never rewrite the TF32 flags: outside a run they refuse to bound on CUDA with TF32 on,
+    inside one the flags are off (the device object needs no GPU)."""
+    from verifier.bounds.prepare import check_no_tf32
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    with pytest.raises(ValueError, match="TF32 is on"):
+        check_no_tf32(torch.device("cuda"))
+    check_no_tf32(torch.device("cpu"))
+    gen = torch.Generator().manual_seed(0)
+    with runtime(Config(), dense_net(gen, (2, 3, 1))):
+        check_no_tf32(torch.device("cuda"))
+    assert torch.backends.cudnn.allow_tf32 is True

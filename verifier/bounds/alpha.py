@@ -22,7 +22,7 @@ from verifier.bounds.adam import Adam
 from verifier.bounds.crown import CrownState, crown_sweep, linear_bound
 from verifier.bounds.graph import bounded_nodes
 from verifier.bounds.ibp import intermediate_of, mark_empty
-from verifier.bounds.prepare import check_domains, check_known, disable_tf32, float32_copy, spec_rows
+from verifier.bounds.prepare import check_domains, check_known, check_no_tf32, float32_copy, spec_rows
 from verifier.bounds.rounding import cast_down, cast_up
 from verifier.bounds.types import Betas, BoundResult, Domains, IntermediateBounds, Slopes, Tensor
 from verifier.deadline import Deadline
@@ -91,7 +91,7 @@ def optimize(
     warm-start multipliers (``True``: start from zero)."""
     check_domains(net, domains)
     check_known(net, known, domains.batch, reuse_known)
-    disable_tf32(domains.lower.device)
+    check_no_tf32(domains.lower.device)
     C, d = spec_rows(net, domains.batch, C, d)
     deadline = deadline or Deadline()
     relus = net.relu_indices

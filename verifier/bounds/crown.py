@@ -17,7 +17,7 @@ import torch
 from verifier.bounds.backward import Relaxations, backward_linear, backward_lower, concretize
 from verifier.bounds.graph import relu_inputs
 from verifier.bounds.ibp import Interval, NodeBounds, intermediate_of, mark_empty, spec_interval, sweep
-from verifier.bounds.prepare import check_domains, check_known, disable_tf32, spec_rows
+from verifier.bounds.prepare import check_domains, check_known, check_no_tf32, spec_rows
 from verifier.bounds.relaxation import maxpool_relaxation, relu_relaxation
 from verifier.bounds.rounding import down
 from verifier.bounds.types import BoundResult, Domains, IntermediateBounds, Tensor
@@ -57,7 +57,7 @@ def crown(
     choices only; nothing may be dropped on them."""
     check_domains(net, domains)
     check_known(net, known, domains.batch, reuse_known)
-    disable_tf32(domains.lower.device)
+    check_no_tf32(domains.lower.device)
     C, d = spec_rows(net, domains.batch, C, d)
     with torch.no_grad():
         state = crown_sweep(net, domains, known, reuse_known=reuse_known, rigorous=rigorous)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from verifier.bounds.backward import concretize
 from verifier.bounds.graph import bounded_nodes, relu_inputs, relu_layers_of
-from verifier.bounds.prepare import check_domains, check_known, disable_tf32, spec_rows
+from verifier.bounds.prepare import check_domains, check_known, check_no_tf32, spec_rows
 from verifier.bounds.rounding import down, gamma, magnitude, up
 from verifier.bounds.types import BoundResult, Domains, IntermediateBounds, Tensor
 from verifier.forward import apply_node
@@ -54,7 +54,7 @@ def ibp(
     """Interval bounds of ``C f(x) - d`` over each domain (upper included)."""
     check_domains(net, domains)
     check_known(net, known, domains.batch)
-    disable_tf32(domains.lower.device)
+    check_no_tf32(domains.lower.device)
     C, d = spec_rows(net, domains.batch, C, d)
     nb = sweep(net, domains, known)
     lower, upper = spec_interval(net, nb, C, d)

@@ -13,14 +13,12 @@ from verifier.network import Network
 log = logging.getLogger(__name__)
 
 
-def disable_tf32(device: torch.device) -> None:
-    """TF32 matmuls are too imprecise for verification (the rounding terms assume IEEE float32).  A run
-    turns TF32 off once and restores it after (``verifier.runtime``), so this writes nothing there; a bound
-    called on CUDA outside a run with TF32 on turns it off here (logged) rather than bound in TF32."""
+def check_no_tf32(device: torch.device) -> None:
+    """Raise ``ValueError`` when a bound would run on CUDA with TF32 matmuls on: they are too imprecise for
+    verification (the rounding terms assume IEEE arithmetic).  A run turns TF32 off once and restores it
+    after (``verifier.runtime``); a caller outside a run does the same (``with runtime(config, net):``)."""
     if device.type == "cuda" and (torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32):
-        log.warning("TF32 was on: turning it off for bounding (verifier.runtime sets it per run)")
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+        raise ValueError("TF32 is on: bounds on CUDA need it off (run them inside verifier.runtime.runtime)")
 
 
 def check_domains(net: Network, domains: Domains) -> None:

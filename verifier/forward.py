@@ -47,7 +47,7 @@ def apply_node(node: Node, args: list[Tensor]) -> Tensor:
     if isinstance(op, Dense):
         return torch.nn.functional.linear(args[0], op.weight, op.bias)
     if isinstance(op, Conv):
-        return F.conv2d(_pad4(args[0], op.padding, 0.0), op.weight, op.bias, op.stride, 0, op.dilation, op.groups)
+        return F.conv2d(pad_hw(args[0], op.padding, 0.0), op.weight, op.bias, op.stride, 0, op.dilation, op.groups)
     if isinstance(op, Relu):
         return torch.relu(args[0])
     if isinstance(op, Add):
@@ -59,30 +59,30 @@ def apply_node(node: Node, args: list[Tensor]) -> Tensor:
     if isinstance(op, Transpose):
         return args[0].permute(0, *(p + 1 for p in op.perm))
     if isinstance(op, AvgPool):
-        x = _pad4(args[0], op.padding, 0.0)
+        x = pad_hw(args[0], op.padding, 0.0)
         out = F.avg_pool2d(x, op.kernel, op.stride)
         if not op.count_include_pad and any(op.padding):
-            ones = _pad4(torch.ones_like(args[0][:1, :1]), op.padding, 0.0)
+            ones = pad_hw(torch.ones_like(args[0][:1, :1]), op.padding, 0.0)
             out = out / F.avg_pool2d(ones, op.kernel, op.stride)
         return out
     if isinstance(op, MaxPool):
-        return F.max_pool2d(_pad4(args[0], op.padding, float("-inf")), op.kernel, op.stride)
+        return F.max_pool2d(pad_hw(args[0], op.padding, float("-inf")), op.kernel, op.stride)
     if isinstance(op, Pad):
-        return _pad_nd(args[0], op.pads, op.value)
+        return pad_last(args[0], op.pads, op.value)
     if isinstance(op, Concat):
         return torch.cat(args, dim=op.axis + 1)
     raise TypeError(f"forward: unhandled node type {type(op).__name__}")
 
 
-def _pad4(x: Tensor, padding: tuple[int, int, int, int], value: float) -> Tensor:
+def pad_hw(x: Tensor, padding: tuple[int, int, int, int], value: float = 0.0) -> Tensor:
+    """``x`` padded on its last two axes by ``(top, left, bottom, right)`` (the IR's conv/pool padding)."""
     top, left, bottom, right = padding
-    if not any(padding):
-        return x
-    return F.pad(x, (left, right, top, bottom), value=value)
+    return F.pad(x, (left, right, top, bottom), value=value) if any(padding) else x
 
 
-def _pad_nd(x: Tensor, pads: tuple[int, ...], value: float) -> Tensor:
-    """ONNX-style pads over the per-sample axes of a batched tensor."""
+def pad_last(x: Tensor, pads: tuple[int, ...], value: float = 0.0) -> Tensor:
+    """``x`` padded ONNX-style (all begins, then all ends) over its last ``len(pads) // 2`` axes; a negative
+    pad crops.  The one padding helper besides ``pad_hw``."""
     d = len(pads) // 2
     torch_pads: list[int] = []
     for axis in reversed(range(d)):  # torch pads from the last axis backwards

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from verifier.bounds.relaxation import MaxPoolRelaxation, ReluRelaxation
 from verifier.bounds.rounding import down, eta, gamma, magnitude, unit
 from verifier.bounds.types import Tensor
+from verifier.forward import pad_hw, pad_last
 from verifier.network import (
     Add,
     AvgPool,
@@ -317,7 +318,7 @@ def linear_back(node: Node, ins: list[tuple[int, ...]], A: Tensor) -> tuple[list
         inverse = [op.perm.index(a) for a in range(len(op.perm))]
         return [A.permute(0, 1, *(p + 2 for p in inverse))], None
     if isinstance(op, Pad):
-        A_in = _pad_last(A, tuple(-p for p in op.pads))
+        A_in = pad_last(A, tuple(-p for p in op.pads))
         c = op.value * (A.flatten(2).sum(-1) - A_in.flatten(2).sum(-1)) if op.value else None
         return [A_in], c
     if isinstance(op, Concat):
@@ -357,15 +358,6 @@ def _avgpool_back(op: AvgPool, in_shape: tuple[int, ...], A: Tensor) -> Tensor:
         divisor: Tensor | float = float(kh * kw)
     else:
         top, left, bottom, right = op.padding
-        mask = F.pad(A.new_ones(1, 1, H, W), (left, right, top, bottom))
+        mask = pad_hw(A.new_ones(1, 1, H, W), op.padding)
         divisor = F.conv2d(mask, ones[:1], stride=op.stride)[0, 0]  # (Ho, Wo) window counts
     return _transpose_conv(A / divisor, ones, in_shape, op.stride, op.padding, (1, 1), C)
-
-
-def _pad_last(x: Tensor, pads: tuple[int, ...]) -> Tensor:
-    """ONNX-style pads (begins, then ends) over the last ``len(pads) // 2`` axes; negative crops."""
-    d = len(pads) // 2
-    torch_pads: list[int] = []
-    for axis in reversed(range(d)):
-        torch_pads += [pads[axis], pads[axis + d]]
-    return F.pad(x, torch_pads)

@@ -19,7 +19,7 @@ from verifier.bounds.graph import bounded_nodes, relu_inputs, relu_layers_of
 from verifier.bounds.prepare import check_domains, check_known, check_no_tf32, spec_rows
 from verifier.bounds.rounding import down, gamma, magnitude, up
 from verifier.bounds.types import BoundResult, Domains, IntermediateBounds, Tensor
-from verifier.forward import apply_node
+from verifier.forward import apply_node, pad_hw
 from verifier.network import Add, AvgPool, Conv, Dense, Input, Network, Node, Scale
 
 Interval = tuple[Tensor, Tensor]
@@ -218,12 +218,6 @@ def forward_terms(node: Node, in_shapes: list[tuple[int, ...]]) -> int:
     if isinstance(op, AvgPool):
         return op.kernel[0] * op.kernel[1] + 2
     return 2  # Scale: a product and a sum; Add: one sum
-
-
-def pad_hw(x: Tensor, padding: tuple[int, int, int, int], value: float = 0.0) -> Tensor:
-    """Pad the last two axes by (top, left, bottom, right)."""
-    top, left, bottom, right = padding
-    return F.pad(x, (left, right, top, bottom), value=value) if any(padding) else x
 
 
 def spec_interval(net: Network, nodes: NodeBounds, C: Tensor, d: Tensor) -> Interval:

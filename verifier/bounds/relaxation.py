@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from verifier.bounds.rounding import eta, gamma, magnitude, unit, up
 from verifier.bounds.types import Tensor
+from verifier.forward import pad_hw
 from verifier.network import MaxPool
 
 
@@ -87,10 +88,8 @@ class MaxPoolRelaxation:
 def maxpool_relaxation(op: MaxPool, lower: Tensor, upper: Tensor) -> MaxPoolRelaxation:
     """The relaxation of one MaxPool node for input bounds ``(B, C, H, W)``."""
     B, C, H, W = lower.shape
-    top, left, bottom, right = op.padding
-    pads = (left, right, top, bottom)
-    lo = F.pad(lower, pads, value=float("-inf"))
-    hi = F.pad(upper, pads, value=float("-inf"))
+    lo = pad_hw(lower, op.padding, float("-inf"))
+    hi = pad_hw(upper, op.padding, float("-inf"))
     Hp, Wp = lo.shape[-2:]
     K = op.kernel[0] * op.kernel[1]
 

@@ -49,3 +49,14 @@ def test_bad_config_files(tmp_path, text, fragment):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_reading_a_config_imports_no_engine():
+    """Config composes option dataclasses that live apart from their engines: no torch, no solver."""
+    import subprocess
+    import sys
+
+    code = ("import sys, verifier.config as c; c.load_config(overrides={'bab': {'relu': {'branching': 'babsr'}}}); "
+            "print(sorted(m for m in ('torch', 'highspy', 'z3', 'onnx') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
@@ -18,33 +17,11 @@ from verifier.deadline import Deadline
 from verifier.forward import forward
 from verifier.network import Network
 from verifier.objective import CaseObjective
+from verifier.options import AttackOptions
 from verifier.result import Counterexample
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
-
-
-@dataclass(frozen=True)
-class AttackOptions:
-    """Budget of the attack; all counts are per input box."""
-
-    enabled: bool = True
-    samples: int = 1024  # uniform random samples before PGD
-    restarts: int = 32  # PGD starting points
-    steps: int = 50  # PGD steps per round
-    rounds: int = 1  # rounds of fresh restarts (branch and bound attacks again later)
-    # first step of each restart's schedule, as a fraction of the box width, taken in turn by the restarts:
-    # 0.1 alone left mnistfc 256x4 prop_1_0.05 (sat) at a margin of +0.985 on every restart; restarts that
-    # start at 1.0 (a jump to the corner the gradient's signs point at) find it in 78 of 90
-    step_starts: tuple[float, ...] = (0.1, 1.0)
-    step_end: float = 0.002  # last step, as a fraction of the box width
-    candidates: int = 8  # best candidates handed to validation per round
-    time_limit: float = 20.0  # seconds for the attack before bounding starts
-    max_batch: int = 8192  # points evaluated at once
-
-    def __post_init__(self) -> None:
-        if not self.step_starts or min(self.step_starts) <= 0 or self.step_end <= 0:
-            raise ValueError("AttackOptions: step_starts must be one or more positive fractions, step_end > 0")
 
 
 def _uniform(lower: Tensor, upper: Tensor, n: int, gen: torch.Generator) -> Tensor:

@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from verifier.attack import AttackOptions
 from verifier.bab.options import BabOptions
-from verifier.bounds.alpha import AlphaOptions
 from verifier.errors import ConfigError
 from verifier.exact.options import MilpOptions, SmtOptions
+from verifier.options import AlphaOptions, AttackOptions
 
 ENGINES = ("auto", "bab", "milp", "smt")
 STAGES = ("attack", "ibp", "crown", "alpha", "complete")

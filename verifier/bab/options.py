@@ -11,7 +11,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Literal
 
-from verifier.attack import AttackOptions
+from verifier.options import AttackOptions
 
 
 def check_choices(options: object) -> None:

@@ -13,8 +13,6 @@ The same loop optimizes beta-CROWN's split multipliers (see ``beta.py``).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
@@ -27,32 +25,9 @@ from verifier.bounds.rounding import cast_down, cast_up
 from verifier.bounds.types import Betas, BoundResult, Domains, IntermediateBounds, Slopes, Tensor
 from verifier.deadline import Deadline
 from verifier.network import Network
+from verifier.options import AlphaOptions
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class AlphaOptions:
-    """Options of the slope (and split multiplier) optimization."""
-
-    iterations: int = 20
-    lr: float = 0.1  # Adam step for the slopes
-    lr_beta: float = 0.05  # Adam step for beta-CROWN's multipliers
-    lr_decay: float = 0.98  # per iteration
-    early_stop: bool = True  # stop once every row of every domain is > 0
-    # with float64 networks and no intermediate slopes to optimize (branch and bound), iterate on float32
-    # estimates (no rounding slack: they only steer the optimization) and bound with the best slopes and
-    # multipliers once, rigorously, at the end
-    float32_iterations: bool = True
-    optimize_intermediate: bool = True  # also optimize the slopes of the intermediate bounds
-    intermediate_slopes: Literal["auto", "per_row", "shared"] = "auto"
-    per_row_budget: int = 2**24  # "auto": per-row slopes while B * elements stays below this
-
-    def __post_init__(self) -> None:
-        if self.iterations < 0 or self.lr <= 0 or self.lr_beta <= 0 or not 0 < self.lr_decay <= 1:
-            raise ValueError("AlphaOptions: iterations >= 0, lr > 0, lr_beta > 0, 0 < lr_decay <= 1")
-        if self.intermediate_slopes not in ("auto", "per_row", "shared"):
-            raise ValueError(f"AlphaOptions: unknown intermediate_slopes {self.intermediate_slopes!r}")
 
 
 def alpha_crown(

@@ -86,6 +86,26 @@ def test_prove_rows_answers_each_row_of_one_batched_search():
     assert float(bound[0]) <= 0.1 + 1e-9 and float(bound[1]) <= -0.1 + 1e-9
 
 
+@pytest.mark.parametrize("budget", [0, 1, 2, 4])
+def test_a_row_given_up_on_budget_never_reports_an_infinite_bound(budget: int):
+    """A row whose search ran past its budget is not proven, so its bound must be a real lower bound (at most
+    the true minimum), never +inf; +inf made the refinement's bounds cross (an empty box: every case unsat)."""
+    net = abs_trick_net()
+    lower, upper = torch.tensor([-1.0], dtype=torch.float64), torch.tensor([1.0], dtype=torch.float64)
+    obj = _objective(lower, upper, torch.tensor([[1.0]], dtype=torch.float64), torch.tensor([0.0], dtype=torch.float64))
+    root = _root(net, obj)
+    sub = cut_at(net, 1)
+    earlier = type(root.intermediate)(root.intermediate.lower[:1], root.intermediate.upper[:1])
+    C = torch.tensor([[-1.0], [1.0]], dtype=torch.float64)
+    out, bound = prove_rows(sub, obj, earlier, C, BabOptions(), ALPHA, Deadline(time.monotonic() + 20), budget)
+    true_min = [0.1, -0.1]  # -z and z, with z = -0.1 everywhere
+    for o, b, m in zip(out.tolist(), bound.tolist(), true_min, strict=True):
+        if o == 1:
+            assert b == float("inf") and m > 0
+        else:
+            assert b <= m + 1e-9, (budget, out.tolist(), bound.tolist())
+
+
 def test_the_refined_root_proves_what_the_root_could_not():
     # the output is relu(z) with z = -0.1 everywhere: "output >= 0.05" is unsafe and unreachable
     net = abs_trick_net()

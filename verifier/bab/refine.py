@@ -24,6 +24,7 @@ splitting alone had not done in 300 s.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -118,7 +119,10 @@ def refine_bounds(
                         out_of_budget.append(cand)
                     # proven (b = +inf): the bound on that side becomes 0; else the search's lowest bound
                     # of c_j z_j tightens that side (c_j = -e_j: z_j <= -b; c_j = e_j: z_j >= b)
-                    b = 0.0 if o > 0 else b
+                    # an unproven row's bound tightens at most to 0, and only when it is a real number
+                    b = 0.0 if o > 0 else min(b, 0.0)
+                    if not math.isfinite(b):
+                        continue
                     if cand.inactive:
                         hi[cand.neuron] = min(float(hi[cand.neuron]), -b)
                     else:
@@ -268,9 +272,12 @@ class _RowTracker:
                                           reduce="amin")
 
     def result(self) -> tuple[Tensor, Tensor]:
-        """A row is proven when its tree has no open subdomain left and it was never given up."""
+        """A row is proven when its tree has no open subdomain left and it was never given up.  A row given
+        up (out of budget) before any of its subdomains was let go has no bound from the search: ``-inf``
+        (its frontier of ``+inf`` would claim a bound above every value)."""
         self.outcome[~self.given_up] = 1
-        return self.outcome, torch.where(self.given_up, self.frontier, torch.full_like(self.frontier, torch.inf))
+        frontier = torch.where(self.frontier == torch.inf, torch.full_like(self.frontier, -torch.inf), self.frontier)
+        return self.outcome, torch.where(self.given_up, frontier, torch.full_like(frontier, torch.inf))
 
 
 def _owner(bound: Tensor) -> Tensor:

@@ -272,12 +272,13 @@ class _RowTracker:
                                           reduce="amin")
 
     def result(self) -> tuple[Tensor, Tensor]:
-        """A row is proven when its tree has no open subdomain left and it was never given up.  A row given
-        up (out of budget) before any of its subdomains was let go has no bound from the search: ``-inf``
-        (its frontier of ``+inf`` would claim a bound above every value)."""
-        self.outcome[~self.given_up] = 1
-        frontier = torch.where(self.frontier == torch.inf, torch.full_like(self.frontier, -torch.inf), self.frontier)
-        return self.outcome, torch.where(self.given_up, frontier, torch.full_like(frontier, torch.inf))
+        """A row is proven when its tree has no open subdomain left and none was let go: never given up,
+        or given up on budget after its last subdomain was ruled out (nothing let go: frontier ``+inf``).
+        Any other row's bound is the lowest bound of the subdomains it let go."""
+        exhausted = self.given_up & (self.frontier == torch.inf) & (self.outcome >= 0)
+        proven = ~self.given_up | exhausted
+        self.outcome[proven] = 1
+        return self.outcome, torch.where(proven, torch.full_like(self.frontier, torch.inf), self.frontier)
 
 
 def _owner(bound: Tensor) -> Tensor:

@@ -67,15 +67,20 @@ def test_a_neuron_only_splitting_proves_stable_is_made_stable():
     assert float(out.bounds.upper[1][0, 0]) <= 0
 
 
-def test_prove_rows_answers_each_row_of_one_batched_search():
-    # on the cut network z = -0.1 everywhere: -z > 0 holds (only splitting proves it), z > 0 never does
+def _abs_rows():
+    """The cut network of ``abs_trick_net`` (z = -0.1 everywhere), its box, the earlier layer's bounds, and
+    the rows -z (positive everywhere, only splitting proves it) and z (never positive)."""
     net = abs_trick_net()
     lower, upper = torch.tensor([-1.0], dtype=torch.float64), torch.tensor([1.0], dtype=torch.float64)
     obj = _objective(lower, upper, torch.tensor([[1.0]], dtype=torch.float64), torch.tensor([0.0], dtype=torch.float64))
     root = _root(net, obj)
-    sub = cut_at(net, 1)
     earlier = type(root.intermediate)(root.intermediate.lower[:1], root.intermediate.upper[:1])
-    C = torch.tensor([[-1.0], [1.0]], dtype=torch.float64)
+    return cut_at(net, 1), obj, earlier, torch.tensor([[-1.0], [1.0]], dtype=torch.float64)
+
+
+def test_prove_rows_answers_each_row_of_one_batched_search():
+    # on the cut network z = -0.1 everywhere: -z > 0 holds (only splitting proves it), z > 0 never does
+    sub, obj, earlier, C = _abs_rows()
     out, bound = prove_rows(sub, obj, earlier, C, BabOptions(), ALPHA, Deadline(time.monotonic() + 20), budget=64)
     assert out.tolist() == [1, -1]
     # proven: no bound needed; reached: a lower bound of z, which is -0.1 everywhere
@@ -88,15 +93,10 @@ def test_prove_rows_answers_each_row_of_one_batched_search():
 
 @pytest.mark.parametrize("budget", [0, 1, 2, 4])
 def test_a_row_given_up_on_budget_never_reports_an_infinite_bound(budget: int):
-    """A row whose search ran past its budget is not proven, so its bound must be a real lower bound (at most
-    the true minimum), never +inf; +inf made the refinement's bounds cross (an empty box: every case unsat)."""
-    net = abs_trick_net()
-    lower, upper = torch.tensor([-1.0], dtype=torch.float64), torch.tensor([1.0], dtype=torch.float64)
-    obj = _objective(lower, upper, torch.tensor([[1.0]], dtype=torch.float64), torch.tensor([0.0], dtype=torch.float64))
-    root = _root(net, obj)
-    sub = cut_at(net, 1)
-    earlier = type(root.intermediate)(root.intermediate.lower[:1], root.intermediate.upper[:1])
-    C = torch.tensor([[-1.0], [1.0]], dtype=torch.float64)
+    """A row whose search ran past its budget is proven only if nothing was let go; otherwise its bound must be
+    a real lower bound (at most the true minimum), never +inf: +inf made the refinement's bounds cross (an
+    empty box: every case unsat)."""
+    sub, obj, earlier, C = _abs_rows()
     out, bound = prove_rows(sub, obj, earlier, C, BabOptions(), ALPHA, Deadline(time.monotonic() + 20), budget)
     true_min = [0.1, -0.1]  # -z and z, with z = -0.1 everywhere
     for o, b, m in zip(out.tolist(), bound.tolist(), true_min, strict=True):

@@ -26,6 +26,7 @@ from verifier.bounds import Domains, crown, ibp
 from verifier.deadline import Deadline
 from verifier.exact import ExactOutcome, Region, decide_region
 from verifier.exact.options import SmtOptions
+from verifier.exact.outcome import INEXACT
 from verifier.exact.region import relaxation_candidate
 from verifier.forward import forward
 from verifier.network import Network, has_errors
@@ -35,7 +36,6 @@ from vnnlib.spec import Case, Polytope, Spec
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
-_INEXACT = "the network has inexact constants (verifier.constants): no exact proof"
 
 
 @dataclass
@@ -65,7 +65,7 @@ def smt_verify(net: Network, spec: Spec, deadline: Deadline, options: SmtOptions
     if verdict is Status.UNSAT and has_errors(net):
         # z3 decided the network with its constants as stored (and the bounds closed boxes on them);
         # some are only close to the model's
-        verdict, message = Status.UNKNOWN, _INEXACT
+        verdict, message = Status.UNKNOWN, INEXACT
         log.info("smt: %s", message)
     return ExactOutcome(verdict, None, time.monotonic() - start, tally.checks, tally.disjunctions, message)
 
@@ -97,8 +97,8 @@ def _search_case(net: Network, case: Case, deadline: Deadline, options: SmtOptio
         x = relaxation_candidate(net, region, [case.polytopes[p] for p in torch.nonzero(live).flatten().tolist()])
         if x is not None:
             return Status.SAT, _witness(net, x)
-    net64 = net.to(dtype=torch.float64)
-    return search(net64, obj, root, rule, lambda x: None, BabOptions(), deadline, torch.Generator(), BabStats())
+    # the loop reads only the network's device (no attack in this rule)
+    return search(net, obj, root, rule, lambda x: None, BabOptions(), deadline, torch.Generator(), BabStats())
 
 
 def smt_rule(net: Network, obj: CaseObjective, polys: list[Polytope], deadline: Deadline, options: SmtOptions,

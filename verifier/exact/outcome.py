@@ -8,6 +8,9 @@ import numpy as np
 
 from verifier.result import Status
 
+# why an exact engine answers unknown where it found no counterexample on a network with computed constants
+INEXACT = "the network has inexact constants (verifier.constants): no exact proof"
+
 
 @dataclass(frozen=True, eq=False)
 class ExactOutcome:

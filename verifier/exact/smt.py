@@ -39,7 +39,7 @@ from verifier.exact import z3_child
 from verifier.exact.encoding import ReluBounds
 from verifier.exact.linear_ops import INDEX_OPS, LINEAR_OPS, index_map, linear_map, maxpool_windows
 from verifier.exact.options import SmtOptions
-from verifier.exact.outcome import ExactOutcome
+from verifier.exact.outcome import INEXACT, ExactOutcome
 from verifier.exact.region import Region
 from verifier.exact.witness import confirmed
 from verifier.network import Add, AvgPool, Input, MaxPool, Network, Relu, has_errors
@@ -51,7 +51,6 @@ log = logging.getLogger(__name__)
 _SHRINK = 1e-6  # a witness that fails the float check is looked for again with b - _SHRINK * (1 + |b|)
 _IN_PROCESS = 0.5  # seconds of a check run in-process before it moves to a killable child
 _WORDS = {s.value for s in (Status.SAT, Status.UNSAT, Status.TIMEOUT, Status.UNKNOWN)}  # z3_child's answers
-_INEXACT = "the network has inexact constants (verifier.constants): no exact proof"
 
 
 def decide_smt(net: Network, region: Region, polys: Sequence[Polytope], deadline: Deadline,
@@ -78,7 +77,7 @@ def decide_smt(net: Network, region: Region, polys: Sequence[Polytope], deadline
             break
     verdict, message = combine(verdicts), ""
     if verdict is Status.UNSAT and has_errors(net):
-        verdict, message = Status.UNKNOWN, _INEXACT
+        verdict, message = Status.UNKNOWN, INEXACT
     return ExactOutcome(verdict, None, time.monotonic() - start, checks, n_or, message)
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from verifier.deadline import Deadline
-from verifier.exact.box_bounds import case_bounds, crown_bounds, share
+from verifier.exact.box_bounds import case_bounds, crown_bounds
 from verifier.exact.encoding import (
     EncodingOptions,
     NetworkEncoding,
@@ -101,7 +101,7 @@ def milp_check(
     start = time.monotonic()
     region = Region.of(net, lower, upper, splits, pre_bounds)
     if options.lp_tighten:
-        budget = share(deadline, options.tighten_share)
+        budget = deadline.share(options.tighten_share)
         splits = None if region.splits is None else list(region.splits)
         bounds = lp_tighten(net, region.lower, region.upper, region.bounds, splits=splits, deadline=budget,
                             threads=options.threads)

@@ -12,8 +12,9 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,6 +29,9 @@ from verifier.result import Counterexample, Result, Status, combine
 from verifier.runtime import runtime
 from verifier.validate import Replayer, validate
 from vnnlib.spec import Spec
+
+if TYPE_CHECKING:
+    from verifier.certificate.record import ProofLog
 
 log = logging.getLogger(__name__)
 
@@ -56,16 +60,68 @@ def verify(
     start = time.monotonic()
     deadline = Deadline.after(timeout)
     config = config or Config()
+    if config.proof or config.certify:
+        # the checker recomputes every intermediate bound by CROWN: bounds optimized beyond it (alpha-CROWN's
+        # intermediate slopes, intersected over its iterations) could not be replayed
+        config = replace(config, alpha=replace(config.alpha, optimize_intermediate=False))
     with contextlib.ExitStack() as run:
         if isinstance(model, Network) and onnx_path is None:
             onnx_path = _export(model, Path(run.enter_context(tempfile.TemporaryDirectory(prefix="verifier-"))))
         problem = load_problem(model, spec, config, onnx_path)
         stats: dict[str, float | int | str] = {"load_time": round(time.monotonic() - start, 4)}
-        rt = run.enter_context(runtime(config, problem.net))
-        status, cex = run_pipeline(problem, config, deadline, stats, rt.generator)
+        proofs = _proof_log(problem, config)
+        with runtime(config, problem.net) as rt:
+            status, cex = run_pipeline(problem, config, deadline, stats, rt.generator, proofs)
+        proof, message = None, ""
+        if status is Status.UNSAT and proofs is not None:
+            spec_path = None if isinstance(spec, Spec) else Path(spec)
+            status, proof, message = _certificate(problem, spec_path, proofs, config, stats)
     if status is Status.UNKNOWN and deadline.expired():
         status = Status.TIMEOUT
-    return Result(status=status, counterexample=cex, time=time.monotonic() - start, stats=stats)
+    return Result(status=status, counterexample=cex, time=time.monotonic() - start, stats=stats, message=message,
+                  proof=proof)
+
+
+def _proof_log(problem: Problem, config: Config) -> ProofLog | None:
+    """The recorders of the proof certificate, when the configuration asks for one."""
+    if not (config.proof or config.certify):
+        return None
+    from verifier.certificate.record import ProofLog
+
+    net = problem.net
+    return ProofLog(problem.spec, [net.nodes[r].size for r in net.relu_indices])
+
+
+def _certificate(problem: Problem, spec_path: Path | None, proofs: ProofLog, config: Config, stats: dict
+                 ) -> tuple[Status, object, str]:
+    """The certificate of an UNSAT answer, and the answer: UNKNOWN under ``certify`` unless the
+    independent checker accepts the certificate."""
+    import hashlib
+
+    from verifier.certificate import Proof, check_proof, proof_meta
+
+    t = time.monotonic()
+    arrays, why = proofs.build()
+    proof = None
+    if arrays is not None:
+        spec_hash = "" if spec_path is None else hashlib.sha256(spec_path.read_bytes()).hexdigest()
+        model_hash = hashlib.sha256(problem.model_path.read_bytes()).hexdigest()
+        proof = Proof.from_arrays(proof_meta(model_hash, spec_hash, len(arrays), proofs.relu_sizes), arrays)
+    stats["proof_time"] = round(time.monotonic() - t, 4)
+    if proof is None:
+        log.warning("no proof certificate: %s", why)
+        return (Status.UNKNOWN if config.certify else Status.UNSAT), None, f"no certificate: {why}"
+    if not config.certify:
+        return Status.UNSAT, proof, ""
+    if spec_path is None:
+        return Status.UNKNOWN, proof, "certify: the checker needs the spec file"
+    t = time.monotonic()
+    checked = check_proof(problem.model_path, spec_path, proof)
+    stats["check_time"] = round(time.monotonic() - t, 4)
+    if not checked.valid:
+        log.warning("the checker rejected the certificate: %s", checked.reason)
+        return Status.UNKNOWN, proof, f"certificate rejected: {checked.reason}"
+    return Status.UNSAT, proof, ""
 
 
 def load_problem(
@@ -111,9 +167,10 @@ def _export(net: Network, folder: Path) -> Path:
 
 def run_pipeline(
     problem: Problem, config: Config, deadline: Deadline, stats: dict, gen: torch.Generator | None = None,
+    proofs: ProofLog | None = None,
 ) -> tuple[Status, Counterexample | None]:
     """Attack, then incomplete bounds, then the complete engine; first decision wins (``gen``: the
-    run's generator, by default one seeded with ``config.seed``)."""
+    run's generator, by default one seeded with ``config.seed``; ``proofs``: records the proof)."""
     net, spec = problem.net, problem.spec
     objectives = [case_objective(c, net.dtype, net.device) for c in spec.cases]
     if config.row_combinations > 0:
@@ -122,13 +179,15 @@ def run_pipeline(
         gen = torch.Generator(device=net.device).manual_seed(config.seed)
 
     if config.engine in ("milp", "smt"):
+        if proofs is not None:
+            proofs.uncertified(f"the {config.engine} engine records no proof")
         status, cex = _exact_engine(problem, config, deadline, stats)
         if config.engine == "smt" or status is not Status.UNSAT:
             return status, cex
         # HiGHS's infeasibility is a hint, not a proof: the bounds and the search must prove it
         log.info("milp: infeasible by HiGHS; certifying by branch and bound")
         stats["milp_certify"] = 1
-        status, cex = _prove(problem, objectives, config, deadline, stats, gen)
+        status, cex = _prove(problem, objectives, config, deadline, stats, gen, proofs)
         if status is Status.SAT:
             log.warning("milp: HiGHS called a spec with a counterexample infeasible")
         return status, cex
@@ -140,12 +199,12 @@ def run_pipeline(
             return Status.SAT, cex
     if config.stop_after == "attack" or deadline.expired():
         return Status.UNKNOWN, None
-    return _prove(problem, objectives, config, deadline, stats, gen)
+    return _prove(problem, objectives, config, deadline, stats, gen, proofs)
 
 
 def _prove(
     problem: Problem, objectives: list[CaseObjective], config: Config, deadline: Deadline, stats: dict,
-    gen: torch.Generator,
+    gen: torch.Generator, proofs: ProofLog | None = None,
 ) -> tuple[Status, Counterexample | None]:
     """Incomplete bounds on every case, then branch and bound on those left open."""
     from verifier.incomplete import incomplete_stages
@@ -153,13 +212,15 @@ def _prove(
     roots = {}
     for index, obj in enumerate(objectives):
         proven, root = incomplete_stages(problem.net, obj, config, deadline, stats)
+        if proofs is not None:
+            proofs.root_bounds(index, obj, root)
         if not proven:
             roots[index] = root
     if not roots:
         return Status.UNSAT, None
     if config.stop_after != "complete" or deadline.expired():
         return Status.UNKNOWN, None
-    return _complete(problem, objectives, roots, config, deadline, stats, gen)
+    return _complete(problem, objectives, roots, config, deadline, stats, gen, proofs)
 
 
 def _exact_engine(problem: Problem, config: Config, deadline: Deadline, stats: dict
@@ -209,7 +270,7 @@ def _attack_all(
 
 def _complete(
     problem: Problem, objectives: list[CaseObjective], roots: dict, config: Config, deadline: Deadline,
-    stats: dict, gen: torch.Generator,
+    stats: dict, gen: torch.Generator, proofs: ProofLog | None = None,
 ) -> tuple[Status, Counterexample | None]:
     """Branch and bound on every open case; the first counterexample decides, all must be proven."""
     from verifier.bab.search import BabStats
@@ -219,7 +280,8 @@ def _complete(
     verdicts: list[Status] = []
     for index, root in roots.items():
         status, cex = solve_case(problem.net, objectives[index], root, _validator(problem, index), config.bab,
-                                 config.alpha, deadline, gen, bab_stats)
+                                 config.alpha, deadline, gen, bab_stats,
+                                 None if proofs is None else proofs.cases[index])
         if status is Status.SAT:
             stats.update(bab_stats.as_dict())
             return status, cex

@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-after", choices=("attack", "ibp", "crown", "alpha", "complete"), default=None,
                    help="incomplete mode: stop after this stage and answer unknown if undecided")
     p.add_argument("--json", help="write the result with its statistics as JSON to this file")
+    p.add_argument("--proof", metavar="FILE", help="on unsat, write a proof certificate (.npz) that "
+                   "verify-check validates")
+    p.add_argument("--certify", action="store_true", help="answer unsat only when the independent checker "
+                   "accepts the certificate (else unknown)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("-v", "--verbose", action="store_true", help="progress and statistics on stderr")
     g.add_argument("-q", "--quiet", action="store_true", help="only the result")
@@ -86,6 +90,10 @@ def _overrides(args: argparse.Namespace) -> dict:
             o[key] = getattr(args, key)
     if args.stop_after is not None:
         o["stop_after"] = args.stop_after
+    if args.proof:
+        o["proof"] = True
+    if args.certify:
+        o["certify"] = True
     return o
 
 
@@ -145,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"verify: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_INTERNAL
     cex = result.counterexample
+    if args.proof and result.proof is not None:
+        _write_proof(args.proof, result.proof)
+    if result.message and (args.proof or args.certify):
+        log.warning("%s", result.message)
     reporter.emit(format_result(str(result.status), None if cex is None else cex.x, None if cex is None else cex.y))
     if args.verbose:
         stats = " ".join(f"{k}={v}" for k, v in result.stats.items())
@@ -152,6 +164,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         _write_json(args.json, _record(result, args))
     return EXIT_OK
+
+
+def _write_proof(path: str, proof) -> None:
+    from verifier.certificate import save_proof
+
+    try:
+        save_proof(path, proof)
+    except OSError as exc:
+        print(f"verify: error: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
 
 
 def _bad_input(message: str) -> VerifierError:

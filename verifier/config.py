@@ -36,6 +36,8 @@ class Config:
     engine: Literal["auto", "bab", "milp", "smt"] = "auto"
     row_combinations: int = 9  # convex combinations per pair of rows of a polytope (0: none); see objective.py
     stop_after: Literal["attack", "ibp", "crown", "alpha", "complete"] = "complete"  # else: unknown after it
+    proof: bool = False  # record a proof certificate of an unsat answer (``Result.proof``, ``--proof FILE``)
+    certify: bool = False  # answer unsat only when the independent checker accepts the certificate
     attack: AttackOptions = field(default_factory=AttackOptions)
     alpha: AlphaOptions = field(default_factory=AlphaOptions)
     bab: BabOptions = field(default_factory=BabOptions)

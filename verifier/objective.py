@@ -32,6 +32,9 @@ class CaseObjective:
     # (S,) for a row combining two rows (``with_row_combinations``), the weight of the first; 0 on the
     # spec's own rows (None: every row is the spec's own)
     mix: Tensor | None = None
+    # (S, S0) float64: each row as a non-negative combination of the case's own S0 rows, in the order of
+    # its polytopes (None: the rows are the case's own); what a proof certificate names
+    basis: Tensor | None = None
 
     @property
     def n_rows(self) -> int:
@@ -69,7 +72,14 @@ class CaseObjective:
         """The objective with only the rows ``keep`` ``(S,)`` (bool); keep every row of the spec's own
         so that the unsafe set stays the same."""
         return CaseObjective(self.lower, self.upper, self.C[keep], self.d[keep], self.groups[:, keep],
-                             self.strict[keep], None if self.mix is None else self.mix[keep])
+                             self.strict[keep], None if self.mix is None else self.mix[keep],
+                             self.row_basis()[keep])
+
+    def row_basis(self) -> Tensor:
+        """``basis``, the identity where the rows are the case's own: ``(S, S0)`` float64."""
+        if self.basis is not None:
+            return self.basis
+        return torch.eye(self.n_rows, dtype=torch.float64, device=self.C.device)
 
     def midpoint_rows(self) -> Tensor:
         """``(S,)`` bool: the spec's own rows and the combinations of two rows with equal weights."""
@@ -115,10 +125,12 @@ def with_row_combinations(obj: CaseObjective, steps: int = 9, max_rows: int = 8)
     g[owner_t, torch.arange(owner_t.numel(), device=g.device)] = True
     lam_kept = torch.as_tensor(np.asarray(first)[keep], dtype=obj.d.dtype, device=obj.d.device)
     mix = obj.mix if obj.mix is not None else torch.zeros_like(obj.d)
+    basis = obj.row_basis()
+    combined = torch.as_tensor(w[keep], dtype=torch.float64, device=basis.device) @ basis
     return CaseObjective(obj.lower, obj.upper, torch.cat([obj.C, C.to(obj.C)]), torch.cat([obj.d, d.to(obj.d)]),
                          torch.cat([obj.groups, g], dim=1),
                          torch.cat([obj.strict, torch.zeros(g.shape[1], dtype=torch.bool, device=obj.strict.device)]),
-                         torch.cat([mix, lam_kept]))
+                         torch.cat([mix, lam_kept]), torch.cat([basis, combined]))
 
 
 def exact_rows(weights: np.ndarray, C: np.ndarray, d: np.ndarray, dtype: torch.dtype,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -52,6 +53,8 @@ class Result:
     time: float = 0.0
     stats: dict[str, float | int | str] = field(default_factory=dict)
     message: str = ""
+    # the certificate of an UNSAT answer when one was asked for (``verifier.certificate.Proof``)
+    proof: Any = None
 
     def __post_init__(self) -> None:
         if self.status is Status.SAT and self.counterexample is None:

@@ -80,6 +80,7 @@ def bisect_inputs(parents: SubproblemBatch, dims: Tensor) -> SubproblemBatch:
         splits=None, bound=parents.bound.repeat(2, 1), depth=(parents.depth + 1).repeat(2),
         intermediate=None if parents.intermediate is None else parents.intermediate.repeat(2),
         slopes=None if parents.slopes is None else parents.slopes.repeat(2),
+        ident=None if parents.ident is None else parents.ident.repeat(2),
     )
 
 
@@ -130,7 +131,7 @@ def split_relus(parents: SubproblemBatch, flat: Tensor) -> SubproblemBatch:
         bound=parents.bound.repeat(2, 1), depth=(parents.depth + 1).repeat(2), intermediate=inter,
         slopes=None if parents.slopes is None else parents.slopes.repeat(2),
         betas=None if parents.betas is None else parents.betas.repeat(2),
-        split_layer=layer.repeat(2),
+        split_layer=layer.repeat(2), ident=None if parents.ident is None else parents.ident.repeat(2),
     )
 
 

@@ -30,6 +30,7 @@ from verifier.bab.relu_split import solve_relu
 from verifier.bab.search import BabStats, Rule, ValidateFn
 from verifier.bab.subproblems import SubproblemBatch, in_chunks
 from verifier.bounds import AlphaOptions, BoundResult, Domains, IntermediateBounds, alpha_crown, crown, float32_copy
+from verifier.certificate.record import NO_RECORD, CaseRecorder, final_slopes
 from verifier.deadline import Deadline
 from verifier.network import Network
 from verifier.objective import CaseObjective
@@ -39,9 +40,11 @@ Tensor = torch.Tensor
 
 
 def input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts: BabOptions,
-                alpha_opts: AlphaOptions, deadline: Deadline) -> Rule:
-    """Input splitting: strong branching scored by a cheap bound, then alpha-CROWN on what stays open."""
+                alpha_opts: AlphaOptions, deadline: Deadline, recorder: CaseRecorder | None = None) -> Rule:
+    """Input splitting: strong branching scored by a cheap bound, then alpha-CROWN on what stays open;
+    ``recorder`` (optional) records the proof tree."""
     C, d = obj.C.unsqueeze(0), obj.d.unsqueeze(0)
+    record = recorder or NO_RECORD
     # corners of the boxes bounded since the last settle whose concrete outputs looked unsafe
     probes: list[tuple[Tensor, Tensor]] = []
 
@@ -54,16 +57,20 @@ def input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts: 
         # second), of children with similar numbers of unstable ReLUs (a chunk's backward pass has as many
         # rows as its most unstable child needs)
         key = None if children.intermediate is None else children.intermediate.unstable_count(children.batch)
+        children = record.branched(children)
         return in_chunks(cheap_chunk, children, opts.input.bound_chunk, key)
 
     def cheap_chunk(children: SubproblemBatch) -> SubproblemBatch:
         # a child's box lies in its parent's: the parent's intermediate bounds stay valid
         res = crown(net, children.domains, C, d, known=children.intermediate, need_linear=opts.input.contract)
+        record.bounded(children.ident, obj, children.bound, res.lower)
         children = keep_best(children, res)
         if res.linear is None:
             return children
         probes.append(unsafe_corners(net, obj, children, res.linear[0]))
-        return contract_children(obj, children, res.linear)
+        contracted = contract_children(obj, children, res.linear)
+        record.contracted(children.ident, obj, children, contracted)
+        return contracted
 
     def tight(children: SubproblemBatch) -> SubproblemBatch:
         gate.bounded = children.batch
@@ -75,6 +82,7 @@ def input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts: 
         sub = children.select(idx)
         res = alpha_crown(net, sub.domains, C, d, alpha_opts, known=sub.intermediate,
                           slopes=sub.slopes if opts.input.warm_start else None, deadline=deadline)
+        record.bounded(sub.ident, obj, sub.bound, res.lower, final_slopes(res), on_box=True)
         bound = children.bound.clone()
         bound[idx] = torch.maximum(sub.bound, res.lower)
         return replace(children, bound=bound)
@@ -102,7 +110,8 @@ def input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts: 
         if budget is None:
             return open_, cex, False
         t = time.monotonic()
-        kept, cex, undecided, _ = relu_leaves(net, obj, open_, validate_fn, opts, alpha_opts, budget, least)
+        kept, cex, undecided, _ = relu_leaves(net, obj, open_, validate_fn, opts, alpha_opts, budget, least,
+                                              recorder)
         gate.spent(time.monotonic() - t, open_.batch - kept.batch)
         return kept, cex, undecided
 
@@ -110,7 +119,7 @@ def input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts: 
 
     strong = opts.input.strong_branching != "none"
     batch = max(1, opts.input.batch_size // (2 * net.n_inputs)) if strong else opts.input.batch_size
-    return Rule(branch=branch, bound=tight, batch_size=batch, settle=settle)
+    return Rule(branch=branch, bound=tight, batch_size=batch, settle=settle, recorder=recorder)
 
 
 def contract_children(obj: CaseObjective, children: SubproblemBatch, linear: tuple[torch.Tensor, torch.Tensor]
@@ -192,7 +201,7 @@ class _LeafGate:
 
 def relu_leaves(
     net: Network, obj: CaseObjective, open_: SubproblemBatch, validate_fn: ValidateFn, opts: BabOptions,
-    alpha_opts: AlphaOptions, deadline: Deadline, least: float = 0.25,
+    alpha_opts: AlphaOptions, deadline: Deadline, least: float = 0.25, recorder: CaseRecorder | None = None,
 ) -> tuple[SubproblemBatch, Counterexample | None, bool, int]:
     """Search the open boxes with few unstable ReLUs by ReLU splitting (each box its own case), where
     bisecting the input would take many more subdomains; a box leaves only when that search proves it.
@@ -205,7 +214,7 @@ def relu_leaves(
     if bool(linear.any()):
         leaves = open_.select(linear)
         cex, undecided = decide_leaves(net, obj, replace(leaves, splits=_no_splits(net, leaves)), validate_fn,
-                                       deadline)
+                                       deadline, recorder or NO_RECORD)
         if cex is not None:
             return open_, cex, False, int(linear.sum())
         keep = ~linear
@@ -226,7 +235,7 @@ def relu_leaves(
         share = max(least, deadline.remaining() / (len(picks) - n))
         status, cex = solve_relu(net, sub, root, validate_fn, relu_opts, alpha_opts,
                                  Deadline.after(share), torch.Generator(device=net.device).manual_seed(i),
-                                 BabStats())
+                                 BabStats(), recorder, -1 if box.ident is None else int(box.ident[0]))
         tried += 1
         if status is Status.SAT:
             return open_, cex, False, tried

@@ -8,11 +8,14 @@ Anything but a proof or a replayed counterexample leaves the leaf undecided.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
 from verifier.bab.search import ValidateFn
 from verifier.bab.subproblems import SubproblemBatch
+from verifier.certificate.record import NO_RECORD
 from verifier.deadline import Deadline
 from verifier.network import Network
 from verifier.objective import CaseObjective
@@ -23,9 +26,10 @@ Tensor = torch.Tensor
 
 def decide_leaves(
     net: Network, obj: CaseObjective, leaves: SubproblemBatch, validate_fn: ValidateFn, deadline: Deadline,
+    record: Any = NO_RECORD,
 ) -> tuple[Counterexample | None, Tensor]:
     """Decide each leaf, one LP per polytope its bound leaves open: a validated counterexample (the
-    first found), and which leaves stayed undecided ``(B,)`` bool."""
+    first found), and which leaves stayed undecided ``(B,)`` bool; ``record`` gets the proofs' multipliers."""
     from verifier.exact.region import decide_region
 
     open_polytopes = obj.left_open(leaves.bound)  # (B, P)
@@ -39,10 +43,13 @@ def decide_leaves(
         return cex is not None
 
     for i in range(leaves.batch):
-        polytopes = [_polytope(obj, p) for p in torch.nonzero(open_polytopes[i]).flatten().tolist()]
+        indices = torch.nonzero(open_polytopes[i]).flatten().tolist()
+        polytopes = [_polytope(obj, p) for p in indices]
         outcome = decide_region(net, _region(net, leaves, i), polytopes, "lp", deadline, accept=accept)
         if outcome.verdict is Status.SAT:
             return found[-1], undecided
+        if outcome.verdict is Status.UNSAT and leaves.ident is not None:
+            record.solved(int(leaves.ident[i]), obj, indices, outcome.duals)
         if outcome.verdict is not Status.UNSAT:
             undecided[i] = True
             if deadline.expired():

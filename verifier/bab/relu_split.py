@@ -65,6 +65,7 @@ from verifier.bounds import (
     magnitude,
     relaxation_state,
 )
+from verifier.certificate.record import NO_RECORD, CaseRecorder, final_slopes, split_betas
 from verifier.deadline import Deadline
 from verifier.memory import physical_memory
 from verifier.network import Network
@@ -179,9 +180,11 @@ def chunk_size(batch: SubproblemBatch, reuse: int, largest: int, budget: float) 
 
 def relu_rule(
     net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts: BabOptions, alpha_opts: AlphaOptions,
-    deadline: Deadline, stats: BabStats,
+    deadline: Deadline, stats: BabStats, recorder: CaseRecorder | None = None,
 ) -> Rule:
-    """The ReLU-split rule: BaBSR or FSB branching, beta-CROWN bounds, exact leaves."""
+    """The ReLU-split rule: BaBSR or FSB branching, beta-CROWN bounds, exact leaves; ``recorder``
+    (optional) records the proof tree."""
+    record = recorder or NO_RECORD
     beta_opts = replace(alpha_opts, iterations=opts.relu.beta_iterations, intermediate_slopes="shared",
                         optimize_intermediate=opts.relu.beta_intermediate)
     largest = max((n.size for n in net.nodes), default=1)
@@ -199,11 +202,13 @@ def relu_rule(
         scores = babsr_scores(net, obj, split)
         if opts.relu.branching == "fsb" and opts.relu.fsb_candidates > 1:
             flat, lower = fsb_choice(net, obj, split, scores, opts.relu.fsb_candidates)
-            children = split_relus(split, flat)
+            children = record.branched(split_relus(split, flat), flat.repeat(2))
         else:
             flat = scores.argmax(dim=1)
-            children = split_relus(split, flat)
+            children = record.branched(split_relus(split, flat), flat.repeat(2))
             lower = fast_bound(net, obj, children)
+        record.bounded(children.ident, obj, children.bound, lower, final_slopes(children), split_betas(children),
+                       splits=children.splits)
         children = replace(children, bound=torch.maximum(children.bound, lower))
         return concat([children, passed]) if bool(leaf.any()) else children
 
@@ -240,7 +245,11 @@ def relu_rule(
                         res.slopes.intermediate)
         betas = Betas(tuple(rows.scatter(f, t) for f, t in zip(old_betas, res.betas.values, strict=True)))
         bound = rows.scatter(children.bound, torch.maximum(sub.bound, res.lower))
-        return replace(children, bound=bound, intermediate=res.intermediate, slopes=slopes, betas=betas)
+        out = replace(children, bound=bound, intermediate=res.intermediate, slopes=slopes, betas=betas)
+        record.bounded(children.ident, obj, children.bound,
+                       rows.scatter(torch.full_like(children.bound, -torch.inf), res.lower), final_slopes(out),
+                       split_betas(out), splits=children.splits)
+        return out
 
     def settle(open_: SubproblemBatch) -> tuple[SubproblemBatch, Counterexample | None, bool]:
         cex = check_primals(net, obj, open_, validate_fn)
@@ -251,10 +260,10 @@ def relu_rule(
             return open_, None, False
         leaves = open_.select(leaf)
         stats.extra["bab_leaves"] = stats.extra.get("bab_leaves", 0) + leaves.batch
-        cex, undecided = decide_leaves(net, obj, leaves, validate_fn, deadline)
+        cex, undecided = decide_leaves(net, obj, leaves, validate_fn, deadline, record)
         return open_.select(~leaf), cex, bool(undecided.any())
 
-    return Rule(branch=branch, bound=bound, batch_size=opts.relu.batch_size, settle=settle)
+    return Rule(branch=branch, bound=bound, batch_size=opts.relu.batch_size, settle=settle, recorder=recorder)
 
 
 def check_primals(net: Network, obj: CaseObjective, batch: SubproblemBatch, validate_fn: ValidateFn
@@ -266,8 +275,21 @@ def check_primals(net: Network, obj: CaseObjective, batch: SubproblemBatch, vali
 def solve_relu(
     net: Network, obj: CaseObjective, root: BoundResult, validate_fn: ValidateFn, opts: BabOptions,
     alpha_opts: AlphaOptions, deadline: Deadline, gen: torch.Generator, stats: BabStats,
+    recorder: CaseRecorder | None = None, node: int = 0,
 ) -> tuple[Status, Counterexample | None]:
-    """Decide one case by ReLU splitting from the bound its incomplete stages reached."""
+    """Decide one case by ReLU splitting from the bound its incomplete stages reached; ``recorder``
+    (optional) records the search as the subtree of its node ``node``, dropped unless it proves the case."""
     rows, start = relu_start(net, obj, root, opts.relu.per_polytope)
-    rule = relu_rule(net, rows, validate_fn, opts, alpha_opts, deadline, stats)
-    return search(net, rows, start, rule, validate_fn, opts, deadline, gen, stats)
+    if recorder is not None:
+        mark = recorder.mark()
+        start = replace(start, ident=torch.full((start.batch,), node, dtype=torch.long, device=start.lower.device))
+        if start.batch > 1:  # one copy per open polytope
+            start = recorder.forked(start, rows.left_open(start.bound).to(torch.int8).argmax(1).cpu())
+    rule = relu_rule(net, rows, validate_fn, opts, alpha_opts, deadline, stats, recorder)
+    status, cex = search(net, rows, start, rule, validate_fn, opts, deadline, gen, stats)
+    if recorder is not None:
+        if status is Status.UNSAT:
+            recorder.proven(node)
+        else:
+            recorder.discard(mark)
+    return status, cex

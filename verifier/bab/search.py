@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -23,6 +24,9 @@ from verifier.memory import peak_memory, physical_memory, reset_peak_memory
 from verifier.network import Network
 from verifier.objective import CaseObjective
 from verifier.result import Counterexample, Status
+
+if TYPE_CHECKING:
+    from verifier.certificate.record import CaseRecorder
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -83,6 +87,9 @@ class Rule:
     drain: Callable[[SubproblemBatch], None] | None = None
     attack: bool = True  # PGD on the worst open subdomains every ``attack_every`` rounds
     name: str = "bab"
+    # the proof tree of the case (``verifier.certificate.record``): the rule names the children it makes
+    # and records its bounds; the loop audits every subdomain it drops against the records
+    recorder: CaseRecorder | None = None
 
 
 def search(
@@ -126,8 +133,11 @@ def search(
         stats.max_depth = max(stats.max_depth, int(children.depth.max()))
 
         t = time.monotonic()
-        open_, cex, left = rule.settle(children.select(still_open(obj, children.bound)))
+        before = children.select(still_open(obj, children.bound))
+        open_, cex, left = rule.settle(before)
         stats.time_exact += time.monotonic() - t
+        if rule.recorder is not None:
+            _audit(rule.recorder, obj, children, before, open_)
         undecided |= left
         if cex is None and rule.attack and open_.batch and stats.rounds % opts.attack_every == 0:
             t = time.monotonic()
@@ -147,6 +157,16 @@ def search(
     if undecided:  # some leaf was left undecided: out of time if the deadline has passed
         return (Status.TIMEOUT if deadline.expired() else Status.UNKNOWN), None
     return Status.UNSAT, None
+
+
+def _audit(recorder: CaseRecorder, obj: CaseObjective, children: SubproblemBatch, before: SubproblemBatch,
+           after: SubproblemBatch) -> None:
+    """Every child ruled out by its bounds, and every one ``settle`` decided, has a recorded reason."""
+    recorder.audit(children.ident, obj, children.bound)
+    if before.ident is not None and after.batch < before.batch:
+        kept = torch.isin(before.ident, after.ident) if after.ident is not None else torch.zeros_like(before.ident,
+                                                                                                     dtype=torch.bool)
+        recorder.dropped(before.ident[~kept])
 
 
 def _stop(store: Store, rule: Rule, status: Status) -> tuple[Status, None]:

@@ -52,6 +52,7 @@ def combine_rows(obj: CaseObjective, y_mag: Tensor | None = None) -> tuple[CaseO
     return CaseObjective(
         lower=obj.lower, upper=obj.upper, C=torch.cat([obj.C, C.to(obj.C)]), d=torch.cat([obj.d, d.to(obj.d)]),
         groups=torch.cat([obj.groups, extra], 1), strict=torch.cat([obj.strict, obj.strict.new_zeros(multi.shape[0])]),
+        basis=mix.double() @ obj.row_basis().to(mix.device),
     ), mix
 
 

@@ -27,6 +27,9 @@ class SubproblemBatch:
     # (B,) long: the ReLU layer whose split made each domain (its bounds up to that layer are its
     # parent's); None where no split made them (roots, input splitting)
     split_layer: Tensor | None = None
+    # (B,) long: the node of the proof tree each subdomain is (``verifier.certificate.record``); a child
+    # carries its parent's until the recorder names it; None when no proof is recorded
+    ident: Tensor | None = None
 
     @property
     def batch(self) -> int:
@@ -45,6 +48,7 @@ class SubproblemBatch:
             slopes=None if self.slopes is None else self.slopes.select(idx),
             betas=None if self.betas is None else self.betas.select(idx),
             split_layer=None if self.split_layer is None else self.split_layer[idx],
+            ident=None if self.ident is None else self.ident[idx],
         )
 
     def to(self, device: torch.device | str) -> SubproblemBatch:
@@ -61,14 +65,13 @@ class SubproblemBatch:
                 tuple(mv(t) for t in self.slopes.final),
                 tuple(tuple(mv(t) for t in row) for row in self.slopes.intermediate)),
             betas=None if self.betas is None else Betas(tuple(mv(t) for t in self.betas.values)),
-            split_layer=mv(self.split_layer),
+            split_layer=mv(self.split_layer), ident=mv(self.ident),
         )
 
     def nbytes(self) -> int:
         """Bytes held by the batch's tensors."""
         parts = [self.lower, self.upper, self.bound, self.depth, *(self.splits or ())]
-        if self.split_layer is not None:
-            parts.append(self.split_layer)
+        parts += [t for t in (self.split_layer, self.ident) if t is not None]
         if self.intermediate is not None:
             parts += [*self.intermediate.lower, *self.intermediate.upper]
         if self.slopes is not None:
@@ -82,10 +85,11 @@ class SubproblemBatch:
 
 
 def concat(batches: list[SubproblemBatch]) -> SubproblemBatch:
-    """One batch holding all of ``batches`` (which share their optional fields; ``split_layer`` is
-    kept only when every batch has it)."""
+    """One batch holding all of ``batches`` (which share their optional fields; ``split_layer`` and
+    ``ident`` are kept only when every batch has them)."""
     first = batches[0]
     layered = all(b.split_layer is not None for b in batches)
+    named = all(b.ident is not None for b in batches)
 
     def cat(get):
         return torch.cat([get(b) for b in batches])
@@ -105,6 +109,7 @@ def concat(batches: list[SubproblemBatch]) -> SubproblemBatch:
                   for rows in zip(*(b.slopes.intermediate for b in batches)))),
         betas=None if first.betas is None else Betas(cat_tuple(lambda b: b.betas.values)),
         split_layer=cat(lambda b: b.split_layer) if layered else None,
+        ident=cat(lambda b: b.ident) if named else None,
     )
 
 

@@ -52,6 +52,7 @@ def decide_lp(net: Network, region: Region, polytopes: Sequence[Polytope], deadl
     if enc.empty:  # the encoding's float64 intervals cross ours: not a proof; drop our bounds there
         enc = encode_network(net, region.lower, region.upper, None, splits, _OPTIONS)
     verdicts: list[Status] = []
+    proofs: list[tuple[np.ndarray, np.ndarray]] = []
     for n, poly in enumerate(polytopes):
         if deadline.expired():
             return ExactOutcome(Status.TIMEOUT, None, time.monotonic() - start, n)
@@ -65,13 +66,17 @@ def decide_lp(net: Network, region: Region, polytopes: Sequence[Polytope], deadl
             x = _candidate(net, region, poly, enc.input_of(values), accept)
             if x is not None:
                 return ExactOutcome(Status.SAT, x, time.monotonic() - start, n + 1)
-        if duals is not None and _certified(net, region, poly, enc, duals):
+        proof = None if duals is None else _certified(net, region, poly, enc, duals)
+        if proof is not None:
             verdicts.append(Status.UNSAT)
+            proofs.append(proof)
             continue
         log.info("region: no certificate and no replayed counterexample; the region stays undecided")
         verdicts.append(Status.TIMEOUT if deadline.expired() else Status.UNKNOWN)
         break
-    return ExactOutcome(combine(verdicts), None, time.monotonic() - start, len(verdicts))
+    verdict = combine(verdicts)
+    return ExactOutcome(verdict, None, time.monotonic() - start, len(verdicts),
+                        duals=tuple(proofs) if verdict is Status.UNSAT else ())
 
 
 def _candidate(net: Network, region: Region, poly: Polytope, x: np.ndarray, accept: Accept | None
@@ -82,18 +87,20 @@ def _candidate(net: Network, region: Region, poly: Polytope, x: np.ndarray, acce
     return confirmed(net, x, Case(region.lower, region.upper, ()), poly)
 
 
-def _certified(net: Network, region: Region, poly: Polytope, enc: NetworkEncoding, duals: np.ndarray) -> bool:
-    """Whether the LP's duals, recomputed rigorously, prove that some row of ``poly`` is positive at every
-    point of the region."""
+def _certified(net: Network, region: Region, poly: Polytope, enc: NetworkEncoding, duals: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray] | None:
+    """The rows' weights and the pre-activations' coefficients (all ReLU layers side by side) when the
+    LP's duals, recomputed rigorously, prove that some row of ``poly`` is positive at every point of the
+    region; else None."""
     k = poly.A.shape[0]
     lam = np.clip(-duals[-k:], 0.0, None)  # the margin rows A_j y - s <= b_j come last
     if not np.any(lam > 0):
-        return False
+        return None
     dtype, device = net.dtype, net.device
     C, d = _exactly(poly.A, dtype, device), _exactly(poly.b, dtype, device)
     if C is None or d is None:
         log.info("region: the polytope is not exact in %s; no certificate", dtype)
-        return False
+        return None
     nu = {}
     for r, (act_rows, act, neg_rows, neg) in zip(net.relu_indices, enc.relu_rows, strict=True):
         v = np.zeros(net.nodes[r].size)
@@ -102,7 +109,10 @@ def _certified(net: Network, region: Region, poly: Polytope, enc: NetworkEncodin
         nu[r] = torch.as_tensor(v, dtype=dtype, device=device).reshape(1, 1, -1)
     lam_t = torch.as_tensor(lam, dtype=dtype, device=device).reshape(1, 1, k)
     domains, known = _torch_region(net, region)
-    return bool(lagrangian_bound(net, domains, known, C, d, lam_t, nu) > 0)
+    if not bool(lagrangian_bound(net, domains, known, C, d, lam_t, nu) > 0):
+        return None
+    flat = [nu[r].flatten().double().cpu().numpy() for r in net.relu_indices]
+    return lam_t.flatten().double().cpu().numpy(), np.concatenate(flat) if flat else np.zeros(0)
 
 
 def _torch_region(net: Network, region: Region) -> tuple[Domains, IntermediateBounds | None]:

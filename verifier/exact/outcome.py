@@ -27,6 +27,9 @@ class ExactOutcome:
     problems: int = 0  # solver problems run
     binaries: int = 0  # binaries (MILP) or disjunctions (SMT) in the largest problem
     message: str = ""
+    # the certified LP's UNSAT: per polytope, the multipliers that proved it: the rows' weights ``(k,)``
+    # and each ReLU layer's pre-activation coefficients, side by side ``(H,)`` (``bounds.lagrangian_bound``)
+    duals: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.verdict, Status) or self.verdict is Status.ERROR:

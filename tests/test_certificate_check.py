@@ -614,7 +614,7 @@ def test_command_line(abs_files, tmp_path):
     save_proof(bad, proof(model, false, [case([0], closes=[close(0)])], [2]))
     proc = _cli(model, spec, good)
     assert proc.returncode == 0 and proc.stdout.startswith("valid: 1 cases, 3 nodes, 2 leaves checked in ")
-    assert len(proc.stdout.splitlines()) == 1 and proc.stdout.rstrip().endswith(" s")
+    assert len(proc.stdout.splitlines()) == 1 and proc.stdout.rstrip().endswith(" s)")
     proc = _cli(model, false, bad)
     assert proc.returncode == 1 and proc.stdout.startswith("invalid: case 0: closure 0 does not rule out")
     assert len(proc.stdout.splitlines()) == 1

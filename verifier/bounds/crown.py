@@ -107,8 +107,10 @@ def crown_sweep(
             # the rows of a Dense node start from its weight as stored: add what its constants may be off by
             e = nodes.errs[i].flatten(1).gather(1, idx)  # (B, R)
             bound = down(bound - torch.cat([e, e], 1))
-        new_lo = torch.full_like(lo, float("-inf")).scatter(1, idx, bound[:, :R])
-        new_hi = torch.full_like(hi, float("inf")).scatter(1, idx, -bound[:, R:])
+        # only the wanted entries: a padding row's bound would make a domain's bounds depend on its batch
+        valid = wanted.gather(1, idx)
+        new_lo = torch.full_like(lo, float("-inf")).scatter(1, idx, torch.where(valid, bound[:, :R], -torch.inf))
+        new_hi = torch.full_like(hi, float("inf")).scatter(1, idx, torch.where(valid, -bound[:, R:], torch.inf))
         return new_lo, new_hi
 
     nodes = sweep(net, domains, known, refine, rigorous, frozenset(reused) if known is not None else frozenset())

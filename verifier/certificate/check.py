@@ -83,6 +83,7 @@ class CheckResult:
     leaves: int
     closures: int
     seconds: float
+    load_seconds: float = 0.0  # of ``seconds``: reading the model (importing torch and onnx the first time)
 
 
 def gamma(k: int) -> float:
@@ -337,12 +338,15 @@ def _sweep(net: _Net, lo0: np.ndarray, hi0: np.ndarray, splits: np.ndarray, pare
         if not mine:
             continue
         for _, _, off, n in mine:
-            s = splits[:, off:off + n]
             lo = np.fmax(lo, parent_lo[:, off:off + n])
             hi = np.fmin(hi, parent_hi[:, off:off + n])
+        bd.lo[i], bd.hi[i] = lo, hi
+        bd.mag[i] = np.maximum(np.abs(lo), np.abs(hi))
+        lo, hi = _crown_tighten(net, bd, i)
+        for _, _, off, n in mine:  # the split constraints after CROWN, as the engine does (same neurons refined)
+            s = splits[:, off:off + n]
             lo, hi = np.where(s > 0, np.fmax(lo, 0.0), lo), np.where(s < 0, np.fmin(hi, 0.0), hi)
         bd.lo[i], bd.hi[i] = lo, hi
-        bd.lo[i], bd.hi[i] = _crown_tighten(net, bd, i)
         bd.mag[i] = np.maximum(np.abs(bd.lo[i]), np.abs(bd.hi[i]))
         bd.empty |= (bd.lo[i] > bd.hi[i]).any(1)
         for r, _, off, n in mine:
@@ -392,12 +396,12 @@ def _relax(bd: _Bounds, r: int, p: int, off: int, n: int) -> None:
 
 
 def _crown_tighten(net: _Net, bd: _Bounds, i: int) -> tuple[np.ndarray, np.ndarray]:
-    """Node ``i``'s bounds intersected with its CROWN bounds (rows ``+e_j`` and ``-e_j``) on every entry
-    not already known to be ``<= 0`` (a ReLU of those is 0 whatever their bounds)."""
+    """Node ``i``'s bounds intersected with its CROWN bounds (rows ``+e_j`` and ``-e_j``) on the entries
+    that can take both signs (the neurons the engine refines: then both compute the same relaxations)."""
     lo, hi, op = bd.lo[i], bd.hi[i], net.ops[i]
     if isinstance(op, _Affine) and set(op.inputs) == {0}:
         return lo, hi  # an affine map of the box: CROWN is its interval bound
-    want = hi > 0
+    want = (lo < 0) & (hi > 0)
     R = int(want.sum(1).max()) if want.size else 0
     if R == 0:
         return lo, hi
@@ -928,7 +932,9 @@ def check_proof(model_path: str | os.PathLike, spec_path: str | os.PathLike, pro
     if not isinstance(proof, Proof):
         proof = load_proof(proof)
     model_hash, spec_hash = _sha256(model_path, "model"), _sha256(spec_path, "spec")
+    t = time.monotonic()
     net = load_network(model_path)
+    load = time.monotonic() - t
     spec = read_spec(spec_path, n_inputs=net.n_in, n_outputs=net.sizes[net.output])
     counts = _Counts()
     try:
@@ -945,9 +951,9 @@ def check_proof(model_path: str | os.PathLike, spec_path: str | os.PathLike, pro
             _check_case(net, case, cp, i, counts)
     except _Invalid as e:
         return CheckResult(False, str(e), len(spec.cases), counts.nodes, counts.leaves, counts.closures,
-                           time.monotonic() - start)
+                           time.monotonic() - start, load)
     return CheckResult(True, "", len(spec.cases), counts.nodes, counts.leaves, counts.closures,
-                       time.monotonic() - start)
+                       time.monotonic() - start, load)
 
 
 def _sha256(path: str | os.PathLike, what: str) -> str:

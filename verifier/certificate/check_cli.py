@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     if result.valid:
         print(f"valid: {result.cases} cases, {result.nodes} nodes, {result.leaves} leaves checked in "
-              f"{result.seconds:.2f} s")
+              f"{result.seconds:.2f} s (model read in {result.load_seconds:.2f} s)")
         return EXIT_VALID
     print(f"invalid: {result.reason}")
     return EXIT_INVALID

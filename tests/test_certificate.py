@@ -103,3 +103,41 @@ def test_a_certificate_does_not_check_against_another_spec(tmp_path: Path):
                  3, 2)
     (tmp_path / "other.vnnlib").write_text(write_spec(other))
     assert not check_proof(model, tmp_path / "other.vnnlib", result.proof).valid
+
+
+def test_the_command_line_writes_a_certificate_that_verify_check_accepts(tmp_path: Path, capsys):
+    from verifier.certificate.check_cli import main as check_main
+    from verifier.cli import main
+
+    model, spec = ACAS / "ACASXU_run2a_1_1_batch_2000.onnx", ACAS / "prop_1.vnnlib"
+    proof = tmp_path / "proof.npz"
+    assert main([str(model), str(spec), "--timeout", "120", "--proof", str(proof), "--certify"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "unsat" and proof.is_file()
+    assert check_main([str(model), str(spec), str(proof)]) == 0
+    assert capsys.readouterr().out.startswith("valid: 1 cases, ")
+
+
+def test_relu_splitting_leaves_and_forks_check(tmp_path: Path):
+    """ReLU splitting down to leaves decided by the certified LP (their closures carry its multipliers) and,
+    with two polytopes open at the root, one search per polytope (forks)."""
+    from tests.test_bab_relu import _objective_with_shift
+
+    gen = torch.Generator().manual_seed(104)
+    net = dense_net(gen, (2, 5, 5, 2))
+    spec, _ = _objective_with_shift(net, gen, (2, 2), -0.01)
+    case = spec.cases[0]
+    hard = case.polytopes[1]  # the first is proven at the root
+    twins = Spec((Case(case.lower, case.upper, (hard, Polytope(hard.A, hard.b + 1e-3))),), spec.n_inputs,
+                 spec.n_outputs)
+    save_onnx(net, tmp_path / "m.onnx")
+    config = _config(bab={"branching": "relu"}, attack={"enabled": False})
+    kinds = []
+    for name, s in (("leaves", spec), ("forks", twins)):
+        (tmp_path / f"{name}.vnnlib").write_text(write_spec(s))
+        result = verify(tmp_path / "m.onnx", tmp_path / f"{name}.vnnlib", timeout=30, config=config)
+        assert result.status is Status.UNSAT and result.proof is not None, result.message
+        checked = check_proof(tmp_path / "m.onnx", tmp_path / f"{name}.vnnlib", result.proof)
+        assert checked.valid, checked.reason
+        kinds.append(result.proof.cases[0])
+    assert kinds[0].nu.shape[0] > 0  # LP leaves
+    assert (kinds[1].kind == 3).any()  # forks

@@ -65,7 +65,7 @@ from verifier.bounds import (
     magnitude,
     relaxation_state,
 )
-from verifier.certificate.record import NO_RECORD, CaseRecorder, final_slopes, split_betas
+from verifier.certificate.record import NO_RECORD, CaseRecorder, adaptive_slopes, final_slopes, split_betas
 from verifier.deadline import Deadline
 from verifier.memory import physical_memory
 from verifier.network import Network
@@ -207,8 +207,10 @@ def relu_rule(
             flat = scores.argmax(dim=1)
             children = record.branched(split_relus(split, flat), flat.repeat(2))
             lower = fast_bound(net, obj, children)
-        record.bounded(children.ident, obj, children.bound, lower, final_slopes(children), split_betas(children),
-                       splits=children.splits)
+        slopes = final_slopes(children)
+        record.bounded(children.ident, obj, children.bound, lower,
+                       adaptive_slopes(children.intermediate, obj.n_rows) if slopes is None else slopes,
+                       split_betas(children), splits=children.splits)
         children = replace(children, bound=torch.maximum(children.bound, lower))
         return concat([children, passed]) if bool(leaf.any()) else children
 

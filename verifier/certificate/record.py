@@ -36,6 +36,15 @@ def final_slopes(res: Any) -> Tensor | None:
     return torch.cat(list(res.slopes.final), dim=2)
 
 
+def adaptive_slopes(intermediate: Any, rows: int) -> Tensor:
+    """CROWN's adaptive lower slopes (1 where ``u > -l``, else 0) from pre-activation bounds, for ``rows``
+    spec rows: ``(B, rows, H)``.  Recorded explicitly: the checker's own bounds may be tighter, and with
+    the same slopes a tighter bound never hurts (with its own adaptive choice it might)."""
+    flat = torch.cat([(hi > -lo).to(torch.float32) for lo, hi in zip(intermediate.lower, intermediate.upper,
+                                                                       strict=True)], dim=1)
+    return flat.unsqueeze(1).expand(-1, rows, -1)
+
+
 def split_betas(batch: Any) -> Tensor | None:
     """The split multipliers of a batch's spec rows, all ReLU layers side by side: ``(B, S, H)``."""
     if batch.betas is None or not batch.betas.values:
@@ -72,7 +81,7 @@ class _Closures:
     alpha: Tensor | None = None  # (M, H) float32
     beta: Tensor | None = None  # (M, H) float32
     nu: Tensor | None = None  # (M, H) float64
-    on_box: bool = False
+    on_box: Tensor | None = None  # (M,) bool: over the node's contracted box (None: none is)
 
 
 class CaseRecorder:
@@ -93,6 +102,7 @@ class CaseRecorder:
         self.fork = _Grow((), torch.long, -1)
         self.only = _Grow((), torch.bool, False)
         self.dead = _Grow((), torch.bool, False)  # made by a search that was given up
+        self.shrunk = _Grow((), torch.bool, False)  # its box was contracted: later bounds are over that box
         # per call: nodes, their contracted boxes, and the contraction rows (node, polytope, weights)
         self.boxes: list[tuple[Tensor, Tensor, Tensor]] = []
         self.contract_rows: list[tuple[Tensor, Tensor, Tensor]] = []
@@ -125,7 +135,7 @@ class CaseRecorder:
         self.lower.extend(lower)
         self.upper.extend(upper)
         self.closed.extend(closed if closed is not None else torch.zeros(n, self.P, dtype=torch.bool))
-        for g in (self.neuron, self.sign, self.fork, self.only, self.dead):
+        for g in (self.neuron, self.sign, self.fork, self.only, self.dead, self.shrunk):
             g.extend(torch.full((n,), g.fill, dtype=g.data.dtype))
         return torch.arange(first, first + n)
 
@@ -219,7 +229,7 @@ class CaseRecorder:
             split = torch.cat([s.cpu() for s in splits], dim=1)[node] != 0 if splits else None
             mult = beta.cpu()[node, row].float().clamp_min(0)
             mult = torch.where(split, mult, torch.zeros_like(mult)) if split is not None else torch.zeros_like(mult)
-        self.closures.append(_Closures(ids, poly, lam[row], slopes, mult, None, on_box))
+        self.closures.append(_Closures(ids, poly, lam[row], slopes, mult, None, self.shrunk.view()[ids] | on_box))
         self.closed.view()[ids, poly] = True
 
     def solved(self, ident: int, obj: CaseObjective, polytopes: list[int], duals: tuple) -> None:
@@ -233,7 +243,8 @@ class CaseRecorder:
             rows = torch.nonzero(obj.groups[p].cpu()).flatten()
             spec_weights = torch.as_tensor(weights, dtype=torch.float64) @ lam[rows]  # (R,)
             self.closures.append(_Closures(torch.tensor([ident]), torch.tensor([p]), spec_weights.unsqueeze(0),
-                                           nu=torch.as_tensor(nu, dtype=torch.float64).unsqueeze(0)))
+                                           nu=torch.as_tensor(nu, dtype=torch.float64).unsqueeze(0),
+                                           on_box=self.shrunk.view()[[ident]].clone()))
             self.closed.view()[ident, p] = True
 
     def contracted(self, ident: Tensor | None, obj: CaseObjective, before: SubproblemBatch,
@@ -249,6 +260,7 @@ class CaseRecorder:
         ids = ident.cpu()
         if bool(changed.any()):
             self.boxes.append((ids[changed], after.lower.double().cpu()[changed], after.upper.double().cpu()[changed]))
+            self.shrunk.view()[ids[changed]] = True
             poly, lam = self._weights(obj)
             node, row = torch.nonzero(open_before[changed].double() @ obj.groups.double().cpu() > 0, as_tuple=True)
             self.contract_rows.append((ids[changed][node], poly[row], lam[row]))
@@ -349,7 +361,8 @@ class CaseRecorder:
         live = node >= 0
         out = {"close_node": node[live], "close_poly": _cat([c.poly for c in self.closures], np.int64, ())[live],
                "close_weights": _cat([c.weights for c in self.closures], np.float64, (self.R,))[live],
-               "close_on_box": np.concatenate([np.full(c.ids.shape[0], c.on_box) for c in self.closures]
+               "close_on_box": np.concatenate([np.zeros(c.ids.shape[0], bool) if c.on_box is None else c.on_box.numpy()
+                                               for c in self.closures]
                                               )[live] if self.closures else np.zeros(0, bool)}
         for name, dtype in (("alpha", np.float32), ("beta", np.float32), ("nu", np.float64)):
             tables, index, used = [], [], 0
@@ -385,7 +398,10 @@ class ProofLog:
     def root_bounds(self, index: int, obj: CaseObjective, root: Any) -> None:
         """The root bound ``root`` (a ``BoundResult``) of case ``index``'s rows, from its slopes."""
         case = self.cases[index]
-        case.bounded(case.root_ident(), obj, torch.full_like(root.lower, -torch.inf), root.lower, final_slopes(root))
+        slopes = final_slopes(root)
+        if slopes is None and root.intermediate is not None:
+            slopes = adaptive_slopes(root.intermediate, obj.n_rows)
+        case.bounded(case.root_ident(), obj, torch.full_like(root.lower, -torch.inf), root.lower, slopes)
 
     def build(self) -> tuple[list[dict[str, np.ndarray]] | None, str]:
         """Every case's arrays, or None and why there is no certificate."""

@@ -30,7 +30,7 @@ from verifier.bab.relu_split import solve_relu
 from verifier.bab.search import BabStats, Rule, ValidateFn
 from verifier.bab.subproblems import SubproblemBatch, in_chunks
 from verifier.bounds import AlphaOptions, BoundResult, Domains, IntermediateBounds, alpha_crown, crown, float32_copy
-from verifier.certificate.record import NO_RECORD, CaseRecorder, adaptive_slopes, final_slopes
+from verifier.certificate.record import NO_RECORD, CaseRecorder
 from verifier.deadline import Deadline
 from verifier.network import Network
 from verifier.objective import CaseObjective
@@ -44,7 +44,6 @@ def input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts: 
     """Input splitting: strong branching scored by a cheap bound, then alpha-CROWN on what stays open;
     ``recorder`` (optional) records the proof tree."""
     C, d = obj.C.unsqueeze(0), obj.d.unsqueeze(0)
-    S = obj.n_rows
     record = recorder or NO_RECORD
     # corners of the boxes bounded since the last settle whose concrete outputs looked unsafe
     probes: list[tuple[Tensor, Tensor]] = []
@@ -64,7 +63,7 @@ def input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts: 
     def cheap_chunk(children: SubproblemBatch) -> SubproblemBatch:
         # a child's box lies in its parent's: the parent's intermediate bounds stay valid
         res = crown(net, children.domains, C, d, known=children.intermediate, need_linear=opts.input.contract)
-        record.bounded(children.ident, obj, children.bound, res.lower, adaptive_slopes(res.intermediate, S))
+        record.bounded(children.ident, obj, children.bound, res.lower, res.intermediate)
         children = keep_best(children, res)
         if res.linear is None:
             return children
@@ -83,7 +82,7 @@ def input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts: 
         sub = children.select(idx)
         res = alpha_crown(net, sub.domains, C, d, alpha_opts, known=sub.intermediate,
                           slopes=sub.slopes if opts.input.warm_start else None, deadline=deadline)
-        record.bounded(sub.ident, obj, sub.bound, res.lower, final_slopes(res), on_box=True)
+        record.bounded(sub.ident, obj, sub.bound, res.lower, res.slopes, on_box=True)
         bound = children.bound.clone()
         bound[idx] = torch.maximum(sub.bound, res.lower)
         return replace(children, bound=bound)

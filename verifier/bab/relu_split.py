@@ -65,7 +65,7 @@ from verifier.bounds import (
     magnitude,
     relaxation_state,
 )
-from verifier.certificate.record import NO_RECORD, CaseRecorder, adaptive_slopes, final_slopes, split_betas
+from verifier.certificate.record import NO_RECORD, CaseRecorder
 from verifier.deadline import Deadline
 from verifier.memory import physical_memory
 from verifier.network import Network
@@ -207,10 +207,9 @@ def relu_rule(
             flat = scores.argmax(dim=1)
             children = record.branched(split_relus(split, flat), flat.repeat(2))
             lower = fast_bound(net, obj, children)
-        slopes = final_slopes(children)
         record.bounded(children.ident, obj, children.bound, lower,
-                       adaptive_slopes(children.intermediate, obj.n_rows) if slopes is None else slopes,
-                       split_betas(children), splits=children.splits)
+                       children.intermediate if children.slopes is None else children.slopes, children.betas,
+                       children.splits)
         children = replace(children, bound=torch.maximum(children.bound, lower))
         return concat([children, passed]) if bool(leaf.any()) else children
 
@@ -249,8 +248,8 @@ def relu_rule(
         bound = rows.scatter(children.bound, torch.maximum(sub.bound, res.lower))
         out = replace(children, bound=bound, intermediate=res.intermediate, slopes=slopes, betas=betas)
         record.bounded(children.ident, obj, children.bound,
-                       rows.scatter(torch.full_like(children.bound, -torch.inf), res.lower), final_slopes(out),
-                       split_betas(out), splits=children.splits)
+                       rows.scatter(torch.full_like(children.bound, -torch.inf), res.lower), slopes, betas,
+                       children.splits)
         return out
 
     def settle(open_: SubproblemBatch) -> tuple[SubproblemBatch, Counterexample | None, bool]:

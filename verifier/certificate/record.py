@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from verifier.bounds import Betas, Slopes
 from verifier.objective import CaseObjective
 
 if TYPE_CHECKING:
@@ -29,27 +30,17 @@ Tensor = torch.Tensor
 LEAF, INPUT_SPLIT, RELU_SPLIT, FORK = 0, 1, 2, 3
 
 
-def final_slopes(res: Any) -> Tensor | None:
-    """The slopes of a bound's spec rows, all ReLU layers side by side: ``(B, S, H)`` (None: CROWN's)."""
-    if res.slopes is None or not res.slopes.final:
-        return None
-    return torch.cat(list(res.slopes.final), dim=2)
-
-
-def adaptive_slopes(intermediate: Any, rows: int) -> Tensor:
-    """CROWN's adaptive lower slopes (1 where ``u > -l``, else 0) from pre-activation bounds, for ``rows``
-    spec rows: ``(B, rows, H)``.  Recorded explicitly: the checker's own bounds may be tighter, and with
-    the same slopes a tighter bound never hurts (with its own adaptive choice it might)."""
-    flat = torch.cat([(hi > -lo).to(torch.float32) for lo, hi in zip(intermediate.lower, intermediate.upper,
-                                                                       strict=True)], dim=1)
-    return flat.unsqueeze(1).expand(-1, rows, -1)
-
-
-def split_betas(batch: Any) -> Tensor | None:
-    """The split multipliers of a batch's spec rows, all ReLU layers side by side: ``(B, S, H)``."""
-    if batch.betas is None or not batch.betas.values:
-        return None
-    return torch.cat(list(batch.betas.values), dim=2)
+def _slopes_at(source: Any, node: Tensor, row: Tensor) -> Tensor | None:
+    """The lower slopes a bound used at subdomains ``node`` for rows ``row`` ``(M,)``, all ReLU layers side by
+    side ``(M, H)``: ``source`` is the ``Slopes`` it optimized, or the ``IntermediateBounds`` whose CROWN
+    adaptive slopes (1 where ``u > -l``) it took.  Recorded explicitly: the checker's own bounds may be
+    tighter, and with the same slopes a tighter bound never hurts (with its own adaptive choice it might)."""
+    if isinstance(source, Slopes):
+        parts = [t[node.to(t.device), row.to(t.device)] for t in source.final]
+    else:
+        parts = [hi[node.to(hi.device)] > -lo[node.to(lo.device)] for lo, hi in zip(source.lower, source.upper,
+                                                                                     strict=True)]
+    return torch.cat([t.cpu().to(torch.float32) for t in parts], dim=1) if parts else None
 
 
 class _Grow:
@@ -204,14 +195,14 @@ class CaseRecorder:
             node = second
         return replace(copies, ident=torch.tensor(ids, device=copies.lower.device))
 
-    def bounded(self, ident: Tensor | None, obj: CaseObjective, before: Tensor, rows: Tensor,
-                alpha: Tensor | None = None, beta: Tensor | None = None, on_box: bool = False,
-                splits: tuple[Tensor, ...] | None = None) -> None:
-        """Lower bounds ``rows`` ``(B, S)`` of ``obj``'s rows on the nodes ``ident`` by CROWN with slopes
-        ``alpha`` and split multipliers ``beta`` ``(B, S, H)`` (adaptive slopes, no multipliers when None)
-        on the nodes' regions (``on_box``: their contracted boxes); ``before`` ``(B, S)``: the bounds they
-        had; ``splits``: their split states (multipliers of unsplit neurons are dropped: they multiply 0).
-        Records a closure for each polytope newly ruled out."""
+    def bounded(self, ident: Tensor | None, obj: CaseObjective, before: Tensor, rows: Tensor, slopes: Any,
+                betas: Betas | None = None, splits: tuple[Tensor, ...] | None = None, on_box: bool = False) -> None:
+        """Lower bounds ``rows`` ``(B, S)`` of ``obj``'s rows on the nodes ``ident`` by one backward pass with
+        ``slopes`` (``Slopes``, or the ``IntermediateBounds`` whose adaptive slopes it used) and split
+        multipliers ``betas`` on the nodes' regions (``on_box``: their contracted boxes, as are all bounds
+        made after a node's contraction); ``before`` ``(B, S)``: the bounds they had; ``splits``: their split
+        states (multipliers of unsplit neurons are dropped: they multiply 0).  Records a closure for each
+        polytope newly ruled out; the parameters are gathered for those only."""
         if ident is None:
             self.uncertified("bounds of unnamed subdomains")
             return
@@ -223,13 +214,13 @@ class CaseRecorder:
         r = rows.cpu()[node]
         row = torch.where(obj.groups.cpu()[poly], r, torch.full_like(r, -torch.inf)).argmax(1)  # its best row
         ids = ident.cpu()[node]
-        slopes = None if alpha is None else alpha.cpu()[node, row].float()
         mult = None
-        if beta is not None:
-            split = torch.cat([s.cpu() for s in splits], dim=1)[node] != 0 if splits else None
-            mult = beta.cpu()[node, row].float().clamp_min(0)
-            mult = torch.where(split, mult, torch.zeros_like(mult)) if split is not None else torch.zeros_like(mult)
-        self.closures.append(_Closures(ids, poly, lam[row], slopes, mult, None, self.shrunk.view()[ids] | on_box))
+        if betas is not None and betas.values:
+            mult = torch.cat([t[node.to(t.device), row.to(t.device)].cpu().float() for t in betas.values], 1)
+            split = torch.cat([s[node.to(s.device)].cpu() for s in splits], 1) != 0
+            mult = torch.where(split, mult.clamp_min(0), torch.zeros_like(mult))
+        self.closures.append(_Closures(ids, poly, lam[row], _slopes_at(slopes, node, row), mult, None,
+                                       self.shrunk.view()[ids] | on_box))
         self.closed.view()[ids, poly] = True
 
     def solved(self, ident: int, obj: CaseObjective, polytopes: list[int], duals: tuple) -> None:
@@ -398,9 +389,7 @@ class ProofLog:
     def root_bounds(self, index: int, obj: CaseObjective, root: Any) -> None:
         """The root bound ``root`` (a ``BoundResult``) of case ``index``'s rows, from its slopes."""
         case = self.cases[index]
-        slopes = final_slopes(root)
-        if slopes is None and root.intermediate is not None:
-            slopes = adaptive_slopes(root.intermediate, obj.n_rows)
+        slopes = root.slopes if root.slopes is not None else root.intermediate
         case.bounded(case.root_ident(), obj, torch.full_like(root.lower, -torch.inf), root.lower, slopes)
 
     def build(self) -> tuple[list[dict[str, np.ndarray]] | None, str]:

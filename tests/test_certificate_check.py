@@ -379,13 +379,18 @@ def _deep_tree_proof(model: Path, spec: Path, depth: int, alphas: np.ndarray | N
     return proof(model, spec, [case(kind, arg, point, closes=closes, alpha=alphas, n_in=2, H=10)], [5, 5])
 
 
+def _random_model_on_a_grid(tmp_path: Path, seed: int, n: int) -> tuple[list, Path, np.ndarray]:
+    """A random net on two inputs, its ONNX file, and its first output on an ``n`` x ``n`` grid of
+    ``[-1, 1]^2``."""
+    layers = _random_net(seed)
+    g = np.linspace(-1, 1, n)
+    return layers, dense_model(tmp_path / "n.onnx", layers, 2), forward(layers, np.stack(np.meshgrid(g, g),
+                                                                                       -1).reshape(-1, 2))[:, 0]
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_no_certificate_proves_a_false_property(tmp_path, seed):
-    layers = _random_net(seed)
-    model = dense_model(tmp_path / "n.onnx", layers, 2)
-    g = np.linspace(-1, 1, 101)
-    X = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2)
-    y = forward(layers, X)[:, 0]
+    layers, model, y = _random_model_on_a_grid(tmp_path, seed, 101)
     threshold = float(y.min()) + 1e-3  # the sampled minimizer violates "y > threshold"
     spec = spec_file(tmp_path / "n.vnnlib", [([-1.0, -1.0], [1.0, 1.0], [[f"(<= Y_0 {threshold!r})"]])], 2, 1)
     for depth in (0, 4, 8):
@@ -421,11 +426,7 @@ def test_no_contracted_box_cuts_off_a_point_of_the_polytope(tmp_path, seed):
 
 @pytest.mark.parametrize("seed", range(4, 8))
 def test_deep_trees_prove_true_properties(tmp_path, seed):
-    layers = _random_net(seed)
-    model = dense_model(tmp_path / "n.onnx", layers, 2)
-    g = np.linspace(-1, 1, 201)
-    X = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2)
-    y = forward(layers, X)[:, 0]
+    layers, model, y = _random_model_on_a_grid(tmp_path, seed, 201)
     lipschitz = np.prod([np.linalg.norm(W, 2) for W, _ in layers])
     threshold = float(y.min() - lipschitz * 0.01 - 0.05 * (y.max() - y.min()))  # below the true minimum
     spec = spec_file(tmp_path / "n.vnnlib", [([-1.0, -1.0], [1.0, 1.0], [[f"(<= Y_0 {threshold!r})"]])], 2, 1)

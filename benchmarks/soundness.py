@@ -48,8 +48,10 @@ ENGINES: dict[str, dict] = {
     "smt": {"engine": "smt"},
 }
 COLUMNS = ("family", "seed", "engine", "truth", "truth_witness_replays", "verdict", "time_s", "wrong", "note")
-FIRST_TIMEOUT = 5.0  # seconds of z3 on a whole box before it is split in halves
-BOX_TIMEOUT = 1.0  # seconds of z3 on a half box before it is split again
+# z3's work on a box before it is split in halves, in its deterministic resource units (about 1e5 per second
+# here): a wall-clock limit would split more under load, and the tree could then outgrow the oracle's timeout
+FIRST_RLIMIT = 1_000_000  # on a whole box
+BOX_RLIMIT = 150_000  # on a half box
 MAX_SPLIT_DEPTH = 40
 BOUND_LEMMAS = True  # state each neuron's interval bounds to z3
 DESCENT_STEPS = 8  # oracle calls spent walking the threshold down towards the exact optimum
@@ -238,7 +240,7 @@ def _row_holds(a: np.ndarray, b: float, strict: bool, y: list) -> z3.BoolRef:
 
 def exact_check(net: Network, spec: Spec, timeout: float) -> Truth:
     """Decide ``spec`` on ``net`` exactly within ``timeout`` seconds: z3 on each case's box, and on halves of
-    a box that z3 does not decide in ``BOX_TIMEOUT`` seconds (tighter interval bounds fix more ReLUs)."""
+    a box that z3 does not decide within ``BOX_RLIMIT`` (tighter interval bounds fix more ReLUs)."""
     start = time.monotonic()
     deadline = start + timeout
     for index, case in enumerate(spec.cases):
@@ -251,8 +253,8 @@ def exact_check(net: Network, spec: Spec, timeout: float) -> Truth:
             if left <= 0:
                 return Truth("dropped", time=time.monotonic() - start)
             splittable = bool(free) and depth < MAX_SPLIT_DEPTH
-            answer, x = _z3_box(net, lo, hi, case.polytopes, min(left, FIRST_TIMEOUT if depth == 0 else BOX_TIMEOUT)
-                                if splittable else left)
+            rlimit = (FIRST_RLIMIT if depth == 0 else BOX_RLIMIT) if splittable else 0
+            answer, x = _z3_box(net, lo, hi, case.polytopes, left, rlimit)
             if answer == z3.sat:
                 return Truth("sat", x, index, time.monotonic() - start)
             if answer == z3.unsat:
@@ -267,11 +269,13 @@ def exact_check(net: Network, spec: Spec, timeout: float) -> Truth:
     return Truth("unsat", time=time.monotonic() - start)
 
 
-def _z3_box(net: Network, lo: np.ndarray, hi: np.ndarray, polytopes: tuple[Polytope, ...], timeout: float
-            ) -> tuple[z3.CheckSatResult, tuple[Fraction, ...] | None]:
-    """z3's answer on one rational box, with a rational witness on sat."""
+def _z3_box(net: Network, lo: np.ndarray, hi: np.ndarray, polytopes: tuple[Polytope, ...], timeout: float,
+            rlimit: int = 0) -> tuple[z3.CheckSatResult, tuple[Fraction, ...] | None]:
+    """z3's answer on one rational box within ``timeout`` seconds and ``rlimit`` resource units (0: no limit),
+    with a rational witness on sat."""
     solver = z3.SolverFor("QF_LRA")
     solver.set("timeout", max(1, int(timeout * 1000)))
+    solver.set("rlimit", rlimit)
     enc = ExactNet(net, lo, hi, solver)
     solver.add(z3.Or([z3.And([_row_holds(a, b, s, enc.exprs) for a, b, s in zip(p.A, p.b, p.strict)])
                       for p in polytopes]))

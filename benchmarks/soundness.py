@@ -47,7 +47,8 @@ ENGINES: dict[str, dict] = {
     "milp": {"engine": "milp"},
     "smt": {"engine": "smt"},
 }
-COLUMNS = ("family", "seed", "engine", "truth", "truth_witness_replays", "verdict", "time_s", "wrong", "note")
+COLUMNS = ("family", "seed", "engine", "truth", "truth_witness_replays", "verdict", "time_s", "wrong", "certificate",
+           "note")
 # z3's work on a box before it is split in halves, in its deterministic resource units (about 1e5 per second
 # here): a wall-clock limit would split more under load, and the tree could then outgrow the oracle's timeout
 FIRST_RLIMIT = 1_000_000  # on a whole box
@@ -792,15 +793,16 @@ def recheck(onnx_path: Path, spec: Spec, x: np.ndarray) -> str | None:
 
 
 def run_engine(problem: Problem, engine: str, onnx_path: Path, vnnlib_path: Path, timeout: float,
-               via_onnx: bool, dtype: str | None = None) -> dict:
-    """One verifier run and its judgement against the truth; a CSV row."""
+               via_onnx: bool, dtype: str | None = None, proof: bool = False) -> dict:
+    """One verifier run and its judgement against the truth; a CSV row.  With ``proof``, an ``unsat``
+    answer's certificate is checked by the independent checker (column ``certificate``)."""
     from verifier.api import verify
     from verifier.config import load_config
     cfg = load_config(overrides={**ENGINES[engine], "seed": problem.seed, "threads": 1,
-                                 **({"dtype": dtype} if dtype else {})})
+                                 **({"dtype": dtype} if dtype else {}), **({"proof": True} if proof else {})})
     handler = _Warnings()
     logging.getLogger("verifier").addHandler(handler)
-    notes, verdict = [], "error"
+    notes, verdict, certificate = [], "error", ""
     start = time.monotonic()
     previous = signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(int(timeout + 60))
@@ -810,6 +812,8 @@ def run_engine(problem: Problem, engine: str, onnx_path: Path, vnnlib_path: Path
         else:
             result = verify(problem.net, problem.spec, timeout=timeout, config=cfg, onnx_path=onnx_path)
         verdict = str(result.status)
+        if proof and verdict == "unsat":
+            certificate = _certificate_verdict(result, onnx_path, vnnlib_path)
     except _HardTimeout:
         notes.append(f"hard timeout: no answer {timeout + 60:.0f}s")
     except Exception as e:  # any failure of the verifier is recorded, never scored as a verdict
@@ -835,7 +839,17 @@ def run_engine(problem: Problem, engine: str, onnx_path: Path, vnnlib_path: Path
     notes.append("via onnx" if via_onnx else "via ir")
     return {"family": problem.family, "seed": problem.seed, "engine": engine, "truth": truth,
             "truth_witness_replays": problem.truth.replays, "verdict": verdict, "time_s": round(elapsed, 3),
-            "wrong": wrong, "note": "; ".join(notes)}
+            "wrong": wrong, "certificate": certificate, "note": "; ".join(notes)}
+
+
+def _certificate_verdict(result, onnx_path: Path, vnnlib_path: Path) -> str:
+    """``valid``, ``rejected: why`` or ``none: why`` for the certificate of an ``unsat`` result."""
+    from verifier.certificate import check_proof
+
+    if result.proof is None:
+        return f"none: {result.message.removeprefix('no certificate: ')}"[:200]
+    checked = check_proof(onnx_path, vnnlib_path, result.proof)
+    return "valid" if checked.valid else f"rejected: {checked.reason}"[:200]
 
 
 def _export_check(problem: Problem, onnx_path: Path, rng: np.random.Generator) -> str:
@@ -872,10 +886,11 @@ def _spec_roundtrip(spec: Spec, text: str) -> str:
 
 
 def run_problem(family: str, seed: int, engines: list[str], timeout: float, z3_timeout: float,
-                dtype: str | None = None, via: str = "alternate") -> list[dict]:
+                dtype: str | None = None, via: str = "alternate", proof: bool = False) -> list[dict]:
     """Generate one problem, decide it exactly, run every engine; the CSV rows.  The verifier reads the
     ONNX and VNN-LIB files (``via='onnx'``), or gets the network and spec objects (``'ir'``), or the first
-    for seeds 0, 1 mod 4 and the second for 2, 3 (``'alternate'``)."""
+    for seeds 0, 1 mod 4 and the second for 2, 3 (``'alternate'``); with ``proof`` always the files, and
+    every ``unsat`` answer's certificate is checked."""
     from verifier.onnx_export import save_onnx
     from vnnlib.writer import write_spec
 
@@ -884,7 +899,8 @@ def run_problem(family: str, seed: int, engines: list[str], timeout: float, z3_t
     base = {"family": family, "seed": seed, "truth": problem.truth.verdict}
     if problem.truth.verdict == "dropped":
         return [{**base, "engine": "oracle", "truth_witness_replays": None, "verdict": "", "time_s":
-                 round(problem.oracle_time, 3), "wrong": False, "note": f"z3 timeout; {problem.note}"}]
+                 round(problem.oracle_time, 3), "wrong": False, "certificate": "",
+                 "note": f"z3 timeout; {problem.note}"}]
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path, vnnlib_path = Path(tmp) / "model.onnx", Path(tmp) / "spec.vnnlib"
         save_onnx(problem.net, onnx_path)
@@ -894,8 +910,8 @@ def run_problem(family: str, seed: int, engines: list[str], timeout: float, z3_t
             problem.truth.replays = witness_replays(onnx_path, problem.spec, problem.truth.x)
         checks = [_export_check(problem, onnx_path, _rng(family, seed)), _spec_roundtrip(problem.spec, text)]
         checks = [c for c in checks if c]
-        via_onnx = via == "onnx" or (via == "alternate" and seed % 4 < 2)
-        rows = [run_engine(problem, e, onnx_path, vnnlib_path, timeout, via_onnx, dtype) for e in engines]
+        via_onnx = proof or via == "onnx" or (via == "alternate" and seed % 4 < 2)
+        rows = [run_engine(problem, e, onnx_path, vnnlib_path, timeout, via_onnx, dtype, proof) for e in engines]
     for row in rows:
         row["note"] = "; ".join([*checks, row["note"], problem.note, f"oracle {problem.oracle_time:.2f}s"])
     return rows
@@ -952,11 +968,19 @@ def summarize(rows: list[dict], engines: list[str]) -> str:
         lines.append(f"| {e} | {sum(float(r['time_s']) for r in er):.0f} | "
                      f"{sum(r['verdict'] == 'error' for r in er)} | "
                      f"{sum(r['verdict'] == 'sat' and r['truth'] == 'unsat' for r in er)} |")
+    if any(r.get("certificate") for r in rows):
+        lines += ["", "| engine | unsat answers | certificate valid | rejected | none |", "|---|---|---|---|---|"]
+        for e in engines:
+            cs = [r.get("certificate") or "" for r in rows if r["engine"] == e and r["verdict"] == "unsat"]
+            lines.append(f"| {e} | {len(cs)} | {sum(c == 'valid' for c in cs)} | "
+                         f"{sum(c.startswith('rejected') for c in cs)} | {sum(c.startswith('none') for c in cs)} |")
+        why = Counter(c for r in rows if (c := r.get("certificate") or "").startswith("none"))
+        lines += ["", "Why no certificate: " + "; ".join(f"{w} ({n})" for w, n in why.most_common())]
     replays = [r for r in rows if r["truth"] == "sat" and r["engine"] == engines[0]]
     lines += ["", f"Exact sat witnesses that pass the onnxruntime replay: "
               f"{sum(_flag(r['truth_witness_replays']) for r in replays)} of {len(replays)}."]
     bad = [r for r in rows if _flag(r["wrong"]) or "SUSPICIOUS" in r["note"] or "MISMATCH" in r["note"]
-           or r["verdict"] == "error" or "differs" in r["note"]]
+           or r["verdict"] == "error" or "differs" in r["note"] or (r.get("certificate") or "").startswith("rejected")]
     if bad:
         lines += ["", "Rows to look at:", ""]
         lines += [f"- {r['family']} seed {r['seed']} {r['engine']}: truth {r['truth']}, verdict {r['verdict']}: "
@@ -987,6 +1011,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", choices=("float32", "float64"), help="the verifier's bounding dtype (default: its own)")
     p.add_argument("--via", choices=("alternate", "onnx", "ir"), default="alternate",
                    help="files (onnx) or objects (ir) into the verifier; alternate: by seed")
+    p.add_argument("--proof", action="store_true",
+                   help="ask every run for a proof certificate and check each unsat answer's (via the files)")
     p.add_argument("--resume", action="store_true", help="keep the rows already in --out and skip their problems")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/soundness_campaign.csv"))
     args = p.parse_args(argv)
@@ -1033,13 +1059,14 @@ def _results(todo: list[tuple[str, int]], engines: list[str], args) -> Iterator[
     if args.workers <= 1:
         _worker_init()
         for family, seed in todo:
-            yield run_problem(family, seed, engines, args.timeout, args.z3_timeout, args.dtype, args.via)
+            yield run_problem(family, seed, engines, args.timeout, args.z3_timeout, args.dtype, args.via, args.proof)
         return
     import multiprocessing
 
     with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_worker_init) as pool:
-        futures = {pool.submit(run_problem, f, s, engines, args.timeout, args.z3_timeout, args.dtype, args.via): (f, s)
+        futures = {pool.submit(run_problem, f, s, engines, args.timeout, args.z3_timeout, args.dtype, args.via,
+                               args.proof): (f, s)
                    for f, s in todo}
         for fut in as_completed(futures):
             try:
@@ -1048,7 +1075,8 @@ def _results(todo: list[tuple[str, int]], engines: list[str], args) -> Iterator[
                 f, s = futures[fut]
                 log.error("%s %d failed: %s", f, s, e)
                 yield [{"family": f, "seed": s, "engine": "oracle", "truth": "error", "truth_witness_replays": None,
-                        "verdict": "", "time_s": 0, "wrong": False, "note": f"campaign error {type(e).__name__}: {e}"}]
+                        "verdict": "", "time_s": 0, "wrong": False, "certificate": "",
+                        "note": f"campaign error {type(e).__name__}: {e}"}]
 
 
 if __name__ == "__main__":

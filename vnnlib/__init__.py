@@ -1,8 +1,8 @@
-"""VNN-LIB 1.0 reader and writer (numpy only)."""
+"""VNN-LIB 1.0 and 2.0 reader and writer (numpy only)."""
 
-from vnnlib.spec import Case, Polytope, Spec, SpecError
+from vnnlib.spec import Case, Polytope, Spec, SpecError, TensorDecl
 
-__all__ = ["Case", "Polytope", "Spec", "SpecError", "read_spec", "parse_spec", "write_spec"]
+__all__ = ["Case", "Polytope", "Spec", "SpecError", "TensorDecl", "read_spec", "parse_spec", "write_spec"]
 
 
 def __getattr__(name: str):  # lazy: the reader/writer modules import on first use

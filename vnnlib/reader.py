@@ -1,5 +1,9 @@
 """Read VNN-LIB 1.0 text into a ``Spec`` (numpy only).
 
+A text whose first command is ``(vnnlib-version <2.x>)`` is VNN-LIB 2.0: ``parse_spec``
+hands it to ``vnnlib.reader2``, which reads 2.0's declarations and indexed variables and
+gives its asserts the meaning below.  Every other text is read as 1.0.
+
 Language accepted
 -----------------
 * Commands: ``(declare-const X_i Real)``, ``(declare-const Y_j Real)`` and
@@ -73,6 +77,7 @@ _COMMENT = re.compile(r";[^\n]*")
 _NUMBER = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?\Z")
 _VAR = re.compile(r"([XY])_(0|[1-9][0-9]*)\Z")
 _CMP = frozenset({"<=", ">=", "<", ">", "="})
+_EQ = frozenset({"=", "=="})  # "==" is VNN-LIB 2.0's spelling
 _PARENS = frozenset({"(", ")"})
 _IGNORED = {"check-sat": 0, "get-model": 0, "exit": 0, "set-logic": 1}
 
@@ -157,12 +162,15 @@ def _scaled(term: _Term, s: float) -> _Term:
     return {k: s * a for k, a in term[0].items()}, s * term[1]
 
 
-def _names(keys) -> str:
-    return ", ".join(f"{kind}_{i}" for kind, i in sorted(keys))
+def _flat_name(kind: str, i: int) -> str:
+    """A VNN-LIB 1.0 variable name: ``X_3``."""
+    return f"{kind}_{i}"
 
 
 class _Reader:
     """Walks the tokens once, collecting declarations and the DNF of the asserts."""
+
+    cmp_ops = _CMP  # the comparison operators of the language read
 
     def __init__(self, toks: list[str], max_conjuncts: int) -> None:
         self.toks = toks
@@ -177,6 +185,7 @@ class _Reader:
     # ---- commands -----------------------------------------------------------------
     def run(self) -> None:
         toks, n, i = self.toks, len(self.toks), 0
+        cmp_ops = self.cmp_ops
         while i < n:
             t = toks[i]
             if t != "(":
@@ -187,7 +196,7 @@ class _Reader:
                 i + 7 < n
                 and toks[i + 1] == "assert"
                 and toks[i + 2] == "("
-                and toks[i + 3] in _CMP
+                and toks[i + 3] in cmp_ops
                 and toks[i + 6] == ")"
                 and toks[i + 7] == ")"
                 and toks[i + 4] not in _PARENS
@@ -223,7 +232,7 @@ class _Reader:
         if not math.isfinite(value):
             return None  # _atom reports it
         i = key[1]
-        if op == "=":
+        if op in _EQ:
             return _Bound(i, True, value, tok), _Bound(i, False, value, tok)
         if op in ("<", ">"):
             self.strict_inputs = True
@@ -245,6 +254,9 @@ class _Reader:
             self._declare(items[1], items[2])
         elif name in _IGNORED:
             self._arity(node, name, nargs, _IGNORED[name])
+        elif name in ("vnnlib-version", "declare-network"):
+            raise _Located(f"unexpected command {name!r}: a VNN-LIB 2.0 file starts with (vnnlib-version <2.0>)",
+                           items[0])
         else:
             raise _Located(f"unknown command {name!r} (expected declare-const or assert)", items[0])
 
@@ -272,7 +284,7 @@ class _Reader:
             self.is_false = True
         else:
             for conj in dnf:
-                _own_box_check([a for a in conj if type(a) is _Bound])
+                _own_box_check([a for a in conj if type(a) is _Bound], self.var_name)
             self.factors.append(dnf)
 
     # ---- formulas -------------------------------------------------------------------
@@ -286,7 +298,7 @@ class _Reader:
         if depth > MAX_DEPTH:
             raise _Located(f"formula nested deeper than {MAX_DEPTH} levels", node.tok)
         op = self._head(node)
-        if op in _CMP:
+        if op in self.cmp_ops:
             atoms = self._comparison(node, op, depth)
             return [] if atoms is None else [atoms]
         if op == "and":
@@ -299,7 +311,7 @@ class _Reader:
                     raise _Located(self._too_many(len(result)), node.tok)
             return result
         if op == "not":
-            raise _Located("unsupported operator 'not' (VNN-LIB 1.0 has no negation)", node.items[0])
+            raise _Located("unsupported operator 'not' (VNN-LIB has no negation)", node.items[0])
         raise _Located(f"unknown operator {op!r} in a formula", node.items[0])
 
     def _conjunction(self, node: _List, depth: int) -> list[tuple]:
@@ -323,6 +335,28 @@ class _Reader:
                 raise _Located(self._too_many(len(result) * len(part)), node.tok)
             result = [a + b for a in result for b in part]
         return result
+
+    def locate(self, text: str, tok: int) -> tuple[int, int]:
+        """1-based line and column of token ``tok`` in ``text``."""
+        return _locate(text, tok)
+
+    def sizes(self, n_inputs: int | None, n_outputs: int | None) -> tuple[int, int]:
+        """How many inputs and outputs are declared; checked against the model's counts if given."""
+        n_in, n_out = _declared_count(self, "X"), _declared_count(self, "Y")
+        _check_model_count(n_in, n_inputs, "X")
+        _check_model_count(n_out, n_outputs, "Y")
+        return n_in, n_out
+
+    def spec_fields(self) -> dict:
+        """Extra fields of the ``Spec`` (a 2.0 spec's declarations)."""
+        return {}
+
+    def var_name(self, kind: str, i: int) -> str:
+        """How the message of an error names variable ``i`` of ``kind`` ("X" input, "Y" output)."""
+        return _flat_name(kind, i)
+
+    def _names(self, keys) -> str:
+        return ", ".join(self.var_name(kind, i) for kind, i in sorted(keys))
 
     def _too_many(self, count: int) -> str:
         return f"formula has {count} disjuncts in normal form, more than the limit {self.max_conjuncts}"
@@ -360,27 +394,27 @@ class _Reader:
         coefs, c = _combine(lhs, rhs, -1.0)  # sum a_k v_k + c  (op)  0
         coefs = {k: a for k, a in coefs.items() if a != 0.0}
         if not coefs:
-            holds = c == 0.0 if op == "=" else (c < 0.0 if strict else c <= 0.0)
+            holds = c == 0.0 if op in _EQ else (c < 0.0 if strict else c <= 0.0)
             return () if holds else None
         kinds = {kind for kind, _ in coefs}
         if kinds == {"X"}:
             if len(coefs) > 1:
                 raise _Located(
-                    f"unsupported: atom relates several input variables ({_names(coefs)}); "
+                    f"unsupported: atom relates several input variables ({self._names(coefs)}); "
                     "only bounds like (<= X_i c) are supported on inputs",
                     tok,
                 )
             (((_, i), a),) = coefs.items()
             value = (0.0 - c) / a + 0.0  # + 0.0 turns -0.0 into 0.0
             self.strict_inputs = self.strict_inputs or strict
-            if op == "=":
+            if op in _EQ:
                 return _Bound(i, True, value, tok), _Bound(i, False, value, tok)
             return (_Bound(i, a > 0, value, tok),)
         if "X" in kinds:
-            raise _Located(f"unsupported: atom mixes input and output variables ({_names(coefs)})", tok)
+            raise _Located(f"unsupported: atom mixes input and output variables ({self._names(coefs)})", tok)
         row = tuple(sorted((j, a) for (_, j), a in coefs.items()))
         b = 0.0 - c
-        if op == "=":
+        if op in _EQ:
             return _Row(row, b, False), _Row(tuple((j, -a) for j, a in row), -b, False)
         return (_Row(row, b, strict),)
 
@@ -410,7 +444,7 @@ class _Reader:
             raise _Located(f"term nested deeper than {MAX_DEPTH} levels", node.tok)
         op = self._head(node)
         if op not in ("+", "-", "*", "/"):
-            what = "a comparison or connective" if op in _CMP or op in ("and", "or") else "an unknown operator"
+            what = "a comparison or connective" if op in self.cmp_ops or op in ("and", "or") else "an unknown operator"
             raise _Located(f"expected a term, got {what} {op!r}", node.items[0])
         args = [self._term(a, depth + 1) for a in node.items[1:]]
         if not args or (op in ("*", "/") and len(args) < 2):
@@ -450,23 +484,23 @@ def _tighten(lower: np.ndarray, upper: np.ndarray, bounds: list[_Bound]) -> tupl
     return lower, upper
 
 
-def _nonempty_box(bounds: list[_Bound], size: int) -> tuple[np.ndarray, np.ndarray]:
+def _nonempty_box(bounds: list[_Bound], size: int, name=_flat_name) -> tuple[np.ndarray, np.ndarray]:
     """The box of ``bounds`` over ``size`` inputs; raise, at the last bound involved, if it is empty."""
     lower, upper = _tighten(np.full(size, -np.inf), np.full(size, np.inf), bounds)
     crossed = np.nonzero(lower > upper)[0]
     if crossed.size:
         i = int(crossed[0])
         raise _Located(
-            f"empty input box: X_{i} has lower bound {float(lower[i])!r} > upper bound {float(upper[i])!r}",
+            f"empty input box: {name('X', i)} has lower bound {float(lower[i])!r} > upper bound {float(upper[i])!r}",
             max(a.tok for a in bounds if a.index == i),
         )
     return lower, upper
 
 
-def _own_box_check(bounds: list[_Bound]) -> None:
+def _own_box_check(bounds: list[_Bound], name=_flat_name) -> None:
     """Raise if these bounds (from one assert) cross on some input."""
     if bounds:
-        _nonempty_box(bounds, 1 + max(a.index for a in bounds))
+        _nonempty_box(bounds, 1 + max(a.index for a in bounds), name)
 
 
 def _declared_count(reader: _Reader, kind: str) -> int:
@@ -508,23 +542,20 @@ def _box_key(lo: np.ndarray, hi: np.ndarray, lower: np.ndarray, upper: np.ndarra
     return changed.tobytes(), lo[changed].tobytes(), hi[changed].tobytes()
 
 
-def _bounded(lower: np.ndarray, upper: np.ndarray) -> None:
-    for name, side in (("lower", lower), ("upper", upper)):
+def _bounded(lower: np.ndarray, upper: np.ndarray, name=_flat_name) -> None:
+    for which, side in (("lower", lower), ("upper", upper)):
         bad = np.nonzero(~np.isfinite(side))[0]
         if bad.size:
             i = int(bad[0])
-            raise SpecError(f"input variable X_{i} has no {name} bound (every input needs both)")
+            raise SpecError(f"input variable {name('X', int(i))} has no {which} bound (every input needs both)")
 
 
 def _assemble(reader: _Reader, n_inputs: int | None, n_outputs: int | None) -> Spec:
     """The ``Spec`` from the collected declarations and normal form."""
-    n_in = _declared_count(reader, "X")
-    n_out = _declared_count(reader, "Y")
-    _check_model_count(n_in, n_inputs, "X")
-    _check_model_count(n_out, n_outputs, "Y")
+    n_in, n_out = reader.sizes(n_inputs, n_outputs)
     if reader.is_false:
         logger.warning("an assert is always false: the unsafe region is empty (no cases)")
-        return Spec((), n_in, n_out)
+        return Spec((), n_in, n_out, **reader.spec_fields())
     total = math.prod(len(f) for f in reader.factors)
     if total > reader.max_conjuncts:
         raise SpecError(f"the asserts multiply out to {total} disjuncts, more than the limit {reader.max_conjuncts}")
@@ -532,7 +563,7 @@ def _assemble(reader: _Reader, n_inputs: int | None, n_outputs: int | None) -> S
         logger.warning("strict input bounds are read as their closure (non-strict)")
     bounds = [a for a in reader.common if type(a) is _Bound]
     rows = [a for a in reader.common if type(a) is _Row]
-    lower, upper = _nonempty_box(bounds, n_in)
+    lower, upper = _nonempty_box(bounds, n_in, reader.var_name)
     groups: dict[tuple, tuple[np.ndarray, np.ndarray, list[Polytope]]] = {}
     for combo in itertools.product(*reader.factors):
         atoms = [a for conj in combo for a in conj]
@@ -542,12 +573,13 @@ def _assemble(reader: _Reader, n_inputs: int | None, n_outputs: int | None) -> S
             continue
         key = _box_key(lo, hi, lower, upper)
         if key not in groups:
-            _bounded(lo, hi)
+            _bounded(lo, hi, reader.var_name)
             groups[key] = (lo, hi, [])
         groups[key][2].append(_polytope(rows + [a for a in atoms if type(a) is _Row], n_out))
     if not groups:
         logger.warning("every disjunct has an empty input box: the unsafe region is empty")
-    return Spec(tuple(Case(lo, hi, tuple(polys)) for lo, hi, polys in groups.values()), n_in, n_out)
+    cases = tuple(Case(lo, hi, tuple(polys)) for lo, hi, polys in groups.values())
+    return Spec(cases, n_in, n_out, **reader.spec_fields())
 
 
 def parse_spec(
@@ -557,16 +589,25 @@ def parse_spec(
     source: str = "<string>",
     max_conjuncts: int = MAX_CONJUNCTS,
 ) -> Spec:
-    """Parse VNN-LIB text; ``n_inputs``/``n_outputs`` (from the model) are checked if given."""
+    """Parse VNN-LIB text; ``n_inputs``/``n_outputs`` (from the model) are checked if given.
+
+    Text that starts with ``(vnnlib-version <2.x>)`` is read as VNN-LIB 2.0 (``vnnlib.reader2``),
+    anything else as 1.0.
+    """
     toks = _tokenize(text)
     if not toks:
         raise SpecError(f"{source}: empty spec (no declare-const or assert)")
-    reader = _Reader(toks, max_conjuncts)
+    if toks[:2] == ["(", "vnnlib-version"]:
+        from vnnlib.reader2 import Reader2
+
+        reader: _Reader = Reader2(text, max_conjuncts)
+    else:
+        reader = _Reader(toks, max_conjuncts)
     try:
         reader.run()
         spec = _assemble(reader, n_inputs, n_outputs)
     except _Located as err:
-        line, col = _locate(text, err.tok)
+        line, col = reader.locate(text, err.tok)
         raise SpecError(f"{source}:{line}:{col}: {err}") from None
     except SpecError as err:
         raise SpecError(f"{source}: {err}") from None

@@ -16,10 +16,16 @@ Strict comparisons (``<``, ``>``) are read as their closures for proofs (this
 only enlarges the unsafe region, so a proof stays sound); ``Polytope.strict``
 marks the rows that came from a strict output comparison so that a
 counterexample can be checked against the exact, strict condition.
+
+Inputs and outputs are flat vectors ``x``/``y``.  A spec read from VNN-LIB 2.0
+also remembers its declarations (``version``, ``network``, ``input_decl``,
+``output_decl``): the declared tensors flatten row-major onto ``x`` and ``y``,
+and a counterexample is written back in the declared names and shapes.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -83,16 +89,62 @@ class Case:
         object.__setattr__(self, "polytopes", tuple(self.polytopes))
 
 
+@dataclass(frozen=True)
+class TensorDecl:
+    """A VNN-LIB 2.0 input or output: its name, element type (as written) and shape.
+
+    Element ``name[i0,...,ik]`` is entry ``ravel_multi_index((i0,...,ik), shape)`` (row-major) of the
+    flat vector; a scalar (shape ``()``) is written ``name`` and is entry 0.
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    def element(self, flat: int) -> str:
+        """The name of flat entry ``flat``, e.g. ``X[0,2]``."""
+        if not self.shape:
+            return self.name
+        index = np.unravel_index(flat, self.shape)
+        return f"{self.name}[{','.join(str(int(i)) for i in index)}]"
+
+    def header(self) -> str:
+        """``name dtype [d0,d1]`` as in a declaration and a 2.0 assignment."""
+        return f"{self.name} {self.dtype} [{','.join(map(str, self.shape))}]"
+
+
 @dataclass(frozen=True, eq=False)
 class Spec:
-    """OR over cases; see the module docstring for the sign convention."""
+    """OR over cases; see the module docstring for the sign convention.
+
+    ``version`` is the VNN-LIB version the spec was read from; a ``"2.0"`` spec carries the name of its
+    network and the declarations of its one input and one output (``None`` for 1.0, whose variables are
+    the flat ``X_i`` and ``Y_j``).
+    """
 
     cases: tuple[Case, ...]
     n_inputs: int
     n_outputs: int
+    version: str = "1.0"
+    network: str = ""
+    input_decl: TensorDecl | None = None
+    output_decl: TensorDecl | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cases", tuple(self.cases))
+        declared = ((self.input_decl, self.n_inputs, "inputs"), (self.output_decl, self.n_outputs, "outputs"))
+        for decl, n, what in declared:
+            if decl is not None and decl.size != n:
+                raise SpecError(f"declared {decl.header()} has {decl.size} entries, spec has {n} {what}")
+        if self.version != "1.0" and (self.input_decl is None or self.output_decl is None):
+            raise SpecError(f"a VNN-LIB {self.version} spec needs its input and output declarations")
         for case in self.cases:
             if case.lower.shape[0] != self.n_inputs:
                 raise SpecError(

@@ -79,7 +79,7 @@ def verify(
     if status is Status.UNKNOWN and deadline.expired():
         status = Status.TIMEOUT
     return Result(status=status, counterexample=cex, time=time.monotonic() - start, stats=stats, message=message,
-                  proof=proof)
+                  proof=proof, spec=problem.spec)
 
 
 def _proof_log(problem: Problem, config: Config) -> ProofLog | None:

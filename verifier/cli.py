@@ -50,13 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def format_result(status: str, x=None, y=None) -> str:
-    """VNN-COMP result text: the verdict line, then ``((X_0 v) ... (Y_0 v))`` on sat."""
+def format_result(status: str, x=None, y=None, spec=None) -> str:
+    """VNN-COMP result text: the verdict line, then on sat the counterexample in the format of the
+    spec's VNN-LIB version (``((X_0 v) ... (Y_0 v))`` for 1.0, see ``vnnlib.writer.write_assignment``)."""
     lines = [status]
     if x is not None and y is not None:
-        entries = [f"(X_{i} {float(v)!r})" for i, v in enumerate(x)]
-        entries += [f"(Y_{i} {float(v)!r})" for i, v in enumerate(y)]
-        lines.append("(" + "\n ".join(entries) + ")")
+        from vnnlib.writer import write_assignment
+
+        lines.append(write_assignment(spec, x, y))
     return "\n".join(lines) + "\n"
 
 
@@ -157,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         _write_proof(args.proof, result.proof)
     if result.message and (args.proof or args.certify):
         log.warning("%s", result.message)
-    reporter.emit(format_result(str(result.status), None if cex is None else cex.x, None if cex is None else cex.y))
+    reporter.emit(format_result(str(result.status), None if cex is None else cex.x, None if cex is None else cex.y,
+                                result.spec))
     if args.verbose:
         stats = " ".join(f"{k}={v}" for k, v in result.stats.items())
         print(f"verify: {result.status} in {result.time:.2f}s {stats}", file=sys.stderr)

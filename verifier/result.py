@@ -55,6 +55,8 @@ class Result:
     message: str = ""
     # the certificate of an UNSAT answer when one was asked for (``verifier.certificate.Proof``)
     proof: Any = None
+    # the spec as read (``vnnlib.Spec``): a counterexample is written in its version's format
+    spec: Any = None
 
     def __post_init__(self) -> None:
         if self.status is Status.SAT and self.counterexample is None:

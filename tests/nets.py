@@ -19,6 +19,7 @@ from verifier.network import (
     Concat,
     Conv,
     Dense,
+    Gather,
     Input,
     MaxPool,
     Network,
@@ -157,14 +158,21 @@ def all_ops_net(gen: torch.Generator, dtype: torch.dtype = torch.float64) -> Net
     cat = b.add_op(Concat(0), (mp, ap))  # (8, 2, 2)
     t = b.add_op(Transpose((1, 2, 0)), (cat,))  # (2, 2, 8)
     p = b.add_op(Pad((0, 1, 0, 0, 0, 1), 0.5), (t,))  # (2, 3, 9)
-    f = b.add_op(Reshape(), (p,), (54,))
-    b.dense(7, src=f)
+    b.dense(7, src=b.add_op(Gather(gather_index(54)), (p,), (6, 9)))  # flattened by a Reshape
     r3 = b.relu()
     d2 = b.dense(7, src=r3)
     r4 = b.relu(d2)
     sc = b.add_op(Scale(b._randn(7), b._randn(7) * 0.1), (r4,))
     b.dense(3, src=sc)
     return b.build(dtype=dtype)
+
+
+def gather_index(n: int) -> Tensor:
+    """A selection from ``n`` entries to ``n``: reversed, entry 0 read four times, one entry 0 (index -1)."""
+    index = torch.arange(n - 1, -1, -1)
+    index[-4:-1] = 0
+    index[5] = -1
+    return index
 
 
 FAMILIES: dict[str, Callable[..., Network]] = {

@@ -66,7 +66,7 @@ def test_linear_backward_is_the_adjoint_of_forward() -> None:
         rhs = rhs + (0 if c is None else c)
         torch.testing.assert_close(lhs, rhs, rtol=1e-10, atol=1e-10)
         seen.add(type(node.op).__name__)
-    assert seen >= {"Dense", "Conv", "Add", "Scale", "Reshape", "Transpose", "AvgPool", "Pad", "Concat"}
+    assert seen >= {"Dense", "Conv", "Add", "Scale", "Reshape", "Transpose", "AvgPool", "Pad", "Concat", "Gather"}
 
 
 def test_known_bounds_tighten_and_stay_sound() -> None:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.nets import FAMILIES, Builder, sample_box
+from tests.nets import FAMILIES, Builder, gather_index, sample_box
 from tests.onnx_builders import GraphBuilder, save
 from verifier.certificate import (
     CaseProof,
@@ -28,7 +28,7 @@ from verifier.certificate import (
 )
 from verifier.certificate import check as checker
 from verifier.forward import forward_all
-from verifier.network import Add, AvgPool, Concat, MaxPool, Network, Pad, Relu, Reshape, Scale, Transpose
+from verifier.network import Add, AvgPool, Concat, Gather, MaxPool, Network, Pad, Relu, Reshape, Scale, Transpose
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -511,7 +511,8 @@ def _every_linear_op_net() -> Network:
     p2 = b.add_op(AvgPool((3, 3), (2, 2), (1, 0, 1, 1), count_include_pad=False), (r2,))
     t = b.add_op(Transpose((1, 2, 0)), (b.add_op(Concat(0), (p1, p2)),))
     p = b.add_op(Pad((0, 1, -1, 0, 0, 1), 0.5), (t,))
-    b.add_op(Reshape(), (p,), (b.nodes[p].size,))
+    g = b.add_op(Gather(gather_index(b.nodes[p].size)), (p,), b.nodes[p].shape)
+    b.add_op(Reshape(), (g,), (b.nodes[p].size,))
     b.dense(7)
     r3 = b.relu()
     b.add_op(Scale(b._randn(7), b._randn(7) * 0.1), (r3,))

@@ -11,6 +11,7 @@ from verifier.network import (
     Concat,
     Conv,
     Dense,
+    Gather,
     Input,
     MaxPool,
     Network,
@@ -71,7 +72,18 @@ def apply_node(node: Node, args: list[Tensor]) -> Tensor:
         return pad_last(args[0], op.pads, op.value)
     if isinstance(op, Concat):
         return torch.cat(args, dim=op.axis + 1)
+    if isinstance(op, Gather):
+        return gather_flat(args[0], op).reshape(args[0].shape[0], *node.shape)
     raise TypeError(f"forward: unhandled node type {type(op).__name__}")
+
+
+def gather_flat(x: Tensor, op: Gather) -> Tensor:
+    """``(B, n_out)``: the entries ``op.index`` of each flattened ``x`` ``(B, *shape)``, 0 where the index is -1."""
+    flat = x.flatten(1)
+    if not op.fills:
+        return flat[:, op.index]
+    flat = F.pad(flat, (0, 1))  # index -1 reads the appended 0
+    return flat[:, op.index]
 
 
 def pad_hw(x: Tensor, padding: tuple[int, int, int, int], value: float = 0.0) -> Tensor:

@@ -15,7 +15,7 @@ carries an elementwise bound of its distance to the exact value (``*_err``,
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from math import prod
 from typing import Union
 
@@ -119,9 +119,28 @@ class Concat:
     axis: int
 
 
-Op = Union[Input, Dense, Conv, Relu, Add, Scale, Reshape, Transpose, AvgPool, MaxPool, Pad, Concat]
+@dataclass(frozen=True, eq=False)
+class Gather:
+    """A selection on the row-major flattenings: ``out.flatten()[i] = in.flatten()[index[i]]``, or 0 where
+    ``index[i] = -1``.  No arithmetic: ONNX Slice, Split, Gather, GatherElements, nearest-neighbour Resize
+    and ConvTranspose's zero insertion all become one.  An entry read by several outputs gets their rows'
+    sum in a backward pass (``repeats`` terms at most)."""
+
+    index: Tensor  # (n_out,) int64, each in [-1, n_in)
+    fills: bool = field(init=False)  # some index is -1
+    repeats: int = field(init=False)  # the most outputs that read one input entry
+
+    def __post_init__(self) -> None:
+        if self.index.dtype != torch.int64 or self.index.dim() != 1:
+            raise ValueError("Gather needs a flat int64 index")
+        valid = self.index[self.index >= 0]
+        object.__setattr__(self, "fills", bool(valid.numel() < self.index.numel()))
+        object.__setattr__(self, "repeats", int(torch.bincount(valid).max()) if valid.numel() else 0)
+
+
+Op = Union[Input, Dense, Conv, Relu, Add, Scale, Reshape, Transpose, AvgPool, MaxPool, Pad, Concat, Gather]
 OP_TYPES: tuple[type, ...] = (
-    Input, Dense, Conv, Relu, Add, Scale, Reshape, Transpose, AvgPool, MaxPool, Pad, Concat,
+    Input, Dense, Conv, Relu, Add, Scale, Reshape, Transpose, AvgPool, MaxPool, Pad, Concat, Gather,
 )
 
 
@@ -203,7 +222,9 @@ class Network:
 
 
 def _tensors(op: Op) -> list[Tensor]:
-    return [v for k, v in vars(op).items() if isinstance(v, Tensor) and not k.endswith("_err")]
+    """The float constants of ``op`` (a Gather's integer index is not one)."""
+    return [v for k, v in vars(op).items()
+            if isinstance(v, Tensor) and v.is_floating_point() and not k.endswith("_err")]
 
 
 def has_errors(net: Network) -> bool:
@@ -218,6 +239,9 @@ def _op_to(op: Op, device, dtype) -> Op:
     changes = {}
     for k, v in fields.items():
         if not isinstance(v, Tensor) or k.endswith("_err"):
+            continue
+        if not v.is_floating_point():  # an index moves, but keeps its type
+            changes[k] = v.to(device=device)
             continue
         changes[k] = v.to(device=device, dtype=dtype)
         err = fields.get(k + "_err")

@@ -21,6 +21,7 @@ from verifier.network import (
     Concat,
     Conv,
     Dense,
+    Gather,
     Input,
     MaxPool,
     Network,
@@ -118,7 +119,21 @@ class _Graph:
             return self.emit("Pad", [args[0], self.const(f"{out}_pads", pads, True), value], out, mode="constant")
         if isinstance(op, Concat):
             return self.emit("Concat", args, out, axis=op.axis + 1)
+        if isinstance(op, Gather):
+            return self.gather(out, op, node, args[0])
         raise TypeError(f"ONNX export: unhandled node type {type(op).__name__}")
+
+
+    def gather(self, out: str, op: Gather, node: Node, arg: str) -> str:
+        """Flatten to ``(1, n)`` (with a 0 appended for the index -1), Gather on axis 1, reshape back."""
+        flat = self.emit("Flatten", [arg], f"{out}_flat", axis=1)
+        index = op.index.detach().cpu().numpy()
+        if op.fills:
+            pads = self.const(f"{out}_pads", [0, 0, 0, 1], True)  # a 0 at the end: ONNX reads index -1 there
+            flat = self.emit("Pad", [flat, pads, self.const(f"{out}_value", np.array(0.0))], f"{out}_fill",
+                             mode="constant")
+        picked = self.emit("Gather", [flat, self.const(f"{out}_index", index, True)], f"{out}_pick", axis=1)
+        return self.emit("Reshape", [picked, self.const(f"{out}_shape", [1, *node.shape], True)], out)
 
 
 def _hw_pads(padding: tuple[int, int, int, int]) -> list[int]:

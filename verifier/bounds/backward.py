@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from math import prod
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,7 @@ from verifier.network import (
     Concat,
     Conv,
     Dense,
+    Gather,
     Input,
     MaxPool,
     Network,
@@ -195,6 +197,12 @@ def _slack_weight(node: Node, ins: list[tuple[int, ...]], relax: Relaxations, i:
     """``w`` ``(B, *shape)`` such that ``linear_back`` on rows ``A`` rounds by at most ``<|A|, w>``, with what
     the node's inexact constants can change (``relax.errs``); None for a node that only moves values."""
     op = node.op
+    if isinstance(op, Gather):  # an entry read k times gets a sum of k rows in ``linear_back``
+        if op.repeats <= 1:
+            return None
+        m = relax.mags[node.inputs[0]].flatten(1)
+        m = (F.pad(m, (0, 1)) if op.fills else m)[:, op.index]  # the magnitude of what each output reads
+        return gamma(op.repeats, m.dtype) * m.reshape(m.shape[0], *node.shape)
     if isinstance(op, Pad) and op.value:
         return gamma(backward_terms(node, ins), relax.mags[i].dtype) * abs(op.value) * torch.ones_like(relax.mags[i])
     terms = relax.arith[i] if i < len(relax.arith) else None
@@ -324,6 +332,11 @@ def linear_back(node: Node, ins: list[tuple[int, ...]], A: Tensor) -> tuple[list
     if isinstance(op, Concat):
         sizes = [s[op.axis] for s in ins]
         return list(A.split(sizes, dim=op.axis + 2)), None
+    if isinstance(op, Gather):  # the adjoint of a selection: scatter-add (an index of -1 drops its row)
+        n_in = prod(ins[0])
+        index = torch.where(op.index < 0, n_in, op.index) if op.fills else op.index
+        A_in = A.new_zeros(B, R, n_in + int(op.fills)).index_add(2, index, A.flatten(2))
+        return [A_in[:, :, :n_in].reshape(B, R, *ins[0])], None
     if isinstance(op, Input):
         raise ValueError("the input node has no inputs")
     raise TypeError(f"CROWN: unhandled node type {type(op).__name__}")

@@ -271,6 +271,11 @@ def _node_op(node, shapes: list[tuple[int, ...]], arr) -> _Affine | int | None:
         where = np.concatenate([np.arange(prod(s)).reshape(s) for s in shapes], op.axis).reshape(-1)
         mats = [_select(n, np.where(owner == k, where, -1), prod(s)) for k, s in enumerate(shapes)]
         return _affine(node.inputs, mats, [None] * len(mats), None, None)
+    if isinstance(op, N.Gather):  # out[j] = in[index[j]], 0 where the index is -1
+        src = np.asarray(op.index.detach().cpu(), dtype=np.int64).reshape(n)
+        if np.any(src < -1) or np.any(src >= prod(shapes[0])):
+            raise UnsupportedCheckError(f"Gather node '{node.name}' has an index out of range")
+        return _affine(node.inputs, [_select(n, src, prod(shapes[0]))], [None], None, None)
     raise UnsupportedCheckError(f"the checker does not support {type(op).__name__} (node '{node.name}')")
 
 

@@ -5,7 +5,7 @@ views, all over the row-major flattening of the per-sample tensors:
 
 * ``linear_map``: Dense, Conv, AvgPool and Scale as ``y = M x + c`` with a
   ``scipy.sparse`` matrix ``M`` built by vectorised index arithmetic;
-* ``index_map``: Reshape, Transpose, Pad and Concat as ``y[i] = x[idx[i]]``
+* ``index_map``: Reshape, Transpose, Pad, Concat and Gather as ``y[i] = x[idx[i]]``
   (``idx[i] = -1`` reads the constant fill value);
 * ``maxpool_windows``: the input indices pooled by each MaxPool output.
 """
@@ -17,10 +17,10 @@ from math import prod
 import numpy as np
 import scipy.sparse as sp
 
-from verifier.network import AvgPool, Concat, Conv, Dense, MaxPool, Node, Pad, Reshape, Scale, Transpose
+from verifier.network import AvgPool, Concat, Conv, Dense, Gather, MaxPool, Node, Pad, Reshape, Scale, Transpose
 
 LINEAR_OPS = (Dense, Conv, AvgPool, Scale)
-INDEX_OPS = (Reshape, Transpose, Pad, Concat)
+INDEX_OPS = (Reshape, Transpose, Pad, Concat, Gather)
 
 
 def linear_map(node: Node, in_shape: tuple[int, ...]) -> tuple[sp.csr_matrix, np.ndarray]:
@@ -53,6 +53,8 @@ def index_map(node: Node, in_shapes: list[tuple[int, ...]]) -> tuple[np.ndarray,
         starts = np.cumsum([0] + [prod(s) for s in in_shapes])
         parts = [starts[t] + np.arange(prod(s)).reshape(s) for t, s in enumerate(in_shapes)]
         return np.concatenate(parts, axis=op.axis).reshape(-1), 0.0
+    if isinstance(op, Gather):
+        return op.index.detach().cpu().numpy().astype(np.int64), 0.0
     raise TypeError(f"index_map: {type(op).__name__} is not an index node")
 
 

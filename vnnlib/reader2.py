@@ -43,13 +43,17 @@ text names its line and column.
 
 from __future__ import annotations
 
+import itertools
 import re
 
 from vnnlib.reader import _NUMBER, _combine, _List, _Located, _Reader
 from vnnlib.spec import SpecError, TensorDecl
 
-# tokens: comment | "string" | [bracket] | paren | atom | any other single character (an error later)
-_TOKEN = re.compile(r';[^\n]*|"(?:[^"\\\n]|\\.)*"|\[[^\[\]();"]*\]|[()]|[^\s()\[\];"]+|\S')
+# tokens: comment | "string" | name [bracket] | [bracket] | paren | atom | any other character (an error later)
+_TOKEN = re.compile(
+    r';[^\n]*|"(?:[^"\\\n]|\\.)*"|[A-Za-z][A-Za-z0-9_]*\s*\[[^\[\]();"]*\]|\[[^\[\]();"]*\]|[()]|[^\s()\[\];"]+|\S'
+)
+_BLANK = re.compile(r"\s")
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
 _ELEMENT = re.compile(r"([A-Za-z][A-Za-z0-9_]*)(?:\[([^\]]*)\])?\Z")
 _VERSION = re.compile(r"<?([0-9]+)\.([0-9]+)>?\Z")
@@ -64,30 +68,13 @@ _KIND = {"declare-input": "X", "declare-output": "Y"}
 _WHAT = {"X": "input", "Y": "output"}
 
 
-def _tokenize(text: str) -> tuple[list[str], list[int]]:
-    """Tokens without comments, with their offsets; ``X [0, 2]`` becomes the one token ``X[0,2]``.
-
-    A bracket right after a name is that name's index, except the shape of a declaration
-    (``(declare-input X Real [1,5])``: the bracket follows the type, two tokens after the keyword).
-    """
-    toks: list[str] = []
-    offsets: list[int] = []
-    for m in _TOKEN.finditer(text):
-        t = m.group()
-        if t[0] == ";":
-            continue
-        if (
-            t[0] == "["
-            and len(t) > 1
-            and toks
-            and _NAME.match(toks[-1])
-            and not (len(toks) >= 3 and toks[-3] in _DECLARATIONS)
-        ):
-            toks[-1] += "".join(t.split())
-            continue
-        toks.append(t)
-        offsets.append(m.start())
-    return toks, offsets
+def _tokenize(text: str) -> list[str]:
+    """Tokens without comments.  A name and the bracket after it are one token, without blanks:
+    ``X [0, 2]`` is ``X[0,2]``, and a declaration's ``Real [1,5]`` is ``Real[1,5]``."""
+    toks = _TOKEN.findall(text)
+    if ";" in text:
+        toks = [t for t in toks if t[0] != ";"]
+    return [t if "[" not in t or not _BLANK.search(t) else "".join(t.split()) for t in toks]
 
 
 def _shape(text: str, tok: int) -> tuple[int, ...]:
@@ -112,8 +99,7 @@ class Reader2(_Reader):
     cmp_ops = _CMP
 
     def __init__(self, text: str, max_conjuncts: int) -> None:
-        toks, self.offsets = _tokenize(text)
-        super().__init__(toks, max_conjuncts)
+        super().__init__(_tokenize(text), max_conjuncts)
         self.version = ""
         self.network = ""
         self.decls: dict[str, TensorDecl] = {}  # "X" / "Y" -> declaration
@@ -122,7 +108,8 @@ class Reader2(_Reader):
         self.names: dict[str, int] = {}  # every name declared (network, tensors) -> its token
 
     def locate(self, text: str, tok: int) -> tuple[int, int]:
-        offset = self.offsets[tok] if tok < len(self.offsets) else len(text)
+        offsets = (m.start() for m in _TOKEN.finditer(text) if m.group()[0] != ";")
+        offset = next(itertools.islice(offsets, tok, None), len(text))
         return text.count("\n", 0, offset) + 1, offset - text.rfind("\n", 0, offset)
 
     # ---- commands -----------------------------------------------------------------
@@ -195,16 +182,22 @@ class Reader2(_Reader):
 
     def _tensor(self, node: _List, head: str, kind: str) -> None:
         items = node.items
-        if len(items) < 4 or not all(isinstance(a, int) for a in items[1:]):
-            raise _Located(f"{head} takes a name, an element type and a shape, e.g. ({head} X float32 [1,5])",
-                           node.tok)
-        name_tok, type_tok, shape_tok = items[1], items[2], items[3]
+        usage = f"{head} takes a name, an element type and a shape, e.g. ({head} X float32 [1,5])"
+        if len(items) < 3 or not all(isinstance(a, int) for a in items[1:]):
+            raise _Located(usage, node.tok)
+        name_tok, type_tok = items[1], items[2]
         if not _NAME.match(self.toks[name_tok]):
             raise _Located(f"bad variable name {self.toks[name_tok]!r}", name_tok)
-        dtype = self.toks[type_tok]
+        dtype, bracket, dims = self.toks[type_tok].partition("[")  # the tokenizer joins "Real [1,5]"
+        if bracket:
+            shape_text, shape_tok, rest = bracket + dims, type_tok, items[3:]
+        elif len(items) >= 4:
+            shape_text, shape_tok, rest = self.toks[items[3]], items[3], items[4:]
+        else:
+            raise _Located(usage, node.tok)
         self._element_type(dtype, type_tok)
-        shape = _shape(self.toks[shape_tok], shape_tok)
-        for opt in items[4:]:
+        shape = _shape(shape_text, shape_tok)
+        for opt in rest:
             text = self.toks[opt]
             if text == "initialized":
                 raise _Located("unsupported: initialized inputs", opt)

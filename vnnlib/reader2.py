@@ -57,7 +57,6 @@ _BLANK = re.compile(r"\s")
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
 _ELEMENT = re.compile(r"([A-Za-z][A-Za-z0-9_]*)(?:\[([^\]]*)\])?\Z")
 _VERSION = re.compile(r"<?([0-9]+)\.([0-9]+)>?\Z")
-_DECLARATIONS = frozenset({"declare-input", "declare-output", "declare-hidden"})
 _FLOAT_TYPES = frozenset({"real", "float16", "bfloat16", "float32", "float64"})
 _OTHER_TYPES = frozenset({
     "float8e4m3fn", "float8e5m2", "float8e4m3fnuz", "float8e5m2fnuz", "float4e2m1", "int4", "uint4", "int8",

@@ -31,6 +31,7 @@ from verifier.validate import Replayer, validate
 from vnnlib.spec import Spec
 
 if TYPE_CHECKING:
+    from verifier.bounds import BoundResult
     from verifier.certificate.record import ProofLog
 
 log = logging.getLogger(__name__)
@@ -191,27 +192,52 @@ def run_pipeline(
         if status is Status.SAT:
             log.warning("milp: HiGHS called a spec with a counterexample infeasible")
         return status, cex
+    screened = _screen(problem, objectives, config, deadline, stats, proofs)
+    open_cases = [i for i in range(len(objectives)) if screened is None or i not in screened[0]]
     if config.attack.enabled:
         t = time.monotonic()
-        cex = _attack_all(problem, objectives, config, deadline, gen)
+        cex = _attack_all(problem, objectives, open_cases, config, deadline, gen)
         stats["attack_time"] = round(time.monotonic() - t, 4)
         if cex is not None:
             return Status.SAT, cex
     if config.stop_after == "attack" or deadline.expired():
         return Status.UNKNOWN, None
-    return _prove(problem, objectives, config, deadline, stats, gen, proofs)
+    return _prove(problem, objectives, config, deadline, stats, gen, proofs,
+                  None if screened is None else (open_cases, screened[1]))
+
+
+def _screen(
+    problem: Problem, objectives: list[CaseObjective], config: Config, deadline: Deadline, stats: dict,
+    proofs: ProofLog | None,
+) -> tuple[dict, dict] | None:
+    """For a spec of several cases, IBP and CROWN on all of them in batches before anything else
+    (``incomplete.screen_cases``): a case they prove needs no attack and no per-case stage."""
+    if len(objectives) < 2 or config.stop_after == "attack":
+        return None
+    from verifier.incomplete import screen_cases
+
+    proven, left = screen_cases(problem.net, objectives, config, deadline, stats, keep_proven=proofs is not None)
+    if proofs is not None:
+        for index, root in proven.items():
+            proofs.root_bounds(index, objectives[index], root)
+    return proven, left
 
 
 def _prove(
     problem: Problem, objectives: list[CaseObjective], config: Config, deadline: Deadline, stats: dict,
     gen: torch.Generator, proofs: ProofLog | None = None,
+    screened: tuple[list[int], dict[int, BoundResult]] | None = None,
 ) -> tuple[Status, Counterexample | None]:
-    """Incomplete bounds on every case, then branch and bound on those left open."""
+    """Incomplete bounds on every case (``screened``: only on the listed cases, starting from their
+    batched IBP and CROWN bounds where given), then branch and bound on those left open."""
     from verifier.incomplete import incomplete_stages
 
     roots = {}
-    for index, obj in enumerate(objectives):
-        proven, root = incomplete_stages(problem.net, obj, config, deadline, stats)
+    todo = range(len(objectives)) if screened is None else screened[0]
+    for index in todo:
+        obj = objectives[index]
+        proven, root = incomplete_stages(problem.net, obj, config, deadline, stats,
+                                         None if screened is None else screened[1].get(index))
         if proofs is not None:
             proofs.root_bounds(index, obj, root)
         if not proven:
@@ -258,11 +284,13 @@ def _validator(problem: Problem, case_index: int):
 
 
 def _attack_all(
-    problem: Problem, objectives: list[CaseObjective], config: Config, deadline: Deadline, gen: torch.Generator
+    problem: Problem, objectives: list[CaseObjective], cases: list[int], config: Config, deadline: Deadline,
+    gen: torch.Generator,
 ) -> Counterexample | None:
     attack_deadline = Deadline(min(deadline.at, time.monotonic() + config.attack.time_limit))
-    for index, obj in enumerate(objectives):
-        cex = attack_case(problem.net, obj, _validator(problem, index), config.attack, attack_deadline, gen)
+    for index in cases:
+        cex = attack_case(problem.net, objectives[index], _validator(problem, index), config.attack,
+                          attack_deadline, gen)
         if cex is not None or attack_deadline.expired():
             return cex
     return None

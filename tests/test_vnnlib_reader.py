@@ -289,13 +289,13 @@ def test_model_counts_are_checked():
 
 
 def test_conjunct_cap():
-    ors = "".join("(assert (or (<= Y_0 0) (<= Y_1 0)))\n" for _ in range(17))
-    with pytest.raises(SpecError, match="131072 disjuncts, more than the limit 100000"):
+    ors = "".join("(assert (or (<= Y_0 0) (<= Y_1 0)))\n" for _ in range(20))
+    with pytest.raises(SpecError, match="1048576 disjuncts, more than the limit 1000000"):
         parse(ors)
     assert len(parse(ors[: 36 * 3]).cases[0].polytopes) == 8
     with pytest.raises(SpecError, match="limit 7"):
         parse(ors[: 36 * 3], max_conjuncts=7)
-    nested = "(assert (and" + " (or (<= Y_0 0) (<= Y_1 0))" * 17 + "))"
+    nested = "(assert (and" + " (or (<= Y_0 0) (<= Y_1 0))" * 20 + "))"
     assert_at(error(decls() + nested), 6, 9, "more than the limit")
 
 

@@ -69,7 +69,7 @@ from vnnlib.spec import Case, Polytope, Spec, SpecError
 
 logger = logging.getLogger(__name__)
 
-MAX_CONJUNCTS = 100_000  # default cap on the size of the disjunctive normal form
+MAX_CONJUNCTS = 1_000_000  # default cap on the size of the disjunctive normal form
 MAX_DEPTH = 200  # deepest nesting of formulas and terms
 
 _TOKEN = re.compile(r";[^\n]*|[()]|[^\s();]+")  # used to locate tokens for error messages
@@ -475,12 +475,18 @@ class _Reader:
 def _tighten(lower: np.ndarray, upper: np.ndarray, bounds: list[_Bound]) -> tuple[np.ndarray, np.ndarray]:
     """Copies of the box ``lower <= x <= upper`` cut down by ``bounds``."""
     lower, upper = lower.copy(), upper.copy()  # (n,), (n,)
-    if bounds:
+    if len(bounds) > 64:
         idx = np.fromiter((a.index for a in bounds), dtype=np.int64, count=len(bounds))
         val = np.fromiter((a.value for a in bounds), dtype=np.float64, count=len(bounds))
         up = np.fromiter((a.upper for a in bounds), dtype=bool, count=len(bounds))
         np.minimum.at(upper, idx[up], val[up])
         np.maximum.at(lower, idx[~up], val[~up])
+        return lower, upper
+    for a in bounds:  # a few bounds (a spec of many small boxes): cheaper than numpy's calls
+        if a.upper:
+            upper[a.index] = min(upper[a.index], a.value)
+        else:
+            lower[a.index] = max(lower[a.index], a.value)
     return lower, upper
 
 

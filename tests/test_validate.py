@@ -84,3 +84,17 @@ def test_replayer_opens_onnxruntime_lazily_and_unreadable_models_confirm_nothing
     case = Case(np.zeros(1), np.ones(1), (Polytope(np.ones((1, 1)), np.ones(1), np.zeros(1, bool)),))
     assert validate(replayer, Spec((case,), 1, 1), np.array([0.5])) is None
     assert not replayer.available
+
+
+def test_written_values_are_the_ones_the_model_ran_on_where_they_lie_in_the_box(tmp_path):
+    """A checker that casts the written values to the model's dtype before checking the box (VNN-COMP
+    2026's, for VNN-LIB 2.0) sees the same point: each written value is a float32 number when its cast
+    stays in the box, and stays float64 only where it cannot (a fixed input float32 cannot represent)."""
+    rep = Replayer(_model(tmp_path / "m.onnx"))
+    cex = validate(rep, _spec(), np.array([0.9, 0.8]))
+    assert cex is not None and np.all(cex.x == cex.x.astype(np.float32))
+    assert np.all(cex.x >= 0) and np.all(cex.x <= 1)
+    lo = np.nextafter(np.float64(np.float32(0.9)), 1.0)  # just above a float32 number: the cast leaves the box
+    box = Case(np.array([lo, 0.5]), np.array([1.0, 1.0]), (Polytope(np.array([[-1.0, 0.0]]), np.array([-1.5])),))
+    cex = validate(rep, Spec((box,), 2, 2), np.array([lo, 0.8]))
+    assert cex is not None and cex.x[0] == lo and cex.x[1] == np.float32(0.8)

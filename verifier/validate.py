@@ -91,8 +91,8 @@ def validate(replayer: Replayer, spec: Spec, x: np.ndarray, case_index: int | No
     """A strictly validated counterexample from candidate ``x``, or None.
 
     The candidate is snapped into the box of each case tried (``case_index``, or every case); the
-    snapped float64 values are the counterexample as written, and the model runs on them cast to
-    its input dtype.
+    snapped float64 values, each cast to the model's input dtype where the cast stays in the box, are the
+    counterexample as written, and the model runs on them cast to its input dtype.
     """
     cases = range(len(spec.cases)) if case_index is None else [case_index]
     if not replayer.available:
@@ -102,6 +102,11 @@ def validate(replayer: Replayer, spec: Spec, x: np.ndarray, case_index: int | No
         xc = snap_into_box(x, case)
         if xc is None:
             continue
+        # write the values the model runs on where they lie in the box too: then a checker that casts
+        # the written values to the model's dtype before checking the box (VNN-COMP 2026's, for
+        # VNN-LIB 2.0) sees the same point
+        cast = xc.astype(replayer.dtype).astype(np.float64)
+        xc = np.where((case.lower <= cast) & (cast <= case.upper), cast, xc)
         y = replayer.run(xc.astype(replayer.dtype))
         if spec.is_violated_by(xc, y.astype(np.float64)):
             return Counterexample(x=xc, y=y)

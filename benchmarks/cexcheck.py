@@ -18,11 +18,16 @@ from pathlib import Path
 import numpy as np
 
 _ENTRY = re.compile(r"\(\s*([XY])_(\d+)\s+([^\s()]+)\s*\)")
+_HEADER = re.compile(r"^\s*\S+\s+\S+\s*\[[\d,\s]*\]\s*$")  # VNN-LIB 2.0: NAME TYPE [d0,d1]
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16}
 
 
 def parse_assignment(text: str) -> tuple[np.ndarray, np.ndarray]:
-    """``x`` and ``y`` (float64) from VNN-COMP output ``sat ((X_0 v) ... (Y_0 v) ...)``."""
+    """``x`` and ``y`` (float64) from VNN-COMP output ``sat ((X_0 v) ... (Y_0 v) ...)``, or from the
+    VNN-LIB 2.0 assignment (after ``sat``: a line ``NAME TYPE [shape]`` and its values, one per line,
+    for the input, then the same for the output)."""
+    if not _ENTRY.search(text):
+        return _parse_v2(text)
     values: dict[str, dict[int, float]] = {"X": {}, "Y": {}}
     for kind, index, number in _ENTRY.findall(text):
         values[kind][int(index)] = float(number)
@@ -36,6 +41,18 @@ def parse_assignment(text: str) -> tuple[np.ndarray, np.ndarray]:
     if out[0].size == 0:
         raise ValueError("no X_i values after sat")
     return out[0], out[1]
+
+
+def _parse_v2(text: str) -> tuple[np.ndarray, np.ndarray]:
+    blocks: list[list[float]] = []
+    for line in text.splitlines():
+        if _HEADER.match(line):
+            blocks.append([])
+        elif line.strip() and blocks:
+            blocks[-1].append(float(line))
+    if len(blocks) < 2 or not blocks[0]:
+        raise ValueError("no X_i values after sat")
+    return np.array(blocks[0], dtype=np.float64), np.array(blocks[1], dtype=np.float64)
 
 
 def check_counterexample(onnx_path: Path, vnnlib_path: Path, text: str) -> str:

@@ -338,3 +338,20 @@ def test_plot_without_matplotlib_is_a_clear_error(tmp_path: Path) -> None:
                          env={**os.environ, "MPLBACKEND": "Agg"})
     assert run.returncode == 3
     assert run.stderr.strip() == "verify-bench: error: plotting needs matplotlib: pip install 'relu-verifier[plots]'"
+
+
+def test_the_replay_reads_vnnlib2_counterexamples(tmp_path):
+    """A 2.0 spec's counterexample is written in the 2.0 assignment format; the runner's replay reads it."""
+    from verifier.api import verify
+    from verifier.cli import format_result
+
+    spec = MODELS / "test_prop_v2.vnnlib"
+    result = verify(MODELS / "test_sat.onnx", spec, timeout=30)
+    cex = result.counterexample
+    text = format_result(str(result.status), cex.x, cex.y, result.spec)
+    assert text.startswith("sat\n") and "(X_0" not in text
+    assert check_counterexample(MODELS / "test_sat.onnx", spec, text) == "ok"
+    assert check_counterexample(MODELS / "test_unsat.onnx", spec, text) == (
+        "bad: onnxruntime outputs on X are not in an unsafe region")
+    assert check_counterexample(MODELS / "test_sat.onnx", spec, text.split("\n")[0] + "\n") == (
+        "bad: no X_i values after sat")

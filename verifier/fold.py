@@ -8,7 +8,10 @@ kept as their error bounds (``verifier.constants``):
   ``Dense``/``Conv`` before it, or else into the ``Dense``/``Conv`` after it, moving it past a
   ``Reshape`` when a ``Dense`` follows; two ``Scale``\\ s in a row become one;
 * two ``Dense`` in a row (no nonlinearity between) become one; ``Relu`` of ``Relu`` is one ``Relu``;
-* a zero ``Pad`` of the spatial axes before a ``Conv`` becomes the conv's padding.
+* a zero ``Pad`` of the spatial axes before a ``Conv`` becomes the conv's padding;
+* a ``Gather`` of a ``Reshape``/``Transpose``/``Gather``/zero ``Pad``, and a ``Reshape``/``Transpose`` of a
+  ``Gather``, become one ``Gather`` (selections compose without arithmetic); a ``Gather`` that selects
+  everything in order is a ``Reshape``; a flat ``Gather`` of a ``Dense`` is a ``Dense`` of the selected rows.
 
 A node is absorbed only when its single consumer is the node that absorbs it (so nothing is
 computed twice) and it is not the network's output.  Fold in float64 and cast afterwards to
@@ -19,11 +22,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from math import prod
 
 import torch
 
 from verifier import constants as K
-from verifier.network import Conv, Dense, Network, Node, Pad, Relu, Reshape, Scale, Tensor
+from verifier.forward import pad_last
+from verifier.network import Conv, Dense, Gather, Network, Node, Pad, Relu, Reshape, Scale, Tensor, Transpose
 
 _Rewrite = Callable[[Network, int, list[list[int]]], "Network | None"]
 
@@ -33,7 +38,7 @@ def fold(net: Network) -> Network:
     rewrites: tuple[_Rewrite, ...] = (
         _drop_identity_reshape, _merge_reshapes, _drop_identity_scale, _merge_scales,
         _scale_into_producer, _scale_into_consumer, _scale_past_reshape, _merge_dense, _merge_relus,
-        _pad_into_conv,
+        _pad_into_conv, _compose_selections, _drop_identity_gather, _gather_into_dense,
     )
     net = prune(net)
     changed = True
@@ -268,6 +273,74 @@ def _pad_into_conv(net: Network, i: int, cons: list[list[int]]) -> Network | Non
     top, left, bottom, right = conv.padding
     padding = (top + pads[1], left + pads[2], bottom + pads[4], right + pads[5])
     return _with_node(net, c, replace(net.nodes[c], op=replace(conv, padding=padding), inputs=node.inputs))
+
+
+def _source_index(node: Node, in_shape: tuple[int, ...]) -> Tensor | None:
+    """For a node that only moves the entries of its one input: the flat input index that each output
+    reads (-1: a 0), on the CPU; None for any other node."""
+    op, n_in = node.op, prod(in_shape)
+    if isinstance(op, Reshape):
+        return torch.arange(n_in)
+    if isinstance(op, Transpose):
+        return torch.arange(n_in).reshape(in_shape).permute(op.perm).reshape(-1)
+    if isinstance(op, Pad) and op.value == 0.0:
+        return pad_last(torch.arange(n_in).reshape(in_shape), op.pads, -1).reshape(-1)
+    if isinstance(op, Gather):
+        return op.index.cpu()
+    return None
+
+
+def _compose_selections(net: Network, i: int, cons: list[list[int]]) -> Network | None:
+    """``Gather(Reshape|Transpose|Gather|zero Pad(x))`` or ``Reshape|Transpose(Gather(x))`` -> one ``Gather(x)``
+    (a Pad of a Gather stays: it may fold into a Conv).  Nothing is computed twice, so the first node may
+    have other readers."""
+    node = net.nodes[i]
+    if len(node.inputs) != 1:
+        return None
+    src = net.nodes[node.inputs[0]]
+    if len(src.inputs) != 1 or not (isinstance(node.op, Gather) or (isinstance(src.op, Gather) and
+                                                                    isinstance(node.op, (Reshape, Transpose)))):
+        return None
+    outer, inner = _source_index(node, src.shape), _source_index(src, net.nodes[src.inputs[0]].shape)
+    if outer is None or inner is None:
+        return None
+    index = torch.where(outer >= 0, inner[outer.clamp(min=0)], -1)
+    device = node.op.index.device if isinstance(node.op, Gather) else src.op.index.device
+    return _with_node(net, i, replace(node, op=Gather(index.to(device)), inputs=src.inputs))
+
+
+def _drop_identity_gather(net: Network, i: int, cons: list[list[int]]) -> Network | None:
+    """A ``Gather`` of every entry in order is a ``Reshape`` (dropped when the shape is the same too)."""
+    node = net.nodes[i]
+    if not isinstance(node.op, Gather):
+        return None
+    src = net.nodes[node.inputs[0]]
+    index = node.op.index
+    if index.numel() != src.size or not torch.equal(index.cpu(), torch.arange(src.size)):
+        return None
+    return _bypass(net, i) if src.shape == node.shape else _with_node(net, i, replace(node, op=Reshape()))
+
+
+def _gather_into_dense(net: Network, i: int, cons: list[list[int]]) -> Network | None:
+    """A flat ``Gather`` of at most as many entries as the ``Dense`` it alone reads -> a ``Dense`` of the
+    selected rows (rows of zeros for the index -1); the rows' values are copied, so nothing rounds."""
+    node = net.nodes[i]
+    if not isinstance(node.op, Gather) or len(node.shape) != 1:
+        return None
+    p = node.inputs[0]
+    src = net.nodes[p]
+    if not isinstance(src.op, Dense) or _sole_consumer(net, p, cons) != i or node.size > src.size:
+        return None
+    index, fills = node.op.index, node.op.fills
+
+    def rows(t: Tensor | None) -> Tensor | None:
+        if t is None:
+            return None
+        return (torch.cat([t, t.new_zeros(1, *t.shape[1:])]) if fills else t)[index].contiguous()
+
+    d = src.op
+    op = Dense(weight=rows(d.weight), bias=rows(d.bias), weight_err=rows(d.weight_err), bias_err=rows(d.bias_err))
+    return _with_node(net, i, replace(node, op=op, inputs=src.inputs, name=src.name or node.name))
 
 
 def _full(t: Tensor, shape: tuple[int, ...]) -> Tensor:

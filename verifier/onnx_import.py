@@ -8,6 +8,10 @@ per-sample axes; since the IR evaluates each sample on its own, it is pure bookk
 
 Subgraphs that depend only on initializers (e.g. the Shape/Gather/Concat chains that compute
 Reshape targets in PyTorch exports) are evaluated at load time with ``onnx.reference``.
+Operators that only move entries (Slice, Split, Gather, GatherElements with constant parameters) are run
+by ``onnx.reference`` too, on the tensor of flat positions: what comes out says where each entry comes
+from, and becomes one ``Gather`` node per output.  Nearest-neighbour Resize/Upsample by integer factors
+and ConvTranspose (zero insertion, then a Conv) are selections too, computed here.
 Unsupported operators are all collected and reported in one ``UnsupportedModelError``.
 """
 
@@ -36,6 +40,7 @@ from verifier.network import (
     Concat,
     Conv,
     Dense,
+    Gather,
     Input,
     MaxPool,
     Network,
@@ -309,19 +314,24 @@ def _fold_constant(ctx: _Context, node: onnx.NodeProto, args: list) -> list[_Val
         return [_constant_value(node)]
     if node.op_type == "Identity":
         return [args[0]]
+    try:
+        return _reference(ctx, node, args)
+    except Exception as e:  # the reference implementation raises anything
+        raise _Unsupported(f"cannot evaluate it on constants: {_one_line(e)}") from None
+
+
+def _reference(ctx: _Context, node: onnx.NodeProto, args: list) -> list[np.ndarray | None]:
+    """The outputs of ``node`` on the arrays ``args`` by the ONNX reference implementation (which raises
+    anything on bad input)."""
     from onnx.reference import ReferenceEvaluator  # imported only for models that need it
 
     feeds = {x: a for x, a in zip(node.input, args) if x}
-    try:
-        elem = {x: helper.np_dtype_to_tensor_dtype(a.dtype) for x, a in feeds.items()}
-        inputs = [helper.make_tensor_value_info(x, elem[x], None) for x in feeds]
-        outputs = [helper.make_tensor_value_info(y, TensorProto.UNDEFINED, None) for y in node.output if y]
-        graph = helper.make_graph([node], "fold", inputs, outputs)
-        model = helper.make_model(graph, opset_imports=list(ctx.opset_imports))
-        values = ReferenceEvaluator(model).run(None, feeds)
-    except Exception as e:  # the reference implementation raises anything
-        raise _Unsupported(f"cannot evaluate it on constants: {_one_line(e)}") from None
-    it = iter(values)
+    elem = {x: helper.np_dtype_to_tensor_dtype(a.dtype) for x, a in feeds.items()}
+    inputs = [helper.make_tensor_value_info(x, elem[x], None) for x in feeds]
+    outputs = [helper.make_tensor_value_info(y, TensorProto.UNDEFINED, None) for y in node.output if y]
+    graph = helper.make_graph([node], "fold", inputs, outputs)
+    model = helper.make_model(graph, opset_imports=list(ctx.opset_imports))
+    it = iter(ReferenceEvaluator(model).run(None, feeds))
     return [np.asarray(next(it)) if y else None for y in node.output]
 
 
@@ -909,6 +919,220 @@ def _cv_concat(ctx: _Context, node, args) -> list[_Value]:
     return [ctx.emit(Concat(axis=axis), list(args), tuple(shape), first.batched, name)]
 
 
+# ---------------------------------------------------------------- selections (Gather nodes) and sums
+
+
+def _positions(v: _Var) -> np.ndarray:
+    """The flat position of every entry of ``v``, in its ONNX shape (float64: exact below 2^53)."""
+    return np.arange(prod(v.onnx_shape), dtype=np.float64).reshape(v.onnx_shape)
+
+
+def _emit_selection(ctx: _Context, v: _Var, picked: np.ndarray, name: str, needed: bool = True,
+                    fills: bool = False) -> _Value:
+    """The tensor of ONNX shape ``picked.shape`` whose entries are those of ``v`` at the flat positions
+    ``picked`` (with ``fills``, -1: a 0); a Reshape (or nothing) when it takes every entry in order.  An
+    empty tensor is unsupported where ``needed``, else left as poison."""
+    flat = picked.reshape(-1)
+    n = prod(v.onnx_shape)
+    index = flat.astype(np.int64)
+    if not np.array_equal(index, flat) or np.any(index < (-1 if fills else 0)) or np.any(index >= n):
+        raise _Unsupported("it computes new values (only selections of entries are supported)")
+    if index.size == 0:
+        if needed:
+            raise _Unsupported("an output is empty")
+        return _POISON
+    out_shape = tuple(int(d) for d in picked.shape)
+    if index.size == n and np.array_equal(index, np.arange(n)):
+        return _reshape(ctx, v, out_shape, name)
+    keep_batch = v.batched and len(out_shape) >= 1 and out_shape[0] == 1
+    shape = out_shape[1:] if keep_batch else out_shape
+    return ctx.emit(Gather(torch.from_numpy(index)), [v], shape, keep_batch, name)
+
+
+def _cv_select(ctx: _Context, node, args) -> list[_Value]:
+    """Slice, Split, Gather, GatherElements: the reference implementation on the positions of the input
+    (every other input a constant) says which entry each output reads."""
+    v = args[0]
+    for x, a in zip(node.input[1:], args[1:]):
+        if a is not None:
+            _const(a, f"its input '{x}'")
+    try:
+        outs = _reference(ctx, node, [_positions(v), *args[1:]])
+    except Exception as e:  # the reference implementation raises anything
+        raise ModelError(f"ONNX node {_where(node)} ({node.op_type}) is malformed: {_one_line(e)}") from None
+    name = _name(node)
+    return [None if o is None else _emit_selection(ctx, v, o, f"{name}/{k}" if k else name, y in ctx.needed)
+            for k, (y, o) in enumerate(zip(node.output, outs))]
+
+
+_NEAREST_COORDINATES = ("half_pixel", "pytorch_half_pixel", "asymmetric", "tf_half_pixel_for_nn")
+_NEAREST_MODES = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
+
+
+def _cv_resize(ctx: _Context, node, args) -> list[_Value]:
+    """Resize and Upsample in mode nearest by integer factors: a selection."""
+    v, attrs = args[0], _attrs(node)
+    shape = v.onnx_shape
+    if attrs.get("mode", "nearest") != "nearest":
+        raise _Unsupported(f"mode={attrs['mode']} (only nearest is supported)")
+    factors = _resize_factors(ctx, node, args, attrs, shape)
+    if node.op_type == "Upsample" or ctx.opset < 11:  # Upsample and Resize-10: x = i / s, floor
+        coordinates, rounding = "asymmetric", "floor"
+    else:
+        coordinates = attrs.get("coordinate_transformation_mode", "half_pixel")
+        rounding = attrs.get("nearest_mode", "round_prefer_floor")
+    if coordinates not in _NEAREST_COORDINATES:
+        raise _Unsupported(f"coordinate_transformation_mode={coordinates}")
+    if rounding not in _NEAREST_MODES:
+        raise ModelError(f"Resize {_where(node)}: unknown nearest_mode {rounding}")
+    picked = _positions(v)
+    for axis, (size, f) in enumerate(zip(shape, factors)):
+        if f != 1:
+            picked = np.take(picked, _nearest_source(size, f, coordinates, rounding), axis=axis)
+    return [_emit_selection(ctx, v, picked, _name(node))]
+
+
+def _resize_factors(ctx: _Context, node, args, attrs: dict, shape: tuple[int, ...]) -> list[int]:
+    """The integer factor of every axis, from the scales or the sizes (given for ``axes`` only, opset 18)."""
+    if node.op_type == "Upsample" and "scales" in attrs:
+        scales, sizes = np.asarray(attrs["scales"], dtype=np.float64), None
+    elif node.op_type == "Upsample" or ctx.opset < 11:
+        scales, sizes = _const(args[1], "scales"), None
+    else:
+        given = [None if len(args) <= k or args[k] is None else _const(args[k], "scales and sizes")
+                 for k in (2, 3)]
+        scales, sizes = (a if a is not None and a.size else None for a in given)
+        if sizes is not None and attrs.get("keep_aspect_ratio_policy", "stretch") != "stretch":
+            raise _Unsupported(f"keep_aspect_ratio_policy={attrs['keep_aspect_ratio_policy']}")
+    axes = [int(a) + len(shape) if int(a) < 0 else int(a) for a in attrs.get("axes", range(len(shape)))]
+    given = scales if sizes is None else sizes
+    if given is None or given.size != len(axes):
+        raise ModelError(f"Resize {_where(node)}: needs scales or sizes for the {len(axes)} axes")
+    factors = [1] * len(shape)
+    for a, g in zip(axes, given.reshape(-1).tolist()):
+        f = g if sizes is None else g / shape[a]
+        if f != int(f) or f < 1:
+            raise _Unsupported(f"{'scale' if sizes is None else 'size'} {g} on an axis of size {shape[a]} "
+                               "(only integer upsampling factors are supported)")
+        factors[a] = int(f)
+    return factors
+
+
+def _nearest_source(size: int, f: int, coordinates: str, rounding: str) -> np.ndarray:
+    """For an axis of ``size`` entries upsampled ``f`` times: the entry each output reads (ONNX Resize's
+    coordinate transformation, nearest rounding, clamped to the axis)."""
+    i = np.arange(size * f, dtype=np.float64)
+    if coordinates == "asymmetric":
+        x = i / f
+    elif coordinates == "tf_half_pixel_for_nn":
+        x = (i + 0.5) / f
+    else:  # half_pixel, and pytorch_half_pixel (the same where the output has more than one entry)
+        x = (i + 0.5) / f - 0.5
+    tie = x - np.floor(x) == 0.5
+    if rounding == "floor":
+        r = np.floor(x)
+    elif rounding == "ceil":
+        r = np.ceil(x)
+    elif rounding == "round_prefer_floor":
+        r = np.where(tie, np.floor(x), np.floor(x + 0.5))
+    else:
+        r = np.where(tie, np.ceil(x), np.floor(x + 0.5))
+    return np.clip(r, 0, size - 1).astype(np.int64)
+
+
+def _cv_conv_transpose(ctx: _Context, node, args) -> list[_Value]:
+    """2-D ConvTranspose as a selection (the input's entries spread ``stride`` apart, zeros between them;
+    none for stride 1) read by a padded Conv of stride 1 with the flipped kernel: exact, no expanded matrix."""
+    name = _name(node)
+    w = _const(args[1], "the weight")  # (C_in, C_out / group, kh, kw)
+    if w.ndim != 4:
+        raise _Unsupported(f"{w.ndim - 2}-D transposed convolution")
+    v = _with_batch(ctx, args[0], name)
+    attrs = _attrs(node)
+    group = int(attrs.get("group", 1))
+    c_in, c_out_g, kh, kw = w.shape
+    if len(v.shape) != 3 or c_in != v.shape[0] or c_in % group:
+        raise ModelError(f"ConvTranspose '{name}': weight {list(w.shape)} and group {group} do not fit "
+                         f"input {list(v.onnx_shape)}")
+    if tuple(attrs.get("kernel_shape", (kh, kw))) != (kh, kw):
+        raise ModelError(f"ConvTranspose '{name}': kernel_shape disagrees with the weight")
+    if "output_shape" in attrs:
+        raise _Unsupported("output_shape")
+    if attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "", "VALID"):
+        raise _Unsupported(f"auto_pad={attrs['auto_pad']}")
+    strides = [int(s) for s in attrs.get("strides", (1, 1))]
+    dil = [int(d) for d in attrs.get("dilations", (1, 1))]
+    pads = [int(p) for p in attrs.get("pads", (0, 0, 0, 0))] if attrs.get("auto_pad", "NOTSET") != "VALID" else [0] * 4
+    extra = [int(p) for p in attrs.get("output_padding", (0, 0))]
+    sources, padding, out_hw = [], [0] * 4, []
+    for a, (n, k, s, d) in enumerate(zip(v.shape[1:], (kh, kw), strides, dil)):
+        # the input spread s apart, (k - 1) d - pads zeros before and after it (the Conv's padding; if
+        # negative: cropped), and output_padding more zeros at the end
+        before, after = (k - 1) * d - pads[a], (k - 1) * d - pads[a + 2] + extra[a]
+        padding[a], padding[a + 2] = max(before, 0), max(after, 0)
+        q = np.arange(max(-before, 0), (n - 1) * s + 1 - max(-after, 0))  # position in the spread axis
+        sources.append(np.where(q % s == 0, q // s, -1))
+        out_hw.append(padding[a] + q.size + padding[a + 2] - (k - 1) * d)
+        if q.size < 1 or out_hw[-1] < 1:
+            raise ModelError(f"ConvTranspose '{name}': pads {pads} leave no output")
+    hw = v.shape[1] * v.shape[2]
+    picked = (np.arange(c_in)[:, None, None] * hw + sources[0][None, :, None] * v.shape[2]
+              + sources[1][None, None, :])
+    picked = np.where((sources[0][None, :, None] >= 0) & (sources[1][None, None, :] >= 0), picked, -1)
+    spread = _emit_selection(ctx, v, picked[None].astype(np.float64), name, fills=True)
+    c_in_g = c_in // group
+    weight = w.reshape(group, c_in_g, c_out_g, kh, kw).transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]
+    c_out = group * c_out_g
+    bias = _t(_const(args[2], "the bias")) if len(args) > 2 and args[2] is not None else torch.zeros(c_out)
+    op = Conv(weight=_t(weight.reshape(c_out, c_in_g, kh, kw)), bias=bias.to(torch.float64), stride=(1, 1),
+              padding=tuple(padding), dilation=tuple(dil), groups=group)
+    return [ctx.emit(op, [spread], (c_out, *out_hw), True, name)]
+
+
+def _cv_reduce_sum(ctx: _Context, node, args) -> list[_Value]:
+    """ReduceSum as a Conv of ones over the summed axes of a ``(C, H, W)`` tensor, else as a Dense of 0/1
+    weights on the flattened input (both exact constants)."""
+    v, attrs, name = args[0], _attrs(node), _name(node)
+    shape = v.onnx_shape
+    r = len(shape)
+    if ctx.opset < 13:
+        axes = attrs.get("axes")
+    else:
+        axes = _const(args[1], "axes").reshape(-1).tolist() if len(args) > 1 and args[1] is not None else None
+    if not axes:
+        if ctx.opset >= 13 and attrs.get("noop_with_empty_axes", 0):
+            return [v]
+        axes = range(r)
+    axes = {int(a) + r if int(a) < 0 else int(a) for a in axes}
+    if any(not 0 <= a < r for a in axes):
+        raise ModelError(f"ReduceSum '{name}': axes {sorted(axes)} out of range for rank {r}")
+    kept = tuple(1 if a in axes else d for a, d in enumerate(shape))
+    out_shape = kept if attrs.get("keepdims", 1) else tuple(d for a, d in enumerate(shape) if a not in axes)
+    summed = {a for a in axes if shape[a] > 1}  # summing a size-1 axis only drops it
+    if not summed:
+        return [_reshape(ctx, v, out_shape, name)]
+    if v.batched and len(v.shape) == 3 and 0 not in summed:
+        c, h, w = v.shape
+        kernel = (h if 2 in summed else 1, w if 3 in summed else 1)
+        if 1 in summed:  # all channels into one
+            op = Conv(weight=torch.ones(1, c, *kernel, dtype=torch.float64), bias=torch.zeros(1, dtype=torch.float64),
+                      stride=(1, 1), padding=(0, 0, 0, 0))
+        else:  # each channel on its own
+            op = Conv(weight=torch.ones(c, 1, *kernel, dtype=torch.float64), bias=torch.zeros(c, dtype=torch.float64),
+                      stride=(1, 1), padding=(0, 0, 0, 0), groups=c)
+        return [_reshape(ctx, ctx.emit(op, [v], kept[1:], True, name), out_shape, name)]
+    n, m = prod(shape), prod(kept)
+    if n * m > _MAX_EXPANDED:
+        raise _Unsupported(f"its {n} x {m} sum is too large to expand")
+    coords = np.indices(shape).reshape(r, n)
+    coords[sorted(axes)] = 0
+    weight = torch.zeros(m, n, dtype=torch.float64)
+    weight[torch.from_numpy(np.ravel_multi_index(tuple(coords), kept)), torch.arange(n)] = 1.0
+    flat = v if len(v.shape) == 1 else ctx.emit(Reshape(), [v], (n,), False, name)
+    dense = ctx.emit(Dense(weight=weight, bias=torch.zeros(m, dtype=torch.float64)), [flat], (m,), False, name)
+    return [_reshape_flat(ctx, dense, out_shape, v.batched, name)]
+
+
 _Converter = Callable[[_Context, onnx.NodeProto, list], list[_Value]]
 _CONVERTERS: dict[str, _Converter] = {
     "Identity": _cv_identity, "Dropout": _cv_dropout, "Cast": _cv_cast, "Shape": _cv_shape, "Size": _cv_size,
@@ -917,4 +1141,6 @@ _CONVERTERS: dict[str, _Converter] = {
     "Squeeze": _cv_squeeze, "Unsqueeze": _cv_unsqueeze, "Transpose": _cv_transpose, "Conv": _cv_conv,
     "BatchNormalization": _cv_batchnorm, "AveragePool": _cv_pool, "MaxPool": _cv_pool,
     "GlobalAveragePool": _cv_global_pool, "GlobalMaxPool": _cv_global_pool, "Pad": _cv_pad, "Concat": _cv_concat,
+    "Slice": _cv_select, "Split": _cv_select, "Gather": _cv_select, "GatherElements": _cv_select,
+    "Resize": _cv_resize, "Upsample": _cv_resize, "ConvTranspose": _cv_conv_transpose, "ReduceSum": _cv_reduce_sum,
 }

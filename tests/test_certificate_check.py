@@ -277,7 +277,8 @@ TAMPERED = {
     "negative multiplier": (RELU_SPLIT, dict(beta=[[-1.0, 0.0]]), "multiplier is negative"),
     "multiplier on an unsplit neuron": (RELU_SPLIT, dict(beta=[[1.0, 0.5]]), "on an unsplit neuron"),
     "negative weight": (SPLIT_AT_0, dict(closes=[close(1), close(2, w=[-1.0])]), "weights"),
-    "zero weights": (SPLIT_AT_0, dict(closes=[close(1), close(2, w=[0.0])]), "weights"),
+    # all-zero weights are allowed (a Farkas closure of an empty region) but bound 0 here: not positive
+    "zero weights": (SPLIT_AT_0, dict(closes=[close(1), close(2, w=[0.0])]), "does not rule out"),
     "slope row out of range": (SPLIT_AT_0, dict(closes=[close(1), close(2, alpha=0)]), "names no slope row"),
     "polytope out of range": (SPLIT_AT_0, dict(closes=[close(1), close(2, poly=1)]), "names no polytope"),
     "closure on a box the node lacks": (SPLIT_AT_0, dict(closes=[close(1), close(2, on_box=True)]),

@@ -339,3 +339,19 @@ def test_reduce_sum_weights_are_ones() -> None:
         net = load_onnx_model(framed(build, shape, opset))
         ones = {1.0} if kind is Conv else {0.0, 1.0}
         assert any(isinstance(n.op, kind) and set(torch.unique(n.op.weight).tolist()) == ones for n in net.nodes), name
+
+
+def test_lp_leaves_whose_split_signs_contradict_are_closed_by_a_farkas_ray(tmp_path) -> None:
+    """A wider box on the ReduceSum net: thousands of ReLU-splitting leaves are empty (their split signs
+    contradict). HiGHS calls their LP infeasible, and its 'duals' there certify nothing; the Farkas ray,
+    recomputed rigorously (weights 0, the pre-activations' coefficients from the ray), closes them."""
+    model = save(case_model("reduce-sum-input"), tmp_path / "m.onnx")
+    net = load_onnx(model, dtype=torch.float64)
+    centre = np.random.default_rng(0).standard_normal(net.n_inputs)
+    lo, hi = centre - 0.25, centre + 0.25
+    best = _minimum(net, lo, hi)
+    below = tmp_path / "below.vnnlib"
+    below.write_text(write_spec(_spec(net, best - 0.002 * (1 + abs(best)), lo, hi)))
+    for engine in ("milp", "auto"):
+        result = verify(model, below, timeout=90, config=Config(engine=engine))
+        assert result.status is Status.UNSAT, (engine, result.status, result.message)

@@ -634,11 +634,14 @@ def _validate(net: _Net, case: Case, cp: CaseProof) -> str | None:
             return message
     if np.any(cp.box[cp.close_node[cp.close_on_box]] < 0) or np.any(cp.box[cp.contract_node] < 0):
         return "a closure on the contracted box, or a cut, is at a node without one"
-    for name, weights, poly in (("closure", cp.close_weights, cp.close_poly), ("cut", cp.contract_weights,
-                                                                                   cp.contract_poly)):
+    # a closure's weights may all be 0: a positive bound of 0 then proves its region has no point (an LP
+    # leaf whose split signs contradict, closed by a Farkas ray); a cut needs a row to cut with
+    for name, weights, poly, zero_ok in (("closure", cp.close_weights, cp.close_poly, True),
+                                         ("cut", cp.contract_weights, cp.contract_poly, False)):
         beyond = np.arange(R)[None, :] >= rows[poly][:, None]
-        bad = ~np.all(np.isfinite(weights) & (weights >= 0), 1) | ~np.any(weights > 0, 1) | np.any(
-            beyond & (weights != 0), 1)
+        bad = ~np.all(np.isfinite(weights) & (weights >= 0), 1) | np.any(beyond & (weights != 0), 1)
+        if not zero_ok:
+            bad |= ~np.any(weights > 0, 1)
         if bad.any():
             j = int(np.nonzero(bad)[0][0])
             return f"{name} {j} has weights that are negative, not finite, all zero or past the polytope's rows"

@@ -66,7 +66,12 @@ def decide_lp(net: Network, region: Region, polytopes: Sequence[Polytope], deadl
             x = _candidate(net, region, poly, enc.input_of(values), accept)
             if x is not None:
                 return ExactOutcome(Status.SAT, x, time.monotonic() - start, n + 1)
-        proof = None if duals is None else _certified(net, region, poly, enc, duals)
+        # an empty region (its split signs contradict): the LP's Farkas ray, with the rows' weights 0 where
+        # it gives none, certifies that no point satisfies the signs (HiGHS's "duals" of an infeasible LP
+        # certify nothing)
+        ray = session.farkas_ray()
+        proof = (_certified(net, region, poly, enc, ray, empty=True) if ray is not None
+                 else _certified(net, region, poly, enc, duals) if duals is not None else None)
         if proof is not None:
             verdicts.append(Status.UNSAT)
             proofs.append(proof)
@@ -87,14 +92,15 @@ def _candidate(net: Network, region: Region, poly: Polytope, x: np.ndarray, acce
     return confirmed(net, x, Case(region.lower, region.upper, ()), poly)
 
 
-def _certified(net: Network, region: Region, poly: Polytope, enc: NetworkEncoding, duals: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray] | None:
+def _certified(net: Network, region: Region, poly: Polytope, enc: NetworkEncoding, duals: np.ndarray,
+               empty: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
     """The rows' weights and the pre-activations' coefficients (all ReLU layers side by side) when the
-    LP's duals, recomputed rigorously, prove that some row of ``poly`` is positive at every point of the
-    region; else None."""
+    LP's duals (``empty``: its Farkas ray), recomputed rigorously, prove that some row of ``poly`` is
+    positive at every point of the region; else None.  Weights all 0 with a positive bound prove the
+    region has no point at all."""
     k = poly.A.shape[0]
     lam = np.clip(-duals[-k:], 0.0, None)  # the margin rows A_j y - s <= b_j come last
-    if not np.any(lam > 0):
+    if not empty and not np.any(lam > 0):
         return None
     dtype, device = net.dtype, net.device
     C, d = _exactly(poly.A, dtype, device), _exactly(poly.b, dtype, device)

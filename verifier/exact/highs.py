@@ -112,6 +112,22 @@ class LpSession:
         sol = self._h.getSolution()
         return np.asarray(sol.row_dual, dtype=np.float64) if sol.dual_valid else None
 
+    def farkas_ray(self) -> np.ndarray | None:
+        """After a solve that found the LP infeasible: the row multipliers of its dual ray, oriented as
+        row duals so that their dual bound is positive (a Farkas certificate of the LP as encoded,
+        still a hint), else None."""
+        if self._h.getModelStatus() != highspy.HighsModelStatus.kInfeasible:
+            return None
+        _, has_ray, ray = self._h.getDualRay()
+        if not has_ray:
+            return None
+        ray = np.asarray(ray, dtype=np.float64)
+        zero = np.zeros(self.problem.n_cols)
+        for y in (ray, -ray):
+            if self._dual_bound(zero, y) > 0:
+                return y
+        return None
+
     def _dual_bound(self, cost: np.ndarray, y: np.ndarray) -> float:
         """``min_v (cost - A^T y) v`` over the column box plus the row-bound terms of ``y``."""
         p = self.problem

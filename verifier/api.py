@@ -64,7 +64,9 @@ def verify(
     if config.proof or config.certify:
         # the checker recomputes every intermediate bound by CROWN: bounds optimized beyond it (alpha-CROWN's
         # intermediate slopes, intersected over its iterations) could not be replayed
-        config = replace(config, alpha=replace(config.alpha, optimize_intermediate=False))
+        # nor bounds from forward linear bounds
+        config = replace(config, alpha=replace(config.alpha, optimize_intermediate=False),
+                         bab=replace(config.bab, input=replace(config.bab.input, forward="off")))
     with contextlib.ExitStack() as run:
         if isinstance(model, Network) and onnx_path is None:
             onnx_path = _export(model, Path(run.enter_context(tempfile.TemporaryDirectory(prefix="verifier-"))))

@@ -30,13 +30,16 @@ def incomplete_stages(
     (``screened``: the case's IBP and CROWN bound from ``screen_cases``, whose stages are then skipped)."""
     domains = Domains(obj.lower.unsqueeze(0), obj.upper.unsqueeze(0))
     C, d = obj.C.unsqueeze(0), obj.d.unsqueeze(0)  # (1, S, n_out), (1, S)
+    forward = forward_bounds(net, config)
     stages = [("ibp", lambda known: ibp(net, domains, C, d)),
-              ("crown", lambda known: crown(net, domains, C, d, known=known)),
+              ("crown", lambda known: crown(net, domains, C, d, known=known, forward=forward)),
               ("alpha", lambda known: alpha_crown(net, domains, C, d, config.alpha, known=known,
                                                   deadline=deadline))]
+    if forward:  # alpha-CROWN's backward passes for every intermediate layer are what forward bounds avoid
+        stages = stages[:2]
     best: BoundResult | None = screened
     if screened is not None:
-        stages = stages[2:]
+        stages = [s for s in stages if s[0] == "alpha"]
         if config.stop_after in ("ibp", "crown"):
             return False, screened
     for name, stage in stages:
@@ -55,6 +58,16 @@ def incomplete_stages(
         if name == config.stop_after or deadline.expired():
             break
     return False, best
+
+
+def forward_bounds(net: Network, config: Config) -> bool:
+    """Whether the cases of ``net`` get their intermediate bounds from forward linear bounds (input
+    splitting on a network of few inputs and many ReLUs; ``bab.input.forward``)."""
+    from verifier.bab.input_split import relu_count
+    from verifier.bab.solve import choose_branching
+
+    return choose_branching(net, config.bab) == "input" and config.bab.input.use_forward(net.n_inputs,
+                                                                                          relu_count(net))
 
 
 def screen_cases(
@@ -84,7 +97,8 @@ def screen_cases(
             open_ = _screened(objs[0], res, part, proven, keep_proven)
             if open_.numel() and config.stop_after != "ibp":
                 t = time.monotonic()
-                sub = crown(net, domains.select(open_), C[open_], d[open_], known=res.intermediate.select(open_))
+                sub = crown(net, domains.select(open_), C[open_], d[open_], known=res.intermediate.select(open_),
+                            forward=forward_bounds(net, config))
                 stats["crown_time"] = round(stats.get("crown_time", 0.0) + time.monotonic() - t, 4)
                 lower = torch.maximum(sub.lower, res.lower[open_])
                 res = BoundResult(lower, None, sub.intermediate, sub.slopes, sub.betas)

@@ -45,6 +45,7 @@ def input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts: 
     ``recorder`` (optional) records the proof tree."""
     C, d = obj.C.unsqueeze(0), obj.d.unsqueeze(0)
     record = recorder or NO_RECORD
+    fwd = opts.input.use_forward(net.n_inputs, relu_count(net))
     # corners of the boxes bounded since the last settle whose concrete outputs looked unsafe
     probes: list[tuple[Tensor, Tensor]] = []
 
@@ -62,7 +63,8 @@ def input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts: 
 
     def cheap_chunk(children: SubproblemBatch) -> SubproblemBatch:
         # a child's box lies in its parent's: the parent's intermediate bounds stay valid
-        res = crown(net, children.domains, C, d, known=children.intermediate, need_linear=opts.input.contract)
+        res = crown(net, children.domains, C, d, known=children.intermediate, need_linear=opts.input.contract,
+                    forward=fwd)
         record.bounded(children.ident, obj, children.bound, res.lower, res.intermediate)
         children = keep_best(children, res)
         if res.linear is None:
@@ -99,7 +101,7 @@ def input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts: 
             return strong_input_split(parents, estimate, obj, finish=cheap)
         return cheap(bisect_inputs(parents, input_split_dims(net, obj, parents)))
 
-    estimate = _estimates(net, obj, opts.input.bound_chunk, probes)
+    estimate = _estimates(net, obj, opts.input.bound_chunk, probes, fwd)
 
     def settle(open_: SubproblemBatch) -> tuple[SubproblemBatch, Counterexample | None, bool]:
         cex = validate_best(probes, validate_fn) or check_centres(net, obj, open_, validate_fn)
@@ -132,8 +134,8 @@ def contract_children(obj: CaseObjective, children: SubproblemBatch, linear: tup
     return replace(children, lower=lower, upper=upper, bound=bound)
 
 
-def _estimates(net: Network, obj: CaseObjective, chunk: int, probes: list[tuple[Tensor, Tensor]]
-               ) -> Callable[[SubproblemBatch], SubproblemBatch]:
+def _estimates(net: Network, obj: CaseObjective, chunk: int, probes: list[tuple[Tensor, Tensor]],
+               forward: bool = False) -> Callable[[SubproblemBatch], SubproblemBatch]:
     """Strong branching's ranking of candidate splits: CROWN and contraction without rounding slack, on a
     float32 copy of a float64 network, in chunks of similar children as ``cheap``; nothing is dropped on
     these bounds (the chosen children are bounded again).  The corners that the candidates' linear bounds
@@ -146,7 +148,8 @@ def _estimates(net: Network, obj: CaseObjective, chunk: int, probes: list[tuple[
 
     def one_chunk(children: SubproblemBatch) -> SubproblemBatch:
         dom = _cast(children.domains, dtype)
-        res = crown(e_net, dom, C, d, known=_cast(children.intermediate, dtype), need_linear=True, rigorous=False)
+        res = crown(e_net, dom, C, d, known=_cast(children.intermediate, dtype), need_linear=True, rigorous=False,
+                    forward=forward)
         ranked = replace(children, lower=dom.lower, upper=dom.upper,
                          bound=torch.maximum(children.bound.to(dtype), res.lower), intermediate=None)
         probes.append(unsafe_corners(net, obj, replace(children, bound=ranked.bound.to(children.bound.dtype)),
@@ -158,6 +161,11 @@ def _estimates(net: Network, obj: CaseObjective, chunk: int, probes: list[tuple[
         return in_chunks(one_chunk, children, chunk, key)
 
     return estimate
+
+
+def relu_count(net: Network) -> int:
+    """The number of ReLU neurons of ``net``."""
+    return sum(net.nodes[r].size for r in net.relu_indices)
 
 
 def _cast(x, dtype: torch.dtype):

@@ -43,11 +43,23 @@ class InputSplitOptions:
     exact_share: float = 0.1  # ... while those searches have taken at most this share of the time
     exact_per_round: int = 16  # ... at most this many per round
     warm_start: bool = False  # alpha: start a child's slope optimization from its parent's slopes
+    # intermediate bounds by forward linear bounds (bounds/forward_linear.py) instead of CROWN's backward
+    # passes; auto: on networks of at most forward_max_inputs inputs and at least forward_min_relus ReLUs
+    forward: Literal["auto", "on", "off"] = "auto"
+    forward_max_inputs: int = 16
+    forward_min_relus: int = 1000
 
     def __post_init__(self) -> None:
         check_choices(self)
         if self.max_dim < 0 or self.batch_size < 1 or self.bound_chunk < 1:
             raise ValueError("max_dim must be at least 0, batch_size and bound_chunk at least 1")
+
+    def use_forward(self, n_inputs: int, relus: int) -> bool:
+        """Whether input splitting on a network of ``n_inputs`` inputs and ``relus`` ReLU neurons takes
+        its intermediate bounds from forward linear bounds."""
+        if self.forward != "auto":
+            return self.forward == "on"
+        return n_inputs <= self.forward_max_inputs and relus >= self.forward_min_relus
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from verifier.bounds.backward import Relaxations, backward_linear, backward_lower, concretize
+from verifier.bounds.forward_linear import forward_intermediate
 from verifier.bounds.graph import relu_inputs
 from verifier.bounds.ibp import Interval, NodeBounds, intermediate_of, mark_empty, spec_interval, sweep
 from verifier.bounds.prepare import check_domains, check_known, check_no_tf32, spec_rows
@@ -46,6 +47,7 @@ def crown(
     reuse_known: int = 0,
     need_linear: bool = False,
     rigorous: bool = True,
+    forward: bool = False,
 ) -> BoundResult:
     """CROWN bounds of ``C f(x) - d`` ``(B, S)`` over each domain (``None`` C: the outputs),
     intersected with the interval bounds.  ``known`` pre-activation bounds (e.g. the
@@ -54,8 +56,14 @@ def crown(
     layer ``k``, layers ``0..k`` are unchanged, so branch-and-bound can pass ``k + 1``).
     ``need_linear`` also returns the rows' linear lower bounds in ``x`` (``BoundResult.linear``).
     ``rigorous=False``: estimates without rounding slack (``NodeBounds.rigorous``), to rank
-    choices only; nothing may be dropped on them."""
+    choices only; nothing may be dropped on them.  ``forward``: the intermediate bounds by forward
+    linear bounds (``forward_linear``; cheaper on few inputs), only the spec rows by a backward pass
+    (where the network has nodes it does not handle, or splits, as without it)."""
     check_domains(net, domains)
+    if forward and domains.splits is None:
+        fwd = forward_intermediate(net, domains, known)
+        if fwd is not None:
+            known, reuse_known = fwd, len(net.relu_indices)
     check_known(net, known, domains.batch, reuse_known)
     check_no_tf32(domains.lower.device)
     C, d = spec_rows(net, domains.batch, C, d)

@@ -1,0 +1,104 @@
+"""Forward linear bounds (``bounds/forward_linear.py``): sound on random networks of every supported
+family, dtype and box width (sampled points, box faces crowded), never looser than the interval bounds,
+and as CROWN's intermediate bounds (``crown(..., forward=True)``) sound for the spec rows too."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.nets import (
+    Builder,
+    check_bounds,
+    conv_net,
+    dense_net,
+    gather_index,
+    random_box,
+    relu_pre,
+    residual_net,
+    sample_box,
+)
+from verifier.bounds import Domains, crown, ibp
+from verifier.bounds.forward_linear import forward_intermediate, supports
+from verifier.network import Dense, Gather, Network, Scale
+
+
+def _selection_net(gen: torch.Generator) -> Network:
+    """A Scale on a conv's input, a Gather with repeats and a filled 0 between dense layers."""
+    b = Builder((2, 3, 3), gen)
+    s = b.add_op(Scale(b._randn(2, 1, 1), b._randn(2, 1, 1) * 0.1), (b.last,))
+    b.conv(3, k=2, padding=(0, 0, 1, 1), src=s)
+    b.relu()
+    b.dense(12)
+    r = b.relu()
+    b.add_op(Gather(gather_index(12)), (r,), (12,))
+    b.dense(8)
+    b.relu()
+    b.dense(2)
+    return b.build(dtype=torch.float64)
+
+
+FAMILIES = {
+    "dense": lambda g: dense_net(g, sizes=(2, 24, 24, 24, 3)),
+    "wide": lambda g: dense_net(g, sizes=(3, 64, 32, 16, 2)),
+    "conv": conv_net,
+    "residual": residual_net,
+    "selection": _selection_net,
+}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("width", [2.0, 0.05])
+def test_forward_bounds_contain_every_sampled_point(family: str, dtype: torch.dtype, width: float):
+    for seed in range(3):
+        gen = torch.Generator().manual_seed(seed)
+        net = FAMILIES[family](gen).to(dtype=dtype)
+        lo, hi = random_box(gen, net.n_inputs, 4, torch.float64, width=width)
+        lo, hi = lo.to(dtype), hi.to(dtype)
+        fwd = forward_intermediate(net, Domains(lo, hi))
+        assert fwd is not None
+        xs = sample_box(gen, lo.double(), hi.double(), 300)
+        pre, _ = relu_pre(net.to(dtype=torch.float64), xs.reshape(-1, net.n_inputs))
+        for k, p in enumerate(pre):
+            p = p.reshape(4, -1, p.shape[-1])
+            assert bool((p >= fwd.lower[k].double()[:, None]).all()), (family, seed, k)
+            assert bool((p <= fwd.upper[k].double()[:, None]).all()), (family, seed, k)
+            # never looser than the interval bounds
+            iv = ibp(net, Domains(lo, hi)).intermediate
+            assert bool((fwd.lower[k] >= iv.lower[k]).all() and (fwd.upper[k] <= iv.upper[k]).all())
+        C = torch.randn(4, 3, net.n_outputs, generator=gen, dtype=torch.float64).to(dtype)
+        d = torch.randn(4, 3, generator=gen, dtype=torch.float64).to(dtype)
+        res = crown(net, Domains(lo, hi), C, d, forward=True)
+        check_bounds(net, None, res, C, d, xs, rtol=0.0)
+
+
+def test_constants_with_error_bounds_widen_the_bounds():
+    """A Dense whose stored weight may be off by ``weight_err`` (a constant computed at load): the bounds
+    must hold for every weight within it, not only for the stored one."""
+    gen = torch.Generator().manual_seed(5)
+    net = dense_net(gen, sizes=(2, 6, 6, 1))
+    lo, hi = -torch.ones(1, 2, dtype=torch.float64), torch.ones(1, 2, dtype=torch.float64)
+    plain = forward_intermediate(net, Domains(lo, hi))
+    first = net.nodes[1]
+    err = torch.full_like(first.op.weight, 1e-3)
+    nodes = list(net.nodes)
+    nodes[1] = type(first)(Dense(first.op.weight, first.op.bias, err, None), first.inputs, first.shape, first.name)
+    widened = forward_intermediate(Network(tuple(nodes), net.output), Domains(lo, hi))
+    assert bool((widened.lower[0] <= plain.lower[0] - 1e-3).all())
+    assert bool((widened.upper[1] >= plain.upper[1]).all())
+
+
+def test_intersected_with_known_bounds_and_unsupported_nets_decline():
+    gen = torch.Generator().manual_seed(1)
+    net = dense_net(gen, sizes=(2, 8, 8, 1))
+    lo, hi = -torch.ones(1, 2, dtype=torch.float64), torch.ones(1, 2, dtype=torch.float64)
+    full = forward_intermediate(net, Domains(lo, hi))
+    known = type(full)(tuple(lw + 0.25 * (up - lw) for lw, up in zip(full.lower, full.upper)), full.upper)
+    tight = forward_intermediate(net, Domains(lo, hi), known)
+    assert all(bool((t >= k).all()) for t, k in zip(tight.lower, known.lower))
+    from tests.nets import pool_net
+
+    assert not supports(pool_net(gen, "max"))
+    assert forward_intermediate(pool_net(gen, "max"), Domains(-torch.ones(1, 72, dtype=torch.float64),
+                                                              torch.ones(1, 72, dtype=torch.float64))) is None

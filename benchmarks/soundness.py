@@ -42,6 +42,7 @@ log = logging.getLogger("benchmarks.soundness")
 ENGINES: dict[str, dict] = {
     "auto": {"engine": "auto"},
     "bab_input": {"engine": "bab", "bab": {"branching": "input"}},
+    "bab_input_fwd": {"engine": "bab", "bab": {"branching": "input", "input": {"forward": "on"}}},
     "bab_fsb": {"engine": "bab", "bab": {"branching": "relu", "relu": {"branching": "fsb"}}},
     "bab_babsr": {"engine": "bab", "bab": {"branching": "relu", "relu": {"branching": "babsr"}}},
     "milp": {"engine": "milp"},

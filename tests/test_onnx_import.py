@@ -335,6 +335,17 @@ def test_consecutive_dense_merge_and_identity_reshapes_vanish():
     assert kinds(net) == ["Input", "Dense", "Relu", "Dense"]
 
 
+def test_dense_layers_through_a_bottleneck_stay_two():
+    """W2 (8 x 2) W1 (2 x 8) would have 64 entries against 32 for the two factors: not merged (TLL nets'
+    banks took seconds to merge at load); W2 (2 x 8) W1 (8 x 2) is merged."""
+    g = GraphBuilder([1, 8])
+    net = check(g.build(g.dense(g.dense(g.input, 8, 2), 2, 8)))
+    assert kinds(net) == ["Input", "Dense", "Dense"]
+    g = GraphBuilder([1, 2])
+    net = check(g.build(g.dense(g.dense(g.input, 2, 8), 8, 2)))
+    assert kinds(net) == ["Input", "Dense"]
+
+
 @pytest.mark.parametrize("op,pads,expected", [
     ("Sub", [0, 0, 0, 0], ["Input", "Conv"]),
     ("Sub", [1, 1, 1, 1], ["Input", "Scale", "Conv"]),  # the padding sees the shift: no folding

@@ -237,7 +237,8 @@ def _scale_past_reshape(net: Network, i: int, cons: list[list[int]]) -> Network 
 
 
 def _merge_dense(net: Network, i: int, cons: list[list[int]]) -> Network | None:
-    """``Dense2(Dense1(x))`` -> ``Dense(W2 W1, W2 b1 + b2)``."""
+    """``Dense2(Dense1(x))`` -> ``Dense(W2 W1, W2 b1 + b2)``, unless ``W2 W1`` has more entries than ``W1`` and
+    ``W2`` together (a bottleneck between them: TLL nets' banks, where one product took seconds at load)."""
     node = net.nodes[i]
     if not isinstance(node.op, Dense):
         return None
@@ -246,6 +247,9 @@ def _merge_dense(net: Network, i: int, cons: list[list[int]]) -> Network | None:
     if not isinstance(src.op, Dense) or _sole_consumer(net, p, cons) != i:
         return None
     d1, d2 = src.op, node.op
+    (m, k), n = d2.weight.shape, d1.weight.shape[1]
+    if m * n > m * k + k * n:  # through a bottleneck: the product is bigger (and slower) than its factors
+        return None
     weight, weight_err = K.matmul(d2.weight, d2.weight_err, d1.weight, d1.weight_err)
     wb, wb_err = K.matmul(d2.weight, d2.weight_err, *_column(d1.bias, d1.bias_err))
     bias, bias_err = K.add(*_flatten(wb, wb_err), d2.bias, d2.bias_err)

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from verifier.objective import case_objective, round_toward
+from verifier.objective import case_objective, round_toward, with_row_combinations
 from vnnlib.spec import Case, Polytope
 
 
@@ -83,3 +83,16 @@ def test_midpoint_rows_keep_the_spec_rows_and_one_combination_per_pair():
     y = torch.rand(500, 2, dtype=torch.float64) * 6 - 3
     assert torch.equal(small.violation(y), obj.violation(y))
     assert with_row_combinations(obj, steps=2).midpoint_rows().sum() == 3  # 1/3, 2/3: no midpoint
+
+
+def test_opposite_rows_get_no_combinations():
+    """``|y_1| <= t`` as two rows: their half-half combination is the constant ``-t``, which would stand
+    for the polytope's margin on every box where both real rows are below it (reach_prob_density robot:
+    the search's order was lost to it); every combination of opposite rows is dominated anyway."""
+    A = np.array([[0.0, 1.0, 0.0], [0.0, -1.0, 0.0], [-1.0, 0.0, 0.0]])
+    case = Case(np.zeros(2), np.ones(2), (Polytope(A, np.array([0.05, 0.05, -0.1])),))
+    obj = with_row_combinations(case_objective(case, torch.float64, torch.device("cpu")))
+    extra = obj.C[3:]
+    assert extra.shape[0] > 0  # the pairs with the third row are combined
+    assert not bool((extra.abs().sum(1) == 0).any())  # no constant row
+    assert not bool(((extra[:, 0] == 0) & (extra[:, 2] == 0)).any())  # none from the opposite pair alone

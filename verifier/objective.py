@@ -98,9 +98,10 @@ def with_row_combinations(obj: CaseObjective, steps: int = 9, max_rows: int = 8)
 
     A combination is below ``max(r_i, r_j)``, so one with a positive lower bound
     rules its polytope out just like a positive row does (where the rows cross,
-    no single row can).  The unsafe set and ``violation`` are unchanged.  ``lam`` is
-    rounded to a multiple of 1/256 so that combinations of small integer coefficients
-    are exact (``exact_rows`` keeps only exact combinations).
+    no single row can).  Pairs of opposite rows (``_opposite``) get none.  The unsafe
+    set and ``violation`` are unchanged.  ``lam`` is rounded to a multiple of 1/256 so
+    that combinations of small integer coefficients are exact (``exact_rows`` keeps
+    only exact combinations).
     """
     lam = np.round(np.arange(1, steps + 1) / (steps + 1) * 256) / 256  # (L,) multiples of 1/256
     C64, d64 = obj.C.double().cpu().numpy(), obj.d.double().cpu().numpy()
@@ -111,6 +112,8 @@ def with_row_combinations(obj: CaseObjective, steps: int = 9, max_rows: int = 8)
             continue
         for a, i in enumerate(rows):
             for j in rows[a + 1:]:
+                if _opposite(C64[i], C64[j]):
+                    continue
                 w = np.zeros((steps, obj.n_rows))
                 w[:, i], w[:, j] = lam, 1 - lam
                 weights.append(w)
@@ -131,6 +134,14 @@ def with_row_combinations(obj: CaseObjective, steps: int = 9, max_rows: int = 8)
                          torch.cat([obj.groups, g], dim=1),
                          torch.cat([obj.strict, torch.zeros(g.shape[1], dtype=torch.bool, device=obj.strict.device)]),
                          torch.cat([mix, lam_kept]), torch.cat([basis, combined]))
+
+
+def _opposite(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether rows ``a`` and ``b`` point in opposite directions (``b = -k a``, ``k > 0``; e.g. the two sides of
+    ``|y_j| <= t``).  Their combinations are constant (where ``k`` matches ``lam``) or a scaled row with a worse
+    offset: they rule out nothing a row does not, and a constant one would mask the real margin."""
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    return na > 0 and nb > 0 and float(a @ b) <= -(1 - 1e-12) * na * nb
 
 
 def exact_rows(weights: np.ndarray, C: np.ndarray, d: np.ndarray, dtype: torch.dtype,

@@ -1,4 +1,5 @@
-"""Every VNN-COMP 2021 and 2022 model imports, (2021) has the expected folded IR, and matches onnxruntime.
+"""Every VNN-COMP 2021 and 2022 model imports, (2021) has the expected folded IR, and matches onnxruntime
+(of tllverifybench, one model per size).
 
 Each model is compared on 100 points drawn uniformly from the first input box of one of its
 specs (from the set's instances CSV), within ``1e-5 * (1 + |y|)``.  The 2022 sets are gzipped as
@@ -72,9 +73,12 @@ def _packed(path: Path) -> Path:
 
 
 def _instances_2022() -> list[tuple[str, Path, Path]]:
+    """Every 2022 model, except that of tllverifybench's four models of each size (the same architecture,
+    other weights; the largest take about 12 s each) only the first is checked here."""
     csvs = [(name, BENCHMARKS_2022 / name / "instances.csv") for name in SETS_2022]
     found = [(name, p) for name, p in csvs if p.is_file()]
-    return [(f"2022/{s}", _packed(m), _packed(v)) for s, m, v in _instances(found)]
+    return [(f"2022/{s}", _packed(m), _packed(v)) for s, m, v in _instances(found)
+            if s != "tllverifybench" or m.stem.endswith("_0")]
 
 
 def _ids(items):
@@ -109,7 +113,8 @@ def test_every_2022_model_is_found():
     if not BENCHMARKS_2022.is_dir():
         pytest.skip(f"VNN-COMP 2022 benchmarks not found at {BENCHMARKS_2022}")
     assert {s for s, _, _ in INSTANCES_2022} == {f"2022/{s}" for s in SETS_2022}
-    assert len(INSTANCES_2022) == len(list(BENCHMARKS_2022.glob("*/onnx/*.onnx*")))
+    models = list(BENCHMARKS_2022.glob("*/onnx/*.onnx*"))
+    assert len(INSTANCES_2022) == len(models) - 3 * len([m for m in models if "tllBench" in m.name]) // 4
 
 
 @pytest.mark.benchmarks

@@ -352,6 +352,5 @@ def test_lp_leaves_whose_split_signs_contradict_are_closed_by_a_farkas_ray(tmp_p
     best = _minimum(net, lo, hi)
     below = tmp_path / "below.vnnlib"
     below.write_text(write_spec(_spec(net, best - 0.002 * (1 + abs(best)), lo, hi)))
-    for engine in ("milp", "auto"):
-        result = verify(model, below, timeout=90, config=Config(engine=engine))
-        assert result.status is Status.UNSAT, (engine, result.status, result.message)
+    result = verify(model, below, timeout=90)  # the milp engine certifies HiGHS's answer by the same search
+    assert result.status is Status.UNSAT, (result.status, result.message)

@@ -4,6 +4,7 @@ independent checker accepts; ``certify`` answers ``unsat`` only then; tampering 
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import numpy as np
@@ -141,3 +142,112 @@ def test_relu_splitting_leaves_and_forks_check(tmp_path: Path):
         kinds.append(result.proof.cases[0])
     assert kinds[0].nu.shape[0] > 0  # LP leaves
     assert (kinds[1].kind == 3).any()  # forks
+
+
+# ---------------------------------------------------------------- refinement lemmas
+
+REFINE_FIRST = {"bab": {"branching": "relu", "refine": {"after": 0.0}}, "attack": {"enabled": False}}
+
+
+def _abs_trick_files(tmp_path: Path) -> tuple[Path, Path]:
+    """``tests.test_bab_refine.abs_trick_net`` (its second layer's neuron is -0.1 everywhere, unstable under
+    the triangle relaxations) and the spec "output >= 0.05", which only the refined bounds prove at the root."""
+    from tests.test_bab_refine import abs_trick_net
+
+    save_onnx(abs_trick_net(), tmp_path / "abs.onnx")
+    spec = Spec((Case(-np.ones(1), np.ones(1), (Polytope(np.array([[-1.0]]), np.array([-0.05])),)),), 1, 1)
+    (tmp_path / "abs.vnnlib").write_text(write_spec(spec))
+    return tmp_path / "abs.onnx", tmp_path / "abs.vnnlib"
+
+
+def test_refinement_lemmas_check_and_tampered_lemmas_do_not(tmp_path: Path):
+    """The refinement (run first here) proves the neuron's sign by a search: its certificate holds that search
+    as a claimed lemma group and the layer's alpha-CROWN rows as a derived one; without them, or with a
+    lemma changed, the root cannot be closed."""
+    model, spec = _abs_trick_files(tmp_path)
+    result = verify(model, spec, timeout=30, config=_config(**REFINE_FIRST))
+    assert result.status is Status.UNSAT and result.proof is not None, result.message
+    assert result.stats["refine_stabilized"] == 1
+    save_proof(tmp_path / "p.npz", result.proof)
+    proof = load_proof(tmp_path / "p.npz")  # the lemma groups survive the file
+    groups = proof.lemmas[0]
+    assert any(g.derive for g in groups)
+    searched = [m for m, g in enumerate(groups) if g.claimed.any()]
+    assert len(searched) == 1 and groups[searched[0]].tree.kind.size > 1  # a split was needed
+    assert check_proof(model, spec, proof).valid
+
+    def tampered(m: int, **change) -> bool:
+        lemmas = list(groups)
+        lemmas[m] = dataclasses.replace(groups[m], **change)
+        return check_proof(model, spec, dataclasses.replace(proof, lemmas=(tuple(lemmas),))).valid
+
+    m = searched[0]
+    g = groups[m]
+    assert not check_proof(model, spec, dataclasses.replace(proof, lemmas=((),))).valid
+    assert check_proof(model, spec, dataclasses.replace(proof, lemmas=((g,),))).valid  # the sign is what closes
+    assert not tampered(m, side=-g.side)  # the other sign: false, its tree cannot prove it
+    assert not tampered(m, value=g.value + 0.2)  # z <= -0.2: false (z = -0.1)
+    # a claimed tree whose closures are gone proves nothing
+    tree = dataclasses.replace(g.tree, close_node=g.tree.close_node[:0], close_poly=g.tree.close_poly[:0],
+                               close_weights=g.tree.close_weights[:0], close_alpha=g.tree.close_alpha[:0],
+                               close_beta=g.tree.close_beta[:0], close_on_box=g.tree.close_on_box[:0],
+                               close_nu=g.tree.close_nu[:0])
+    assert not tampered(m, tree=tree)
+
+
+def test_lemma_groups_are_checked_in_order_and_name_real_neurons(tmp_path: Path):
+    from verifier.certificate import ProofFormatError
+
+    model, spec = _abs_trick_files(tmp_path)
+    result = verify(model, spec, timeout=30, config=_config(**REFINE_FIRST))
+    proof, groups = result.proof, result.proof.lemmas[0]
+    g = next(x for x in groups if x.claimed.any())
+    bad = dataclasses.replace(g, neuron=g.neuron + 5)
+    checked = check_proof(model, spec, dataclasses.replace(proof, lemmas=((bad,),)))
+    assert not checked.valid and "names no neuron" in checked.reason
+    with pytest.raises(ProofFormatError):
+        dataclasses.replace(g, layer=0)
+    with pytest.raises(ProofFormatError):
+        dataclasses.replace(g, derive=True)  # a derived group is a root alone that claims nothing
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_recorded_refinement_checks_and_its_lemma_bounds_contain_samples(seed: int):
+    """The refinement with a recorder on random deeper nets: every lemma group it records checks (a claimed
+    row that does not raises), the bounds the checker derives contain sampled pre-activations, and every
+    neuron a search made stable is stable by the checked lemmas too."""
+    from tests.nets import relu_pre
+    from tests.test_bab_refine import ALPHA, _objective, _root
+    from verifier.bab.options import BabOptions
+    from verifier.bab.refine import refine_bounds
+    from verifier.certificate.check import _Counts, _lemma_bounds, network_matrices
+    from verifier.certificate.format import _lemma_from
+    from verifier.certificate.record import CaseRecorder
+    from verifier.deadline import Deadline
+
+    gen = torch.Generator().manual_seed(200 + seed)
+    net = dense_net(gen, sizes=(3, 12, 12, 12, 2))
+    lower, upper = -torch.ones(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    C = torch.tensor([[1.0, -1.0]], dtype=torch.float64)
+    obj = _objective(lower, upper, C, torch.zeros(1, dtype=torch.float64))
+    root = _root(net, obj)
+    rec = CaseRecorder(lower, upper, [1], [12, 12, 12])
+    out = refine_bounds(net, obj, root.intermediate, BabOptions(), ALPHA, Deadline(time.monotonic() + 4),
+                        torch.Generator().manual_seed(0), budget=16, recorder=rec)
+    assert all(why is None for _, why in rec.lemmas) and any(g["rows_derive"][0] for g, _ in rec.lemmas)
+    groups = tuple(_lemma_from(g, f"group {m}") for m, (g, _) in enumerate(rec.lemmas))
+    case = Case(lower.numpy(), upper.numpy(), (Polytope(np.array([[1.0, -1.0]]), np.array([0.0])),))
+    lo, hi = _lemma_bounds(network_matrices(net), case, groups, 0, _Counts())
+    x = torch.rand(20000, 3, generator=gen, dtype=torch.float64) * 2 - 1
+    pre = torch.cat(relu_pre(net, x)[0], dim=1).numpy()
+    assert np.all(pre >= lo) and np.all(pre <= hi)
+    # what the engine's searches proved, the checked lemmas prove
+    stabilized = 0
+    for k in range(1, 3):
+        off = 12 * k
+        e_lo, e_hi = out.bounds.lower[k][0].numpy(), out.bounds.upper[k][0].numpy()
+        r_lo, r_hi = root.intermediate.lower[k][0].numpy(), root.intermediate.upper[k][0].numpy()
+        made_active, made_inactive = (e_lo >= 0) & (r_lo < 0), (e_hi <= 0) & (r_hi > 0)
+        assert np.all(lo[off:off + 12][made_active] >= 0) and np.all(hi[off:off + 12][made_inactive] <= 0)
+        stabilized += int(made_active.sum() + made_inactive.sum())
+    assert stabilized >= out.stabilized > 0

@@ -343,12 +343,17 @@ def test_format_round_trip_and_errors(abs_files, tmp_path):
         return out
 
     bad = {
-        "version": (dict(meta=np.array(json.dumps(dict(p.meta, version=2)))), "unsupported certificate version 2"),
+        "version": (dict(meta=np.array(json.dumps(dict(p.meta, version=3)))), "unsupported certificate version 3"),
         "format": (dict(meta=np.array(json.dumps(dict(p.meta, format="x")))), "not a relu-verifier-proof"),
         "missing": ({"case0/box": None}, "case 0: missing 'box'"),
         "dtype": ({"case0/kind": np.zeros(3, np.int64)}, "'kind' must be a 1-d int8 array"),
         "shape": ({"case0/arg": np.zeros(2, np.int64)}, "different lengths"),
         "extra case": ({"case1/kind": np.zeros(1, np.int8)}, "unexpected arrays"),
+        # a lemma group: its rows are required, and groups are numbered from 0
+        "lemma rows": ({f"case0/lemma0/{k}": v for k, v in p.cases[0].arrays().items()},
+                       "case 0 lemma 0: 'rows_layer' missing"),
+        "lemma number": ({"case0/lemma1/kind": np.zeros(1, np.int8)}, "not numbered 0, 1"),
+        "lemma name": ({"case0/lemmax/kind": np.zeros(1, np.int8)}, "unknown array 'lemmax/kind'"),
     }
     for edit, message in bad.values():
         with pytest.raises(ProofFormatError, match=message.replace("(", r"\(")):
@@ -623,11 +628,11 @@ def test_command_line(abs_files, tmp_path):
     assert len(proc.stdout.splitlines()) == 1
     with np.load(good) as z:
         data = {k: z[k] for k in z.files}
-    data["meta"] = np.array(json.dumps(dict(json.loads(str(data["meta"])), version=2)))
-    with open(tmp_path / "v2.npz", "wb") as f:
+    data["meta"] = np.array(json.dumps(dict(json.loads(str(data["meta"])), version=3)))
+    with open(tmp_path / "v3.npz", "wb") as f:
         np.savez_compressed(f, **data)
     for args in ((model, spec, tmp_path / "none.npz"), (tmp_path / "none.onnx", spec, good),
-                 (model, tmp_path / "none.vnnlib", good), (spec, spec, good), (model, spec, tmp_path / "v2.npz")):
+                 (model, tmp_path / "none.vnnlib", good), (spec, spec, good), (model, spec, tmp_path / "v3.npz")):
         proc = _cli(*args)
         assert proc.returncode == 2 and proc.stdout == "", proc.stdout
         assert proc.stderr.startswith("error: ") and len(proc.stderr.splitlines()) == 1, proc.stderr

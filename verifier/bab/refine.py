@@ -35,6 +35,7 @@ from verifier.bab.options import BabOptions
 from verifier.bab.search import BabStats, margins, search
 from verifier.bab.subproblems import SubproblemBatch
 from verifier.bounds import AlphaOptions, BoundResult, Domains, IntermediateBounds, alpha_crown
+from verifier.certificate.record import CaseRecorder
 from verifier.deadline import Deadline
 from verifier.forward import forward
 from verifier.network import Network
@@ -73,10 +74,12 @@ def observed_signs(sub: Network, lower: Tensor, upper: Tensor, samples: int, gen
 def refine_bounds(
     net: Network, obj: CaseObjective, known: IntermediateBounds, opts: BabOptions, alpha_opts: AlphaOptions,
     deadline: Deadline, gen: torch.Generator, budget: int, samples: int = 1024, rows_per_call: int = 256,
-    passes: int = 3, rows_per_search: int = 64,
+    passes: int = 3, rows_per_search: int = 64, recorder: CaseRecorder | None = None,
 ) -> RefineOutcome:
     """``known`` (sound on the case box, batch of 1) with unstable neurons proven stable where the
-    searches can within ``deadline``; never looser than ``known``.
+    searches can within ``deadline``; never looser than ``known``.  ``recorder``: every tightening is
+    recorded as a lemma group of the case's certificate (then the layer's alpha-CROWN bounds every neuron
+    from the earlier layers' bounds as they are, and only proven signs tighten a bound).
 
     Layer by layer (each an equal share of the time left): pass ``i`` lets each neuron's search bound
     ``budget * 4**i`` subdomains, and a later pass tries again the neurons whose searches ran out.
@@ -100,7 +103,8 @@ def refine_bounds(
         # them in a chain, fewer where this layer reads an earlier branch
         r = len(sub.relu_indices)
         earlier = IntermediateBounds(tuple(lower[:r]), tuple(upper[:r]))
-        todo = _candidates(sub, obj, earlier, lo, hi, alpha_opts, layer_deadline, gen, samples, rows_per_call)
+        lemma = None if recorder is None else (recorder, k)
+        todo = _candidates(sub, obj, earlier, lo, hi, alpha_opts, layer_deadline, gen, samples, rows_per_call, lemma)
         after_alpha, layer_tried, layer_stabilized = int(((lo < 0) & (hi > 0)).sum()), 0, 0
         for i in range(passes):
             if not todo or layer_deadline.expired():
@@ -112,11 +116,13 @@ def refine_bounds(
                 group = todo[g : g + rows_per_search]
                 share = layer_deadline.remaining() * len(group) / (len(todo) - g)  # its share, by size
                 outcome, bound = prove_rows(sub, obj, earlier, torch.stack([c.c for c in group]), opts,
-                                            alpha_opts, layer_deadline.within(share), budget * 4**i)
+                                            alpha_opts, layer_deadline.within(share), budget * 4**i, lemma)
                 outcome = outcome.tolist()
                 for cand, o, b in zip(group, outcome, bound.tolist(), strict=True):
                     if o == 0:
                         out_of_budget.append(cand)
+                    if o <= 0 and recorder is not None:
+                        continue  # the bound of an unproven row rests on subdomains let go: no lemma
                     # proven (b = +inf): the bound on that side becomes 0; else the search's lowest bound
                     # of c_j z_j tightens that side (c_j = -e_j: z_j <= -b; c_j = e_j: z_j >= b)
                     # an unproven row's bound tightens at most to 0, and only when it is a real number
@@ -158,18 +164,25 @@ class _Candidate:
 def _candidates(
     sub: Network, obj: CaseObjective, earlier: IntermediateBounds, lo: Tensor, hi: Tensor, alpha_opts: AlphaOptions,
     deadline: Deadline, gen: torch.Generator, samples: int, rows_per_call: int,
+    lemma: tuple[CaseRecorder, int] | None = None,
 ) -> list[_Candidate]:
     """Tighten the cut network's output bounds ``lo``, ``hi`` ``(n,)`` in place by alpha-CROWN on
     ``+-z_j`` of its unstable outputs (from the ``earlier`` layers' bounds), and return the neurons
-    still unstable that sampling saw on one side only, nearest to stable first."""
+    still unstable that sampling saw on one side only, nearest to stable first.  ``lemma`` (the case's
+    recorder, the layer): every neuron is bounded, from ``earlier`` as it is, and each part of the rows
+    is recorded as a derived lemma group (the checker bounds them again with the same slopes)."""
     domains = Domains(obj.lower.unsqueeze(0), obj.upper.unsqueeze(0))
     above, below = observed_signs(sub, obj.lower, obj.upper, samples, gen)
     out = []
-    for part in torch.nonzero((lo < 0) & (hi > 0)).flatten().split(rows_per_call):
+    neurons = torch.arange(lo.numel(), device=lo.device) if lemma else torch.nonzero((lo < 0) & (hi > 0)).flatten()
+    for part in neurons.split(rows_per_call):
         eye = torch.eye(lo.numel(), dtype=lo.dtype, device=lo.device)[part]
         C = torch.cat([eye, -eye]).unsqueeze(0)  # (1, 2m, n)
-        res = alpha_crown(sub, domains, C, C.new_zeros(1, C.shape[1]), alpha_opts, known=earlier, deadline=deadline)
+        res = alpha_crown(sub, domains, C, C.new_zeros(1, C.shape[1]), alpha_opts, known=earlier, deadline=deadline,
+                          reuse_known=0 if lemma is None else len(sub.relu_indices))
         m = part.numel()
+        if lemma is not None:
+            _record_derived(sub, obj, C[0], res, *lemma)
         lo[part] = torch.maximum(lo[part], res.lower[0, :m])
         hi[part] = torch.minimum(hi[part], -res.lower[0, m:])
         # a neuron seen on both sides cannot be stable; otherwise try to prove the side it was seen on
@@ -185,9 +198,30 @@ def _candidates(
     return sorted(out, key=lambda c: c.near)
 
 
+def _lemma_rows(sub: Network, obj: CaseObjective, C: Tensor) -> tuple[CaseObjective, CaseRecorder, Tensor, Tensor]:
+    """The rows ``C`` ``(P, n)`` (each ``+-e_j``) as an objective, a lemma recorder for them over ``sub``, and
+    their neurons and sides."""
+    P = C.shape[0]
+    rows = CaseObjective(lower=obj.lower, upper=obj.upper, C=C, d=C.new_zeros(P),
+                         groups=torch.eye(P, dtype=torch.bool, device=C.device),
+                         strict=torch.zeros(P, dtype=torch.bool, device=C.device))
+    sizes = [sub.nodes[r].size for r in sub.relu_indices]
+    rec = CaseRecorder(obj.lower.cpu(), obj.upper.cpu(), [1] * P, sizes, lemma=True)
+    return rows, rec, C.abs().argmax(1), C.sum(1).sign().to(torch.int8)
+
+
+def _record_derived(sub: Network, obj: CaseObjective, C: Tensor, res: BoundResult, recorder: CaseRecorder,
+                    layer: int) -> None:
+    """Record rows ``C`` bounded by ``res`` as a derived lemma group of layer ``layer``."""
+    rows, rec, neuron, side = _lemma_rows(sub, obj, C)
+    rec.root_closures(rows, res.slopes if res.slopes is not None else res.intermediate)
+    P = C.shape[0]
+    recorder.lemma_group(layer, neuron, side, C.new_zeros(P), torch.zeros(P, dtype=torch.bool), rec, derive=True)
+
+
 def prove_rows(
     sub: Network, obj: CaseObjective, earlier: IntermediateBounds, C: Tensor, opts: BabOptions,
-    alpha_opts: AlphaOptions, deadline: Deadline, budget: int,
+    alpha_opts: AlphaOptions, deadline: Deadline, budget: int, lemma: tuple[CaseRecorder, int] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Per row ``c_p`` of ``C`` ``(P, n)``: ``1`` when ReLU splitting proves ``c_p @ sub(x) > 0`` on the
     whole case box, ``-1`` when it meets an input where ``c_p @ sub(x) <= 0``, else ``0`` (out of time,
@@ -198,7 +232,8 @@ def prove_rows(
     One run of the branch-and-bound loop (``search``) over a tree per row: each subdomain answers for
     its own row only (``relu_start``'s copies of the root), and every round bounds the children of all
     trees in one batch.  The roundest subdomains (margins nearest to 0) go first, so that many rows
-    finish early.  ``earlier``: the bounds of ``sub``'s ReLU layers on the case box.
+    finish early.  ``earlier``: the bounds of ``sub``'s ReLU layers on the case box.  ``lemma`` (the
+    case's recorder, the layer): the search is recorded as a lemma group claiming the proven rows.
     """
     from verifier.bab.relu_split import relu_rule, relu_start
 
@@ -206,17 +241,30 @@ def prove_rows(
     rows = CaseObjective(lower=obj.lower, upper=obj.upper, C=C, d=C.new_zeros(P),
                          groups=torch.eye(P, dtype=torch.bool, device=C.device),
                          strict=torch.zeros(P, dtype=torch.bool, device=C.device))
+    rec = None
+    if lemma is not None:
+        rows, rec, neuron, side = _lemma_rows(sub, obj, C)
     domains = Domains(obj.lower.unsqueeze(0), obj.upper.unsqueeze(0))
     root = alpha_crown(sub, domains, C.unsqueeze(0), C.new_zeros(1, P), alpha_opts, known=earlier, deadline=deadline)
+    if rec is not None:
+        rec.bounded(rec.root_ident(), rows, torch.full_like(root.lower, -torch.inf), root.lower,
+                    root.slopes if root.slopes is not None else root.intermediate)
     rows, start = relu_start(sub, rows, root, per_polytope=True)
+    if rec is not None:
+        start = replace(start, ident=torch.zeros(start.batch, dtype=torch.long, device=start.lower.device))
+        if start.batch > 1:
+            start = rec.forked(start, rows.left_open(start.bound).to(torch.int8).argmax(1).cpu())
     stats = BabStats()
-    rule = relu_rule(sub, rows, lambda x: None, opts, alpha_opts, deadline, stats)
+    rule = relu_rule(sub, rows, lambda x: None, opts, alpha_opts, deadline, stats, rec)
     tracker = _RowTracker(sub, rows, C, budget)
     rule = replace(rule, bound=tracker.counting(rule.bound), settle=tracker.settle, admit=tracker.admit,
                    drain=tracker.drop, priority=lambda batch: -margins(rows, batch.bound), attack=False,
                    name="refine")
     search(sub, rows, start, rule, lambda x: None, opts, deadline, torch.Generator(device=C.device), stats)
-    return tracker.result()
+    outcome, bound = tracker.result()
+    if rec is not None:
+        lemma[0].lemma_group(lemma[1], neuron, side, C.new_zeros(P), (outcome > 0).cpu(), rec)
+    return outcome, bound
 
 
 class _RowTracker:
@@ -288,15 +336,20 @@ def _owner(bound: Tensor) -> Tensor:
 
 def refined_root(
     net: Network, obj: CaseObjective, root: BoundResult, opts: BabOptions, alpha_opts: AlphaOptions,
-    deadline: Deadline, gen: torch.Generator, stats: BabStats,
+    deadline: Deadline, gen: torch.Generator, stats: BabStats, recorder: CaseRecorder | None = None,
 ) -> BoundResult:
     """``root`` with its intermediate bounds refined (``refine_bounds``) and the case's rows bounded
-    again by alpha-CROWN from them; each bound is the better of the two."""
+    again by alpha-CROWN from them; each bound is the better of the two.  ``recorder``: the refinement's
+    lemma groups and the new root bound's closures are recorded."""
     t = time.monotonic()
     before = int(root.intermediate.unstable_count(1)[0])
-    out = refine_bounds(net, obj, root.intermediate, opts, alpha_opts, deadline, gen, opts.refine.neuron_budget)
+    out = refine_bounds(net, obj, root.intermediate, opts, alpha_opts, deadline, gen, opts.refine.neuron_budget,
+                        recorder=recorder)
     res = alpha_crown(net, Domains(obj.lower.unsqueeze(0), obj.upper.unsqueeze(0)), obj.C.unsqueeze(0),
                       obj.d.unsqueeze(0), alpha_opts, known=out.bounds)
+    if recorder is not None:
+        recorder.bounded(recorder.root_ident(), obj, root.lower, res.lower,
+                         res.slopes if res.slopes is not None else res.intermediate)
     best = replace(res, lower=torch.maximum(res.lower, root.lower))
     after = int(best.intermediate.unstable_count(1)[0])
     log.info("refine: %d unstable ReLUs -> %d, worst margin %.5g -> %.5g", before, after,

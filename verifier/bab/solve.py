@@ -85,9 +85,8 @@ def _relu_portfolio(
                                  gen, stats, recorder)
         if status not in (Status.TIMEOUT, Status.UNKNOWN) or deadline.expired():
             return status, cex
-        if recorder is not None:
-            recorder.uncertified("refined intermediate bounds record no proof yet")
-        root = refined_root(net, obj, root, opts, alpha_opts, deadline.share(opts.refine.share), gen, stats)
+        root = refined_root(net, obj, root, opts, alpha_opts, deadline.share(opts.refine.share), gen, stats,
+                            recorder)
         if bool(obj.ruled_out(root.lower).all()):
             return Status.UNSAT, None
     return solve_relu(net, obj, root, validate_fn, opts, alpha_opts, deadline, gen, stats, recorder)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from verifier.certificate.check import CheckResult, UnsupportedCheckError, check_proof
 from verifier.certificate.format import (
     CaseProof,
+    LemmaProof,
     Proof,
     ProofFormatError,
     empty_case_proof,
@@ -19,7 +20,7 @@ from verifier.certificate.format import (
 )
 
 __all__ = [
-    "CaseProof", "CheckResult", "Proof", "ProofFormatError", "UnsupportedCheckError", "check_proof",
+    "CaseProof", "CheckResult", "LemmaProof", "Proof", "ProofFormatError", "UnsupportedCheckError", "check_proof",
     "empty_case_proof", "load_proof", "proof_meta", "save_proof",
 ]
 

@@ -47,10 +47,10 @@ from pathlib import Path
 
 import numpy as np
 
-from verifier.certificate.format import CaseProof, Proof, load_proof
+from verifier.certificate.format import CaseProof, LemmaProof, Proof, load_proof
 from verifier.errors import EXIT_UNSUPPORTED, InputFileError, VerifierError
 from vnnlib.reader import read_spec
-from vnnlib.spec import Case
+from vnnlib.spec import Case, Polytope
 
 U = 2.0**-53  # unit roundoff of float64
 INFLATE = 1.0 + 2.0**-20  # covers the rounding of the error bounds themselves
@@ -578,6 +578,7 @@ class _CaseCheck:
     children: np.ndarray  # (N, 2)
     pos: np.ndarray  # (N,) scratch: position of a node in the chunk being checked, else -1
     counts: _Counts
+    derived: np.ndarray | None = None  # (P,) a derived lemma group's bounds, written by ``_closures``
 
     def fail(self, message: str) -> _Invalid:
         return _Invalid(f"case {self.index}: {message}")
@@ -652,8 +653,13 @@ def _within(x: np.ndarray, lo: int, hi: int) -> bool:
     return bool(np.all((x >= lo) & (x < hi)))
 
 
-def _check_case(net: _Net, case: Case, cp: CaseProof, index: int, counts: _Counts) -> None:
-    """Raise ``_Invalid`` unless ``cp`` proves that no point of the case's box maps into its polytopes."""
+def _check_case(net: _Net, case: Case, cp: CaseProof, index: int | str, counts: _Counts,
+                root_lo: np.ndarray | None = None, root_hi: np.ndarray | None = None,
+                claimed: np.ndarray | None = None, derived: np.ndarray | None = None) -> None:
+    """Raise ``_Invalid`` unless ``cp`` proves that no point of the case's box maps into its polytopes
+    (only the ``claimed`` ones, when given).  ``root_lo``, ``root_hi`` ``(H,)``: pre-activation bounds
+    proven on the box (lemmas).  ``derived`` ``(P,)``: a derived lemma group's root, whose closures
+    write their bounds there instead of ruling anything out."""
     problem = _validate(net, case, cp)
     tree = _parse_tree(cp.kind)
     if problem is None and isinstance(tree, str):
@@ -667,13 +673,21 @@ def _check_case(net: _Net, case: Case, cp: CaseProof, index: int, counts: _Count
     for j, p in enumerate(case.polytopes):
         k = p.A.shape[0]
         A[j, :k], b[j, :k], strict[j, :k] = p.A, p.b, p.strict
-    cc = _CaseCheck(net, index, cp, A, b, strict, children, np.full(len(cp.kind), -1, np.int64), counts)
+    cc = _CaseCheck(net, index, cp, A, b, strict, children, np.full(len(cp.kind), -1, np.int64), counts, derived)
     counts.nodes += len(cp.kind)
     counts.leaves += int(np.sum(cp.kind == 0))
     close_rows, cut_rows = _by_depth(cp.close_node, depth), _by_depth(cp.contract_node, depth)
     H = net.H
+    pre_lo = np.full((1, H), -np.inf) if root_lo is None else root_lo[None, :H].copy()
+    pre_hi = np.full((1, H), np.inf) if root_hi is None else root_hi[None, :H].copy()
+    opened = np.ones((1, P), dtype=bool) if claimed is None else claimed[None].copy()
+    if derived is not None:
+        opened[:] = True  # the root's closures are all evaluated (``_closures`` keeps the polytopes open)
     level = _Level(np.zeros(1, np.int64), case.lower[None], case.upper[None], np.zeros((1, H), np.int8),
-                   np.full((1, H), -np.inf), np.full((1, H), np.inf), np.ones((1, P), dtype=bool))
+                   pre_lo, pre_hi, opened)
+    if derived is not None:
+        _check_chunk(cc, level, np.arange(cp.close_node.size), np.zeros(0, np.int64))
+        return
     chunk = max(1, min(4096, ELEMENTS // (2 * max(net.sizes) * max([n for *_, n in net.layers] + [1]))))
     d = 0
     while level.nodes.size:
@@ -681,6 +695,40 @@ def _check_case(net: _Net, case: Case, cp: CaseProof, index: int, counts: _Count
                  for s in range(0, level.nodes.size, chunk)]
         level = _Level.join(parts)
         d += 1
+
+
+def _cut(net: _Net, k: int) -> _Net:
+    """The network whose output is the pre-activation of ReLU layer ``k`` (its ReLU layers: those before)."""
+    pre = net.layers[k][1]
+    return _Net(net.ops[:pre + 1], net.sizes[:pre + 1], pre, tuple(layer for layer in net.layers if layer[0] < pre))
+
+
+def _lemma_bounds(net: _Net, case: Case, groups: tuple[LemmaProof, ...], index: int, counts: _Counts
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Pre-activation bounds ``(H,)`` proven on the case's box by its lemma groups, checked in order."""
+    lo, hi = np.full(net.H, -np.inf), np.full(net.H, np.inf)
+    for m, g in enumerate(groups):
+        where = f"{index} lemma group {m}"
+        if g.layer >= len(net.layers):
+            raise _Invalid(f"case {where}: names ReLU layer {g.layer} of {len(net.layers)}")
+        _, pre, off, n = net.layers[g.layer]
+        if not _within(g.neuron, 0, n):
+            raise _Invalid(f"case {where}: a row names no neuron of its layer")
+        sub = _cut(net, g.layer)
+        rows = tuple(Polytope(A=(g.side[p] * np.eye(1, n, int(g.neuron[p]))), b=g.value[p:p + 1],
+                              strict=np.zeros(1, dtype=bool)) for p in range(g.neuron.size))
+        derived = np.full(g.neuron.size, -np.inf) if g.derive else None
+        _check_case(sub, Case(case.lower, case.upper, rows), g.tree, where, counts, lo, hi, g.claimed, derived)
+        if g.derive:
+            with np.errstate(invalid="ignore", over="ignore"):
+                proven = _lower(g.value + derived)  # side z_j >= proven (the sum rounded down)
+        else:
+            proven = np.where(g.claimed, g.value, -np.inf)  # side z_j > value, exactly as stored
+        j = off + g.neuron
+        up, down = g.side > 0, g.side < 0
+        np.fmax.at(lo, j[up], proven[up])
+        np.fmin.at(hi, j[down], -proven[down])
+    return lo, hi
 
 
 def _by_depth(node_of_row: np.ndarray, depth: np.ndarray) -> list[np.ndarray]:
@@ -712,6 +760,8 @@ def _check_chunk(cc: _CaseCheck, st: _Level, close_rows: np.ndarray, cut_rows: n
         if contracted.size:
             lo, hi = _contract(cc, bd, st, contracted, cut_rows, open_)
         _closures(cc, bd, st, _alive(cc, close_rows[on_box], cp.close_node, open_), lo, hi, open_)
+        if cc.derived is not None:
+            return st.part(slice(0, 0))
         left = open_.any(1)
         kind = cp.kind[st.nodes]
         stuck = np.nonzero(left & (kind == 0))[0]
@@ -821,6 +871,9 @@ def _closures(cc: _CaseCheck, bd: _Bounds, st: _Level, rows: np.ndarray, lo: np.
             v, S = _concretize(a, k, sl, un, lo[pos[part]], hi[pos[part]])
             ok[part] |= _positive(v[:, 0], S[:, 0], strict[part])
             best[part] = np.fmax(best[part], _lower(v[:, 0] - S[:, 0]))
+        if cc.derived is not None:
+            np.fmax.at(cc.derived, poly, best)
+            continue
         if not ok.all():
             j = int(np.nonzero(~ok)[0][0])
             where = "contracted box of node" if cp.close_on_box[r[j]] else "node"
@@ -956,7 +1009,8 @@ def check_proof(model_path: str | os.PathLike, spec_path: str | os.PathLike, pro
         if meta["relu_sizes"] != [n for *_, n in net.layers]:
             raise _Invalid("certificate is for another model (its ReLU layer sizes differ)")
         for i, (case, cp) in enumerate(zip(spec.cases, proof.cases)):
-            _check_case(net, case, cp, i, counts)
+            root_lo, root_hi = _lemma_bounds(net, case, proof.lemmas[i], i, counts)
+            _check_case(net, case, cp, i, counts, root_lo, root_hi)
     except _Invalid as e:
         return CheckResult(False, str(e), len(spec.cases), counts.nodes, counts.leaves, counts.closures,
                            time.monotonic() - start, load)

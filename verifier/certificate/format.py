@@ -1,4 +1,4 @@
-"""Proof certificates for ``unsat`` answers: the file format (version 1).  Needs only numpy.
+"""Proof certificates for ``unsat`` answers: the file format (version 2; version 1 lacks lemmas).  Needs numpy only.
 
 A certificate is a ``.npz`` file (``numpy.savez_compressed``, read with ``allow_pickle=False``).
 
@@ -64,6 +64,29 @@ A contraction row gives a linear lower bound
 ``a . x + c`` of the same combination, so the polytope's points satisfy ``a . x <= -c``; propagated over
 the node's box these cuts give a box per open polytope, and the contracted box must contain their hull.
 Every leaf must have every polytope ruled out (or an empty region).
+
+Lemmas (version 2): tightened pre-activation bounds that the case's tree may use, e.g. from the
+refinement's searches.  Lemma group ``m`` of case ``i`` has keys ``f"case{i}/lemma{m}/<name>"``: a tree
+with every table above, over the *cut network* whose output is the (flat) pre-activation of ReLU layer
+``k`` (its ReLU layers are the network's first ones, so neuron indices and widths ``H`` are those of
+that prefix), and its rows:
+
+=================  ===========  ==========================================================================
+``rows_layer``     (1,) int64   ``k`` (at least 1)
+``rows_neuron``    (P,) int64   the neuron ``j`` of layer ``k`` of each row
+``rows_side``      (P,) int8    ``+1`` or ``-1``
+``rows_value``     (P,) f64     ``v``
+``rows_claimed``   (P,) bool    the rows the tree proves
+``rows_derive``    (1,) bool    a derived group (below)
+=================  ===========  ==========================================================================
+
+Row ``p`` is the one-row polytope ``side_p z_j <= v_p`` of the cut network's output.  A group's tree is
+checked like a case's over the case's box, with only the claimed polytopes open at the root; then
+``side_p z_j > v_p`` holds on the box and tightens ``z_j``'s bounds (``side = +1``: ``z_j >= v_p``;
+``-1``: ``z_j <= -v_p``).  A *derived* group's tree is its root alone: each closure's rigorous lower bound
+``b`` of ``side z_j - v`` gives ``side z_j >= v + b``, whatever its sign (nothing is claimed; a closure
+can only tighten).  Groups are checked in order, each from the bounds the earlier ones gave; the case's
+tree starts from all of them.
 """
 
 from __future__ import annotations
@@ -77,7 +100,8 @@ from pathlib import Path
 import numpy as np
 
 FORMAT_NAME = "relu-verifier-proof"
-VERSION = 1
+VERSION = 2
+READABLE = (1, 2)  # versions this module reads (1: no lemmas)
 
 # name -> (dtype, number of dimensions)
 _ARRAYS: dict[str, tuple[type, int]] = {
@@ -164,27 +188,80 @@ def _same_width(proof: CaseProof, a: str, b: str) -> None:
         raise ProofFormatError(f"'{a}' and '{b}' have different widths ({x.shape[1]} and {y.shape[1]})")
 
 
+_ROWS: dict[str, tuple[type, int]] = {
+    "rows_layer": (np.int64, 1), "rows_neuron": (np.int64, 1), "rows_side": (np.int8, 1),
+    "rows_value": (np.float64, 1), "rows_claimed": (np.bool_, 1), "rows_derive": (np.bool_, 1),
+}
+
+
+@dataclass(frozen=True, eq=False)
+class LemmaProof:
+    """One lemma group (see the module docstring): its tree over the cut network and its rows."""
+
+    tree: CaseProof
+    layer: int
+    neuron: np.ndarray  # (P,) int64
+    side: np.ndarray  # (P,) int8
+    value: np.ndarray  # (P,) float64
+    claimed: np.ndarray  # (P,) bool
+    derive: bool = False
+
+    def __post_init__(self) -> None:
+        P = {a.shape for a in (self.neuron, self.side, self.value, self.claimed)}
+        if len(P) != 1 or len(next(iter(P))) != 1:
+            raise ProofFormatError("a lemma group's rows have different lengths")
+        if self.layer < 1:
+            raise ProofFormatError("a lemma group's layer must be at least 1")
+        if not np.isin(self.side, (-1, 1)).all() or not np.all(np.isfinite(self.value)):
+            raise ProofFormatError("a lemma row's side is not +-1 or its value is not finite")
+        if self.derive and (self.tree.kind.shape[0] != 1 or self.claimed.any()):
+            raise ProofFormatError("a derived lemma group is a root alone and claims nothing")
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {**self.tree.arrays(), "rows_layer": np.array([self.layer], np.int64), "rows_neuron": self.neuron,
+                "rows_side": self.side, "rows_value": self.value, "rows_claimed": self.claimed,
+                "rows_derive": np.array([self.derive])}
+
+
 @dataclass(frozen=True, eq=False)
 class Proof:
-    """A whole certificate: the meta record and one ``CaseProof`` per case of the spec."""
+    """A whole certificate: the meta record, one ``CaseProof`` per case of the spec, and per case its
+    lemma groups (in the order they are checked)."""
 
     meta: dict
     cases: tuple[CaseProof, ...]
+    lemmas: tuple[tuple[LemmaProof, ...], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cases", tuple(self.cases))
+        object.__setattr__(self, "lemmas", tuple(tuple(g) for g in self.lemmas) or tuple(() for _ in self.cases))
         _check_meta(self.meta)
-        if self.meta["n_cases"] != len(self.cases):
+        if self.meta["n_cases"] != len(self.cases) or len(self.lemmas) != len(self.cases):
             raise ProofFormatError(f"meta says {self.meta['n_cases']} cases, the certificate has {len(self.cases)}")
 
     @classmethod
     def from_arrays(cls, meta: dict, cases: Sequence[Mapping[str, np.ndarray]]) -> Proof:
-        """A proof from per-case mappings of array name (without the case prefix) to array."""
-        return cls(meta, tuple(_case_from(c, f"case {i}") for i, c in enumerate(cases)))
+        """A proof from per-case mappings of array name (without the case prefix) to array; a case's lemma
+        groups are its keys ``lemma{m}/<name>``."""
+        trees, lemmas = [], []
+        for i, c in enumerate(cases):
+            own = {k: v for k, v in c.items() if not k.startswith("lemma")}
+            groups: dict[int, dict[str, np.ndarray]] = {}
+            for k, v in c.items():
+                if k.startswith("lemma"):
+                    head, _, name = k.partition("/")
+                    if not head[5:].isdigit() or not name:
+                        raise ProofFormatError(f"case {i}: unknown array '{k}'")
+                    groups.setdefault(int(head[5:]), {})[name] = v
+            if sorted(groups) != list(range(len(groups))):
+                raise ProofFormatError(f"case {i}: lemma groups are not numbered 0, 1, ...")
+            trees.append(_case_from(own, f"case {i}"))
+            lemmas.append(tuple(_lemma_from(groups[m], f"case {i} lemma {m}") for m in range(len(groups))))
+        return cls(meta, tuple(trees), tuple(lemmas))
 
 
 def proof_meta(model_sha256: str, spec_sha256: str, n_cases: int, relu_sizes: Sequence[int]) -> dict:
-    """The meta record of a version-1 certificate."""
+    """The meta record of a certificate of the current version."""
     return {"format": FORMAT_NAME, "version": VERSION, "model_sha256": model_sha256, "spec_sha256": spec_sha256,
             "n_cases": int(n_cases), "relu_sizes": [int(n) for n in relu_sizes]}
 
@@ -203,6 +280,8 @@ def save_proof(path: str | os.PathLike, proof: Proof) -> None:
     arrays = {"meta": np.array(json.dumps(proof.meta))}
     for i, case in enumerate(proof.cases):
         arrays.update({f"case{i}/{k}": v for k, v in case.arrays().items()})
+        for m, group in enumerate(proof.lemmas[i]):
+            arrays.update({f"case{i}/lemma{m}/{k}": v for k, v in group.arrays().items()})
     with open(path, "wb") as f:
         np.savez_compressed(f, **arrays)
 
@@ -248,14 +327,31 @@ def _case_from(arrays: Mapping[str, np.ndarray], where: str) -> CaseProof:
         raise ProofFormatError(f"{where}: {e}") from None
 
 
+def _lemma_from(arrays: Mapping[str, np.ndarray], where: str) -> LemmaProof:
+    rows = {}
+    for name, (dtype, ndim) in _ROWS.items():
+        a = arrays.get(name)
+        if not isinstance(a, np.ndarray) or a.dtype != np.dtype(dtype) or a.ndim != ndim:
+            raise ProofFormatError(f"{where}: '{name}' missing or not a {ndim}-d {np.dtype(dtype)} array")
+        rows[name] = a
+    if rows["rows_layer"].shape != (1,) or rows["rows_derive"].shape != (1,):
+        raise ProofFormatError(f"{where}: 'rows_layer' and 'rows_derive' hold one value each")
+    try:
+        return LemmaProof(_case_from({k: v for k, v in arrays.items() if k not in _ROWS}, where),
+                          int(rows["rows_layer"][0]), rows["rows_neuron"], rows["rows_side"], rows["rows_value"],
+                          rows["rows_claimed"], bool(rows["rows_derive"][0]))
+    except ProofFormatError as e:
+        raise ProofFormatError(f"{where}: {e}") from None
+
+
 def _check_meta(meta: object) -> None:
     if not isinstance(meta, dict):
         raise ProofFormatError("certificate 'meta' must be a JSON object")
     if meta.get("format") != FORMAT_NAME:
         raise ProofFormatError(f"not a {FORMAT_NAME} certificate (format {meta.get('format')!r})")
-    if meta.get("version") != VERSION:
+    if meta.get("version") not in READABLE:
         raise ProofFormatError(f"unsupported certificate version {meta.get('version')!r} (this checker reads "
-                               f"{VERSION})")
+                               f"{', '.join(map(str, READABLE))})")
     for key in ("model_sha256", "spec_sha256"):
         if not isinstance(meta.get(key), str):
             raise ProofFormatError(f"certificate 'meta' needs a string '{key}'")

@@ -79,8 +79,13 @@ class CaseRecorder:
     """The proof tree of one case: its polytopes have ``row_counts`` rows; the network's ReLU layers
     ``relu_sizes`` neurons."""
 
-    def __init__(self, lower: Tensor, upper: Tensor, row_counts: list[int], relu_sizes: list[int]) -> None:
+    def __init__(self, lower: Tensor, upper: Tensor, row_counts: list[int], relu_sizes: list[int],
+                 lemma: bool = False) -> None:
         self.n_in, self.H = int(lower.shape[0]), int(sum(relu_sizes))
+        # a lemma group's search may let subdomains go: their polytopes are then not claimed
+        self.lemma = lemma
+        self.let_go = torch.zeros(len(row_counts), dtype=torch.bool)
+        self.lemmas: list[tuple[dict[str, np.ndarray], str | None]] = []  # groups' arrays, or why there are none
         self.row_counts, self.relu_sizes = row_counts, relu_sizes
         self.P, self.R = len(row_counts), max(row_counts, default=1)
         self.parent = _Grow((), torch.long, -1)
@@ -223,6 +228,14 @@ class CaseRecorder:
                                        self.shrunk.view()[ids] | on_box))
         self.closed.view()[ids, poly] = True
 
+    def root_closures(self, obj: CaseObjective, slopes: Any) -> None:
+        """A closure at the root for every row of ``obj`` (one row per polytope) with its ``slopes``, whatever
+        its bound: a derived lemma group's rows."""
+        poly, lam = self._weights(obj)
+        row = torch.arange(lam.shape[0])
+        node = torch.zeros_like(row)
+        self.closures.append(_Closures(node, poly, lam, _slopes_at(slopes, node, row)))
+
     def solved(self, ident: int, obj: CaseObjective, polytopes: list[int], duals: tuple) -> None:
         """Node ``ident``'s ``polytopes`` (of ``obj``) proven by the certified LP's ``duals`` (per
         polytope: weights of its rows in ``obj``, coefficients of the pre-activations ``(H,)``)."""
@@ -269,9 +282,32 @@ class CaseRecorder:
             self.uncertified("a polytope was ruled out without a recorded bound")
 
     def dropped(self, ident: Tensor | None) -> None:
-        """The nodes ``ident`` left the search: each must have every polytope ruled out by a record."""
-        if ident is not None and ident.numel() and bool((~self.closed.view()[ident.cpu()]).any()):
-            self.uncertified("a subdomain was decided by a method that records no certificate")
+        """The nodes ``ident`` left the search: each must have every polytope ruled out by a record (in a
+        lemma group's search, their open polytopes are let go instead)."""
+        if ident is not None and ident.numel():
+            open_ = ~self.closed.view()[ident.cpu()]
+            if self.lemma:
+                self.let_go |= open_.any(0)
+            elif bool(open_.any()):
+                self.uncertified("a subdomain was decided by a method that records no certificate")
+
+    def lemma_group(self, layer: int, neuron: Tensor, side: Tensor, value: Tensor, claimed: Tensor,
+                    tree: CaseRecorder | None = None, derive: bool = False) -> None:
+        """A lemma group of this case (``format.py``): rows ``side z_neuron <= value`` of ReLU layer ``layer``'s
+        pre-activation, proven where ``claimed`` by the search ``tree`` recorded (a lemma recorder), or, with
+        ``derive``, bounded by the closures of ``tree``'s root."""
+        if tree is None:
+            self.lemmas.append(({}, "a lemma group without its tree"))
+            return
+        built = tree.build()
+        if built is None:
+            self.lemmas.append(({}, f"a lemma group: {tree.problem}"))
+            return
+        claimed = claimed.cpu() & ~tree.let_go
+        rows = {"rows_layer": np.array([layer], np.int64), "rows_neuron": neuron.cpu().numpy().astype(np.int64),
+                "rows_side": side.cpu().numpy().astype(np.int8), "rows_value": value.cpu().double().numpy(),
+                "rows_claimed": claimed.numpy().astype(bool), "rows_derive": np.array([derive])}
+        self.lemmas.append(({**built, **rows}, None))
 
     # ---- the certificate ----
 
@@ -300,8 +336,14 @@ class CaseRecorder:
         self._order = order_a
         position = np.full(n, -1, np.int64)
         position[order_a] = np.arange(order_a.shape[0])
+        lemmas = {}
+        for m, (arrays, why) in enumerate(self.lemmas):
+            if why is not None:
+                self.uncertified(why)
+                return None
+            lemmas.update({f"lemma{m}/{k}": v for k, v in arrays.items()})
         return {"kind": kind[order_a], "arg": arg[order_a], "point": point[order_a],
-                **self._box_arrays(position), **self._closure_arrays(position)}
+                **self._box_arrays(position), **self._closure_arrays(position), **lemmas}
 
     def _split(self, kids: list[int]) -> tuple[int, int, float, int, int] | None:
         """How a node's two children were made: kind, argument, point, first and second child."""

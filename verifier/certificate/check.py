@@ -152,6 +152,11 @@ class _Net:
     def H(self) -> int:
         return sum(n for *_, n in self.layers)
 
+    @property
+    def offsets(self) -> np.ndarray:
+        """The first global neuron index of each ReLU layer."""
+        return np.array([off for _, _, off, _ in self.layers], dtype=np.int64)
+
 
 def _affine(inputs, mats, errs, bias, bias_err) -> _Affine:
     mats = tuple(np.ascontiguousarray(m, dtype=np.float64) for m in mats)
@@ -325,10 +330,11 @@ class _Bounds:
 
 
 def _sweep(net: _Net, lo0: np.ndarray, hi0: np.ndarray, splits: np.ndarray, parent_lo: np.ndarray,
-           parent_hi: np.ndarray) -> tuple[_Bounds, np.ndarray, np.ndarray]:
+           parent_hi: np.ndarray, fresh: np.ndarray | None = None) -> tuple[_Bounds, np.ndarray, np.ndarray]:
     """Bounds of every node over the regions ``box x splits``; pre-activations by interval and CROWN
     bounds intersected with the parent's (``(B, H)``) and the split constraints.  Also returns the
-    pre-activation bounds ``(B, H)``."""
+    pre-activation bounds ``(B, H)``.  ``fresh`` ``(B,)``: region ``b``'s ReLU layers before ``fresh[b]``
+    are bounded as in its parent (same box, same splits before them): their CROWN pass is not repeated."""
     bd = _Bounds(empty=np.zeros(lo0.shape[0], dtype=bool))
     pre_lo, pre_hi = np.empty_like(parent_lo), np.empty_like(parent_hi)
     for i, op in enumerate(net.ops):
@@ -347,7 +353,8 @@ def _sweep(net: _Net, lo0: np.ndarray, hi0: np.ndarray, splits: np.ndarray, pare
             hi = np.fmin(hi, parent_hi[:, off:off + n])
         bd.lo[i], bd.hi[i] = lo, hi
         bd.mag[i] = np.maximum(np.abs(lo), np.abs(hi))
-        lo, hi = _crown_tighten(net, bd, i)
+        need = None if fresh is None else fresh <= net.layers.index(mine[0])
+        lo, hi = _crown_tighten(net, bd, i, need)
         for _, _, off, n in mine:  # the split constraints after CROWN, as the engine does (same neurons refined)
             s = splits[:, off:off + n]
             lo, hi = np.where(s > 0, np.fmax(lo, 0.0), lo), np.where(s < 0, np.fmin(hi, 0.0), hi)
@@ -400,13 +407,16 @@ def _relax(bd: _Bounds, r: int, p: int, off: int, n: int) -> None:
         bd.under[r] = np.where(unstable, mag + 2.0, 0.0).sum(1, keepdims=True)  # (B, 1)
 
 
-def _crown_tighten(net: _Net, bd: _Bounds, i: int) -> tuple[np.ndarray, np.ndarray]:
+def _crown_tighten(net: _Net, bd: _Bounds, i: int, need: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Node ``i``'s bounds intersected with its CROWN bounds (rows ``+e_j`` and ``-e_j``) on the entries
-    that can take both signs (the neurons the engine refines: then both compute the same relaxations)."""
+    that can take both signs (the neurons the engine refines: then both compute the same relaxations), in
+    the regions ``need`` ``(B,)`` (all by default)."""
     lo, hi, op = bd.lo[i], bd.hi[i], net.ops[i]
     if isinstance(op, _Affine) and set(op.inputs) == {0}:
         return lo, hi  # an affine map of the box: CROWN is its interval bound
     want = (lo < 0) & (hi > 0)
+    if need is not None:
+        want &= need[:, None]
     R = int(want.sum(1).max()) if want.size else 0
     if R == 0:
         return lo, hi
@@ -546,6 +556,7 @@ class _Level:
     pre_lo: np.ndarray  # (B, H) the parent's pre-activation bounds
     pre_hi: np.ndarray
     open: np.ndarray  # (B, P) polytopes not yet ruled out
+    fresh: np.ndarray  # (B,) the first ReLU layer whose bounds differ from the parent's (``_sweep``)
 
     def part(self, s: slice) -> _Level:
         return _Level(*(getattr(self, f)[s] for f in _LEVEL_FIELDS))
@@ -555,7 +566,7 @@ class _Level:
         return _Level(*(np.concatenate([getattr(p, f) for p in parts]) for f in _LEVEL_FIELDS))
 
 
-_LEVEL_FIELDS = ("nodes", "lo", "hi", "splits", "pre_lo", "pre_hi", "open")
+_LEVEL_FIELDS = ("nodes", "lo", "hi", "splits", "pre_lo", "pre_hi", "open", "fresh")
 
 
 @dataclass(eq=False)
@@ -684,7 +695,7 @@ def _check_case(net: _Net, case: Case, cp: CaseProof, index: int | str, counts: 
     if derived is not None:
         opened[:] = True  # the root's closures are all evaluated (``_closures`` keeps the polytopes open)
     level = _Level(np.zeros(1, np.int64), case.lower[None], case.upper[None], np.zeros((1, H), np.int8),
-                   pre_lo, pre_hi, opened)
+                   pre_lo, pre_hi, opened, np.zeros(1, np.int64))
     if derived is not None:
         _check_chunk(cc, level, np.arange(cp.close_node.size), np.zeros(0, np.int64))
         return
@@ -749,7 +760,7 @@ def _check_chunk(cc: _CaseCheck, st: _Level, close_rows: np.ndarray, cut_rows: n
     cp, B = cc.proof, st.nodes.size
     cc.pos[st.nodes] = np.arange(B)
     try:
-        bd, pre_lo, pre_hi = _sweep(cc.net, st.lo, st.hi, st.splits, st.pre_lo, st.pre_hi)
+        bd, pre_lo, pre_hi = _sweep(cc.net, st.lo, st.hi, st.splits, st.pre_lo, st.pre_hi, st.fresh)
         open_ = st.open & ~bd.empty[:, None]
         close_rows = close_rows[cc.pos[cp.close_node[close_rows]] >= 0]
         cut_rows = cut_rows[cc.pos[cp.contract_node[cut_rows]] >= 0]
@@ -770,7 +781,8 @@ def _check_chunk(cc: _CaseCheck, st: _Level, close_rows: np.ndarray, cut_rows: n
             polys = np.nonzero(open_[j])[0].tolist()
             raise cc.fail(f"leaf node {st.nodes[j]} leaves polytope(s) {polys} open")
         go = np.nonzero(left & (kind != 0))[0]
-        return _children(cc, _Level(st.nodes[go], lo[go], hi[go], st.splits[go], pre_lo[go], pre_hi[go], open_[go]))
+        return _children(cc, _Level(st.nodes[go], lo[go], hi[go], st.splits[go], pre_lo[go], pre_hi[go], open_[go],
+                                    st.fresh[go]))
     finally:
         cc.pos[st.nodes] = -1
 
@@ -966,6 +978,12 @@ def _children(cc: _CaseCheck, st: _Level) -> _Level:
     if again.size:
         raise cc.fail(f"node {st.nodes[j[again[0]]]} splits neuron {g[again[0]]} again")
     s0[j, g], s1[j, g] = -1, 1
+    # the layers up to a split neuron's own keep the parent's bounds (same box, same earlier splits); a fork's
+    # children are the parent's region: every layer; an input split or a contracted box changes the box: none
+    fresh = np.zeros(st.nodes.size, np.int64)
+    fresh[j] = np.searchsorted(cc.net.offsets, g, side="right")
+    fresh[kind == 3] = len(cc.net.layers)
+    fresh[cp.box[st.nodes] >= 0] = 0
     open0, open1 = st.open.copy(), st.open.copy()
     j = np.nonzero(kind == 3)[0]
     mine = np.zeros((j.size, st.open.shape[1]), dtype=bool)
@@ -975,7 +993,7 @@ def _children(cc: _CaseCheck, st: _Level) -> _Level:
     return _Level(np.concatenate([cc.children[st.nodes, 0], cc.children[st.nodes, 1]]),
                   np.concatenate([lo0, lo1]), np.concatenate([hi0, hi1]), np.concatenate([s0, s1]),
                   np.concatenate([st.pre_lo, st.pre_lo]), np.concatenate([st.pre_hi, st.pre_hi]),
-                  np.concatenate([open0, open1]))
+                  np.concatenate([open0, open1]), np.concatenate([fresh, fresh]))
 
 
 # ---------------------------------------------------------------- the entry point

@@ -85,8 +85,11 @@ def test_certify_answers_unsat_only_with_a_checked_certificate(tmp_path: Path):
     model, spec, _ = _tight_problem(tmp_path, 2, 0.03)
     result = verify(model, spec, timeout=60, config=_config(certify=True))
     assert result.status is Status.UNSAT and result.stats.get("check_time") is not None
-    # the MILP engine records no proof: certified, its unsat becomes unknown (and says why)
+    # the MILP engine's unsat is proven (and recorded) by the bounds and the search: it checks
     result = verify(model, spec, timeout=60, config=_config(certify=True, engine="milp"))
+    assert result.status is Status.UNSAT and result.stats.get("milp_certify") == 1 and result.proof is not None
+    # the SMT engine records no proof: certified, its unsat becomes unknown (and says why)
+    result = verify(model, spec, timeout=60, config=_config(certify=True, engine="smt"))
     assert result.status is Status.UNKNOWN and "no certificate" in result.message
 
 

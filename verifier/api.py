@@ -182,12 +182,13 @@ def run_pipeline(
         gen = torch.Generator(device=net.device).manual_seed(config.seed)
 
     if config.engine in ("milp", "smt"):
-        if proofs is not None:
-            proofs.uncertified(f"the {config.engine} engine records no proof")
+        if proofs is not None and config.engine == "smt":
+            proofs.uncertified("the smt engine records no proof")  # z3's unsat is exact, but not checkable here
         status, cex = _exact_engine(problem, config, deadline, stats)
         if config.engine == "smt" or status is not Status.UNSAT:
             return status, cex
-        # HiGHS's infeasibility is a hint, not a proof: the bounds and the search must prove it
+        # HiGHS's infeasibility is a hint, not a proof: the bounds and the search must prove it (and record the
+        # proof certificate, when one is asked for)
         log.info("milp: infeasible by HiGHS; certifying by branch and bound")
         stats["milp_certify"] = 1
         status, cex = _prove(problem, objectives, config, deadline, stats, gen, proofs)

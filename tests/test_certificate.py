@@ -165,8 +165,8 @@ def _abs_trick_files(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_refinement_lemmas_check_and_tampered_lemmas_do_not(tmp_path: Path):
     """The refinement (run first here) proves the neuron's sign by a search: its certificate holds that search
-    as a claimed lemma group and the layer's alpha-CROWN rows as a derived one; without them, or with a
-    lemma changed, the root cannot be closed."""
+    and the layer's alpha-CROWN rows as derived lemma groups; without the search's group, or with it changed,
+    the root cannot be closed; the same tree as a claimed group proves the sign, and a false claim fails."""
     model, spec = _abs_trick_files(tmp_path)
     result = verify(model, spec, timeout=30, config=_config(**REFINE_FIRST))
     assert result.status is Status.UNSAT and result.proof is not None, result.message
@@ -174,28 +174,32 @@ def test_refinement_lemmas_check_and_tampered_lemmas_do_not(tmp_path: Path):
     save_proof(tmp_path / "p.npz", result.proof)
     proof = load_proof(tmp_path / "p.npz")  # the lemma groups survive the file
     groups = proof.lemmas[0]
-    assert any(g.derive for g in groups)
-    searched = [m for m, g in enumerate(groups) if g.claimed.any()]
-    assert len(searched) == 1 and groups[searched[0]].tree.kind.size > 1  # a split was needed
+    assert all(g.derive for g in groups)
+    searched = [m for m, g in enumerate(groups) if g.tree.kind.size > 1]  # a split was needed
+    assert len(searched) == 1
     assert check_proof(model, spec, proof).valid
-
-    def tampered(m: int, **change) -> bool:
-        lemmas = list(groups)
-        lemmas[m] = dataclasses.replace(groups[m], **change)
-        return check_proof(model, spec, dataclasses.replace(proof, lemmas=(tuple(lemmas),))).valid
-
     m = searched[0]
     g = groups[m]
-    assert not check_proof(model, spec, dataclasses.replace(proof, lemmas=((),))).valid
-    assert check_proof(model, spec, dataclasses.replace(proof, lemmas=((g,),))).valid  # the sign is what closes
-    assert not tampered(m, side=-g.side)  # the other sign: false, its tree cannot prove it
-    assert not tampered(m, value=g.value + 0.2)  # z <= -0.2: false (z = -0.1)
-    # a claimed tree whose closures are gone proves nothing
+
+    def valid_with(lemmas) -> bool:
+        return check_proof(model, spec, dataclasses.replace(proof, lemmas=(tuple(lemmas),))).valid
+
+    assert valid_with([g])  # the sign it proves is what closes the root
+    assert not valid_with([])
+    assert not valid_with([x for x in groups if x is not g])
+    assert not valid_with([dataclasses.replace(g, side=-g.side)])  # the other sign: the tree bounds it below 0
+    # a tree whose closures are gone bounds nothing
     tree = dataclasses.replace(g.tree, close_node=g.tree.close_node[:0], close_poly=g.tree.close_poly[:0],
                                close_weights=g.tree.close_weights[:0], close_alpha=g.tree.close_alpha[:0],
                                close_beta=g.tree.close_beta[:0], close_on_box=g.tree.close_on_box[:0],
                                close_nu=g.tree.close_nu[:0])
-    assert not tampered(m, tree=tree)
+    assert not valid_with([dataclasses.replace(g, tree=tree)])
+    # claimed instead of derived: "-z > 0" holds at every leaf; "-z > 0.2" (z = -0.1 everywhere) is refused
+    claim = np.ones_like(g.claimed)
+    assert valid_with([dataclasses.replace(g, derive=False, claimed=claim)])
+    false = check_proof(model, spec, dataclasses.replace(
+        proof, lemmas=((dataclasses.replace(g, derive=False, claimed=claim, value=g.value + 0.2),),)))
+    assert not false.valid and "lemma group 0" in false.reason
 
 
 def test_lemma_groups_are_checked_in_order_and_name_real_neurons(tmp_path: Path):
@@ -204,14 +208,14 @@ def test_lemma_groups_are_checked_in_order_and_name_real_neurons(tmp_path: Path)
     model, spec = _abs_trick_files(tmp_path)
     result = verify(model, spec, timeout=30, config=_config(**REFINE_FIRST))
     proof, groups = result.proof, result.proof.lemmas[0]
-    g = next(x for x in groups if x.claimed.any())
+    g = next(x for x in groups if x.tree.kind.size > 1)
     bad = dataclasses.replace(g, neuron=g.neuron + 5)
     checked = check_proof(model, spec, dataclasses.replace(proof, lemmas=((bad,),)))
     assert not checked.valid and "names no neuron" in checked.reason
     with pytest.raises(ProofFormatError):
         dataclasses.replace(g, layer=0)
     with pytest.raises(ProofFormatError):
-        dataclasses.replace(g, derive=True)  # a derived group is a root alone that claims nothing
+        dataclasses.replace(g, claimed=np.ones_like(g.claimed))  # a derived group claims nothing
 
 
 @pytest.mark.parametrize("seed", range(3))

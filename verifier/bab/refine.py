@@ -79,7 +79,7 @@ def refine_bounds(
     """``known`` (sound on the case box, batch of 1) with unstable neurons proven stable where the
     searches can within ``deadline``; never looser than ``known``.  ``recorder``: every tightening is
     recorded as a lemma group of the case's certificate (then the layer's alpha-CROWN bounds every neuron
-    from the earlier layers' bounds as they are, and only proven signs tighten a bound).
+    from the earlier layers' bounds as they are).
 
     Layer by layer (each an equal share of the time left): pass ``i`` lets each neuron's search bound
     ``budget * 4**i`` subdomains, and a later pass tries again the neurons whose searches ran out.
@@ -121,8 +121,6 @@ def refine_bounds(
                 for cand, o, b in zip(group, outcome, bound.tolist(), strict=True):
                     if o == 0:
                         out_of_budget.append(cand)
-                    if o <= 0 and recorder is not None:
-                        continue  # the bound of an unproven row rests on subdomains let go: no lemma
                     # proven (b = +inf): the bound on that side becomes 0; else the search's lowest bound
                     # of c_j z_j tightens that side (c_j = -e_j: z_j <= -b; c_j = e_j: z_j >= b)
                     # an unproven row's bound tightens at most to 0, and only when it is a real number
@@ -256,23 +254,26 @@ def prove_rows(
             start = rec.forked(start, rows.left_open(start.bound).to(torch.int8).argmax(1).cpu())
     stats = BabStats()
     rule = relu_rule(sub, rows, lambda x: None, opts, alpha_opts, deadline, stats, rec)
-    tracker = _RowTracker(sub, rows, C, budget)
+    tracker = _RowTracker(sub, rows, C, budget, rec)
     rule = replace(rule, bound=tracker.counting(rule.bound), settle=tracker.settle, admit=tracker.admit,
                    drain=tracker.drop, priority=lambda batch: -margins(rows, batch.bound), attack=False,
                    name="refine")
     search(sub, rows, start, rule, lambda x: None, opts, deadline, torch.Generator(device=C.device), stats)
     outcome, bound = tracker.result()
     if rec is not None:
-        lemma[0].lemma_group(lemma[1], neuron, side, C.new_zeros(P), (outcome > 0).cpu(), rec)
+        # derived: a proven row's leaves all bound it above 0, an unproven row's bound is its lowest leaf's
+        lemma[0].lemma_group(lemma[1], neuron, side, C.new_zeros(P), torch.zeros(P, dtype=torch.bool), rec,
+                             derive=True)
     return outcome, bound
 
 
 class _RowTracker:
     """The per-row bookkeeping of ``prove_rows``: effort, give-ups and the lowest bound let go."""
 
-    def __init__(self, sub: Network, rows: CaseObjective, C: Tensor, budget: int) -> None:
+    def __init__(self, sub: Network, rows: CaseObjective, C: Tensor, budget: int,
+                 recorder: CaseRecorder | None = None) -> None:
         P = C.shape[0]
-        self.sub, self.rows, self.C, self.budget = sub, rows, C, budget
+        self.sub, self.rows, self.C, self.budget, self.recorder = sub, rows, C, budget, recorder
         self.outcome = torch.zeros(P, dtype=torch.long, device=C.device)
         self.effort = torch.zeros(P, dtype=torch.long, device=C.device)
         self.given_up = torch.zeros(P, dtype=torch.bool, device=C.device)
@@ -315,6 +316,10 @@ class _RowTracker:
         """Give up the rows of ``batch``'s subdomains and lower their frontier to their own-row bounds."""
         if batch.batch:
             owner = _owner(batch.bound)
+            if self.recorder is not None:  # each keeps its bound in the lemma group
+                self.recorder.let_go(batch.ident, self.rows, owner, batch.bound,
+                                     batch.slopes if batch.slopes is not None else batch.intermediate, batch.betas,
+                                     batch.splits)
             self.given_up[owner] = True
             self.frontier.scatter_reduce_(0, owner, batch.bound.gather(1, owner.unsqueeze(1)).squeeze(1),
                                           reduce="amin")

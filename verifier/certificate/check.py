@@ -557,6 +557,7 @@ class _Level:
     pre_hi: np.ndarray
     open: np.ndarray  # (B, P) polytopes not yet ruled out
     fresh: np.ndarray  # (B,) the first ReLU layer whose bounds differ from the parent's (``_sweep``)
+    run: np.ndarray  # (B, P) a derived lemma group's best closure bound on the path to the node
 
     def part(self, s: slice) -> _Level:
         return _Level(*(getattr(self, f)[s] for f in _LEVEL_FIELDS))
@@ -566,7 +567,7 @@ class _Level:
         return _Level(*(np.concatenate([getattr(p, f) for p in parts]) for f in _LEVEL_FIELDS))
 
 
-_LEVEL_FIELDS = ("nodes", "lo", "hi", "splits", "pre_lo", "pre_hi", "open", "fresh")
+_LEVEL_FIELDS = ("nodes", "lo", "hi", "splits", "pre_lo", "pre_hi", "open", "fresh", "run")
 
 
 @dataclass(eq=False)
@@ -589,7 +590,7 @@ class _CaseCheck:
     children: np.ndarray  # (N, 2)
     pos: np.ndarray  # (N,) scratch: position of a node in the chunk being checked, else -1
     counts: _Counts
-    derived: np.ndarray | None = None  # (P,) a derived lemma group's bounds, written by ``_closures``
+    derived: np.ndarray | None = None  # (P,) a derived lemma group's bounds: the least over its leaves
 
     def fail(self, message: str) -> _Invalid:
         return _Invalid(f"case {self.index}: {message}")
@@ -669,8 +670,9 @@ def _check_case(net: _Net, case: Case, cp: CaseProof, index: int | str, counts: 
                 claimed: np.ndarray | None = None, derived: np.ndarray | None = None) -> None:
     """Raise ``_Invalid`` unless ``cp`` proves that no point of the case's box maps into its polytopes
     (only the ``claimed`` ones, when given).  ``root_lo``, ``root_hi`` ``(H,)``: pre-activation bounds
-    proven on the box (lemmas).  ``derived`` ``(P,)``: a derived lemma group's root, whose closures
-    write their bounds there instead of ruling anything out."""
+    proven on the box (lemmas).  ``derived`` ``(P,)``, ``+inf`` on entry: a derived lemma group's tree, whose
+    closures rule nothing out: each row gets the least, over the leaves of its subtree with a region, of
+    the greatest bound of its closures on the path to the leaf (``-inf`` without one)."""
     problem = _validate(net, case, cp)
     tree = _parse_tree(cp.kind)
     if problem is None and isinstance(tree, str):
@@ -691,14 +693,9 @@ def _check_case(net: _Net, case: Case, cp: CaseProof, index: int | str, counts: 
     H = net.H
     pre_lo = np.full((1, H), -np.inf) if root_lo is None else root_lo[None, :H].copy()
     pre_hi = np.full((1, H), np.inf) if root_hi is None else root_hi[None, :H].copy()
-    opened = np.ones((1, P), dtype=bool) if claimed is None else claimed[None].copy()
-    if derived is not None:
-        opened[:] = True  # the root's closures are all evaluated (``_closures`` keeps the polytopes open)
+    opened = np.ones((1, P), dtype=bool) if claimed is None or derived is not None else claimed[None].copy()
     level = _Level(np.zeros(1, np.int64), case.lower[None], case.upper[None], np.zeros((1, H), np.int8),
-                   pre_lo, pre_hi, opened, np.zeros(1, np.int64))
-    if derived is not None:
-        _check_chunk(cc, level, np.arange(cp.close_node.size), np.zeros(0, np.int64))
-        return
+                   pre_lo, pre_hi, opened, np.zeros(1, np.int64), np.full((1, P), -np.inf))
     chunk = max(1, min(4096, ELEMENTS // (2 * max(net.sizes) * max([n for *_, n in net.layers] + [1]))))
     d = 0
     while level.nodes.size:
@@ -728,7 +725,7 @@ def _lemma_bounds(net: _Net, case: Case, groups: tuple[LemmaProof, ...], index: 
         sub = _cut(net, g.layer)
         rows = tuple(Polytope(A=(g.side[p] * np.eye(1, n, int(g.neuron[p]))), b=g.value[p:p + 1],
                               strict=np.zeros(1, dtype=bool)) for p in range(g.neuron.size))
-        derived = np.full(g.neuron.size, -np.inf) if g.derive else None
+        derived = np.full(g.neuron.size, np.inf) if g.derive else None
         _check_case(sub, Case(case.lower, case.upper, rows), g.tree, where, counts, lo, hi, g.claimed, derived)
         if g.derive:
             with np.errstate(invalid="ignore", over="ignore"):
@@ -771,9 +768,12 @@ def _check_chunk(cc: _CaseCheck, st: _Level, close_rows: np.ndarray, cut_rows: n
         if contracted.size:
             lo, hi = _contract(cc, bd, st, contracted, cut_rows, open_)
         _closures(cc, bd, st, _alive(cc, close_rows[on_box], cp.close_node, open_), lo, hi, open_)
-        if cc.derived is not None:
-            return st.part(slice(0, 0))
         left = open_.any(1)
+        if cc.derived is not None:  # a leaf's rows take their best bound on its path
+            leaf = np.nonzero(cp.kind[st.nodes] == 0)[0]
+            rows = np.nonzero(open_[leaf])
+            np.fmin.at(cc.derived, rows[1], st.run[leaf[rows[0]], rows[1]])
+            left &= cp.kind[st.nodes] != 0
         kind = cp.kind[st.nodes]
         stuck = np.nonzero(left & (kind == 0))[0]
         if stuck.size:
@@ -782,7 +782,7 @@ def _check_chunk(cc: _CaseCheck, st: _Level, close_rows: np.ndarray, cut_rows: n
             raise cc.fail(f"leaf node {st.nodes[j]} leaves polytope(s) {polys} open")
         go = np.nonzero(left & (kind != 0))[0]
         return _children(cc, _Level(st.nodes[go], lo[go], hi[go], st.splits[go], pre_lo[go], pre_hi[go], open_[go],
-                                    st.fresh[go]))
+                                    st.fresh[go], st.run[go]))
     finally:
         cc.pos[st.nodes] = -1
 
@@ -884,7 +884,7 @@ def _closures(cc: _CaseCheck, bd: _Bounds, st: _Level, rows: np.ndarray, lo: np.
             ok[part] |= _positive(v[:, 0], S[:, 0], strict[part])
             best[part] = np.fmax(best[part], _lower(v[:, 0] - S[:, 0]))
         if cc.derived is not None:
-            np.fmax.at(cc.derived, poly, best)
+            np.fmax.at(st.run, (pos, poly), best)
             continue
         if not ok.all():
             j = int(np.nonzero(~ok)[0][0])
@@ -993,7 +993,7 @@ def _children(cc: _CaseCheck, st: _Level) -> _Level:
     return _Level(np.concatenate([cc.children[st.nodes, 0], cc.children[st.nodes, 1]]),
                   np.concatenate([lo0, lo1]), np.concatenate([hi0, hi1]), np.concatenate([s0, s1]),
                   np.concatenate([st.pre_lo, st.pre_lo]), np.concatenate([st.pre_hi, st.pre_hi]),
-                  np.concatenate([open0, open1]), np.concatenate([fresh, fresh]))
+                  np.concatenate([open0, open1]), np.concatenate([fresh, fresh]), np.concatenate([st.run, st.run]))
 
 
 # ---------------------------------------------------------------- the entry point

@@ -83,10 +83,12 @@ that prefix), and its rows:
 Row ``p`` is the one-row polytope ``side_p z_j <= v_p`` of the cut network's output.  A group's tree is
 checked like a case's over the case's box, with only the claimed polytopes open at the root; then
 ``side_p z_j > v_p`` holds on the box and tightens ``z_j``'s bounds (``side = +1``: ``z_j >= v_p``;
-``-1``: ``z_j <= -v_p``).  A *derived* group's tree is its root alone: each closure's rigorous lower bound
-``b`` of ``side z_j - v`` gives ``side z_j >= v + b``, whatever its sign (nothing is claimed; a closure
-can only tighten).  Groups are checked in order, each from the bounds the earlier ones gave; the case's
-tree starts from all of them.
+``-1``: ``z_j <= -v_p``).  A *derived* group claims nothing and rules nothing out: its closures' rigorous
+lower bounds ``b`` of ``side z_j - v``, whatever their sign, give row ``p`` the bound ``v + m``, with ``m``
+the least, over the leaves of ``p``'s subtree whose region is not empty, of the greatest ``b`` of ``p`` on
+the path from the root to the leaf (``-inf`` where there is none): ``side z_j >= v + m`` (e.g. a search
+that stopped with subdomains open, its leaves closed by their own bounds; or a root alone).  Groups are
+checked in order, each from the bounds the earlier ones gave; the case's tree starts from all of them.
 """
 
 from __future__ import annotations
@@ -214,8 +216,8 @@ class LemmaProof:
             raise ProofFormatError("a lemma group's layer must be at least 1")
         if not np.isin(self.side, (-1, 1)).all() or not np.all(np.isfinite(self.value)):
             raise ProofFormatError("a lemma row's side is not +-1 or its value is not finite")
-        if self.derive and (self.tree.kind.shape[0] != 1 or self.claimed.any()):
-            raise ProofFormatError("a derived lemma group is a root alone and claims nothing")
+        if self.derive and self.claimed.any():
+            raise ProofFormatError("a derived lemma group claims nothing")
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {**self.tree.arrays(), "rows_layer": np.array([self.layer], np.int64), "rows_neuron": self.neuron,

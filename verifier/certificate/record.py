@@ -84,7 +84,7 @@ class CaseRecorder:
         self.n_in, self.H = int(lower.shape[0]), int(sum(relu_sizes))
         # a lemma group's search may let subdomains go: their polytopes are then not claimed
         self.lemma = lemma
-        self.let_go = torch.zeros(len(row_counts), dtype=torch.bool)
+        self.unclaimed = torch.zeros(len(row_counts), dtype=torch.bool)
         self.lemmas: list[tuple[dict[str, np.ndarray], str | None]] = []  # groups' arrays, or why there are none
         self.row_counts, self.relu_sizes = row_counts, relu_sizes
         self.P, self.R = len(row_counts), max(row_counts, default=1)
@@ -214,8 +214,24 @@ class CaseRecorder:
         fresh = obj.left_open(before.cpu()) & ~obj.left_open(rows.cpu())  # (B, P)
         if not bool(fresh.any()):
             return
-        _, lam = self._weights(obj)
         node, poly = torch.nonzero(fresh, as_tuple=True)
+        self._close(ident, obj, node, poly, rows, slopes, betas, splits, on_box)
+
+    def let_go(self, ident: Tensor | None, obj: CaseObjective, poly: Tensor, rows: Tensor, slopes: Any,
+               betas: Betas | None = None, splits: tuple[Tensor, ...] | None = None) -> None:
+        """The nodes ``ident`` leave a lemma group's search with their polytopes ``poly`` ``(B,)`` open: each gets
+        a closure of that polytope with the parameters of its bound ``rows`` ``(B, S)`` (as in ``bounded``),
+        which the checker takes as the bound there (a derived group), whatever its sign."""
+        if ident is None:
+            self.uncertified("bounds of unnamed subdomains")
+            return
+        if ident.numel():
+            self._close(ident, obj, torch.arange(ident.shape[0]), poly.cpu(), rows, slopes, betas, splits, False)
+
+    def _close(self, ident: Tensor, obj: CaseObjective, node: Tensor, poly: Tensor, rows: Tensor, slopes: Any,
+               betas: Betas | None, splits: tuple[Tensor, ...] | None, on_box: bool) -> None:
+        """Closures of polytopes ``poly`` at the batch entries ``node`` (each by its best row of ``rows``)."""
+        _, lam = self._weights(obj)
         r = rows.cpu()[node]
         row = torch.where(obj.groups.cpu()[poly], r, torch.full_like(r, -torch.inf)).argmax(1)  # its best row
         ids = ident.cpu()[node]
@@ -287,7 +303,7 @@ class CaseRecorder:
         if ident is not None and ident.numel():
             open_ = ~self.closed.view()[ident.cpu()]
             if self.lemma:
-                self.let_go |= open_.any(0)
+                self.unclaimed |= open_.any(0)
             elif bool(open_.any()):
                 self.uncertified("a subdomain was decided by a method that records no certificate")
 
@@ -303,7 +319,7 @@ class CaseRecorder:
         if built is None:
             self.lemmas.append(({}, f"a lemma group: {tree.problem}"))
             return
-        claimed = claimed.cpu() & ~tree.let_go
+        claimed = claimed.cpu() & ~tree.unclaimed
         rows = {"rows_layer": np.array([layer], np.int64), "rows_neuron": neuron.cpu().numpy().astype(np.int64),
                 "rows_side": side.cpu().numpy().astype(np.int8), "rows_value": value.cpu().double().numpy(),
                 "rows_claimed": claimed.numpy().astype(bool), "rows_derive": np.array([derive])}

@@ -216,6 +216,11 @@ def test_lemma_groups_are_checked_in_order_and_name_real_neurons(tmp_path: Path)
         dataclasses.replace(g, layer=0)
     with pytest.raises(ProofFormatError):
         dataclasses.replace(g, claimed=np.ones_like(g.claimed))  # a derived group claims nothing
+    # nor contracts a box: that drops points outside its polytope, where its bound must hold too
+    boxed = dataclasses.replace(g.tree, box=np.zeros_like(g.tree.box), box_lower=-np.ones((1, 1)),
+                                box_upper=np.ones((1, 1)))
+    checked = check_proof(model, spec, dataclasses.replace(proof, lemmas=((dataclasses.replace(g, tree=boxed),),)))
+    assert not checked.valid and "contracts a box" in checked.reason
 
 
 @pytest.mark.parametrize("seed", range(3))

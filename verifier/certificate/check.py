@@ -726,6 +726,9 @@ def _lemma_bounds(net: _Net, case: Case, groups: tuple[LemmaProof, ...], index: 
         rows = tuple(Polytope(A=(g.side[p] * np.eye(1, n, int(g.neuron[p]))), b=g.value[p:p + 1],
                               strict=np.zeros(1, dtype=bool)) for p in range(g.neuron.size))
         derived = np.full(g.neuron.size, np.inf) if g.derive else None
+        if g.derive and (g.tree.box >= 0).any():
+            # a contraction drops points outside the polytope, where a derived bound must hold too
+            raise _Invalid(f"case {where}: a derived group contracts a box")
         _check_case(sub, Case(case.lower, case.upper, rows), g.tree, where, counts, lo, hi, g.claimed, derived)
         if g.derive:
             with np.errstate(invalid="ignore", over="ignore"):

@@ -87,7 +87,8 @@ checked like a case's over the case's box, with only the claimed polytopes open 
 lower bounds ``b`` of ``side z_j - v``, whatever their sign, give row ``p`` the bound ``v + m``, with ``m``
 the least, over the leaves of ``p``'s subtree whose region is not empty, of the greatest ``b`` of ``p`` on
 the path from the root to the leaf (``-inf`` where there is none): ``side z_j >= v + m`` (e.g. a search
-that stopped with subdomains open, its leaves closed by their own bounds; or a root alone).  Groups are
+that stopped with subdomains open, its leaves closed by their own bounds; or a root alone); it may not
+contract boxes (a contraction drops points outside the polytope, where its bound must hold too).  Groups are
 checked in order, each from the bounds the earlier ones gave; the case's tree starts from all of them.
 """
 

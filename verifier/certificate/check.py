@@ -337,17 +337,23 @@ def _sweep(net: _Net, lo0: np.ndarray, hi0: np.ndarray, splits: np.ndarray, pare
     are bounded as in its parent (same box, same splits before them): their CROWN pass is not repeated."""
     bd = _Bounds(empty=np.zeros(lo0.shape[0], dtype=bool))
     pre_lo, pre_hi = np.empty_like(parent_lo), np.empty_like(parent_hi)
+    # the nodes whose bounds are the same in every region of the batch (e.g. before the first ReLU of a
+    # tree of ReLU splits: one box): computed once
+    same = [bool((lo0 == lo0[:1]).all() and (hi0 == hi0[:1]).all())]
     for i, op in enumerate(net.ops):
         if op is None:
             lo, hi = lo0, hi0
         elif isinstance(op, _Affine):
-            lo, hi = _interval(op, bd, i)
+            same.append(all(same[k] for k in op.inputs))
+            lo, hi = _interval(op, bd, i, same[i])
         else:
+            same.append(False)
             lo, hi = np.maximum(bd.lo[op], 0.0), np.maximum(bd.hi[op], 0.0)
         bd.lo.append(lo), bd.hi.append(hi), bd.mag.append(np.maximum(np.abs(lo), np.abs(hi)))
         mine = [layer for layer in net.layers if layer[1] == i]
         if not mine:
             continue
+        same[i] = False
         for _, _, off, n in mine:
             lo = np.fmax(lo, parent_lo[:, off:off + n])
             hi = np.fmin(hi, parent_hi[:, off:off + n])
@@ -367,24 +373,31 @@ def _sweep(net: _Net, lo0: np.ndarray, hi0: np.ndarray, splits: np.ndarray, pare
     return bd, pre_lo, pre_hi
 
 
-def _interval(op: _Affine, bd: _Bounds, i: int) -> tuple[np.ndarray, np.ndarray]:
-    """Interval bounds of an affine node; records its backward-pass error terms."""
+def _interval(op: _Affine, bd: _Bounds, i: int, same: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Interval bounds of an affine node; records its backward-pass error terms.  ``same``: its inputs' bounds
+    are the same in every region (computed on the first, the same floats for all)."""
     lo, hi, t = op.bias, op.bias, op.gam * np.abs(op.bias)
     mass = 0.0
+    B = bd.lo[0].shape[0]
+    rows = slice(0, 1) if same else slice(None)
     with np.errstate(invalid="ignore", over="ignore"):
         for k, P, Nt, A, E in zip(op.inputs, op.pos_t, op.neg_t, op.abs_t, op.err_t):
-            lo = lo + bd.lo[k] @ P + (0.0 if Nt is None else bd.hi[k] @ Nt)
-            hi = hi + bd.hi[k] @ P + (0.0 if Nt is None else bd.lo[k] @ Nt)
-            t = t + op.gam * (bd.mag[k] @ A) + (0.0 if E is None else bd.mag[k] @ E)
-            mass = mass + bd.mag[k].sum(1, keepdims=True)
+            klo, khi, kmag = bd.lo[k][rows], bd.hi[k][rows], bd.mag[k][rows]
+            lo = lo + klo @ P + (0.0 if Nt is None else khi @ Nt)
+            hi = hi + khi @ P + (0.0 if Nt is None else klo @ Nt)
+            t = t + op.gam * (kmag @ A) + (0.0 if E is None else kmag @ E)
+            mass = mass + kmag.sum(1, keepdims=True)
         # with every input and constant zero every product is an exact zero: no floor is needed
         live = (mass > 0) | bool(op.bias.any() or (op.bias_err is not None))  # (B, 1)
         t = t + (0.0 if op.bias_err is None else op.bias_err) + TERM_FLOOR * live
-        bd.term[i] = np.broadcast_to(t, lo.shape)
         # (B, 1): per row, the products of its coefficients err by 2^-1075 each, times what they multiply
-        bd.under[i] = lo.shape[1] * (mass + 2.0 * live)
+        under = lo.shape[1] * (mass + 2.0 * live)
         err = t * INFLATE + IBP_FLOOR * live
-        return np.where(live, _lower(lo - err), lo), np.where(live, _upper(hi + err), hi)
+        lo, hi = np.where(live, _lower(lo - err), lo), np.where(live, _upper(hi + err), hi)
+        n = lo.shape[1]
+        bd.term[i] = np.broadcast_to(t, (B, n))
+        bd.under[i] = np.broadcast_to(under, (B, 1)) if same else under
+        return (np.broadcast_to(lo, (B, n)), np.broadcast_to(hi, (B, n))) if same else (lo, hi)
 
 
 def _relax(bd: _Bounds, r: int, p: int, off: int, n: int) -> None:

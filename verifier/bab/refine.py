@@ -196,25 +196,33 @@ def _candidates(
     return sorted(out, key=lambda c: c.near)
 
 
-def _lemma_rows(sub: Network, obj: CaseObjective, C: Tensor) -> tuple[CaseObjective, CaseRecorder, Tensor, Tensor]:
-    """The rows ``C`` ``(P, n)`` (each ``+-e_j``) as an objective, a lemma recorder for them over ``sub``, and
-    their neurons and sides."""
+def _row_objective(obj: CaseObjective, C: Tensor) -> CaseObjective:
+    """The rows ``C`` ``(P, n)`` on the case box, each a polytope of its own (``c_p y <= 0``)."""
     P = C.shape[0]
-    rows = CaseObjective(lower=obj.lower, upper=obj.upper, C=C, d=C.new_zeros(P),
+    return CaseObjective(lower=obj.lower, upper=obj.upper, C=C, d=C.new_zeros(P),
                          groups=torch.eye(P, dtype=torch.bool, device=C.device),
                          strict=torch.zeros(P, dtype=torch.bool, device=C.device))
+
+
+def _lemma_recorder(sub: Network, obj: CaseObjective, C: Tensor) -> CaseRecorder:
+    """A recorder of a lemma group's tree over ``sub`` for the rows ``C`` (each ``+-e_j``)."""
     sizes = [sub.nodes[r].size for r in sub.relu_indices]
-    rec = CaseRecorder(obj.lower.cpu(), obj.upper.cpu(), [1] * P, sizes, lemma=True)
-    return rows, rec, C.abs().argmax(1), C.sum(1).sign().to(torch.int8)
+    return CaseRecorder(obj.lower.cpu(), obj.upper.cpu(), [1] * C.shape[0], sizes, lemma=True)
+
+
+def _add_derived(recorder: CaseRecorder, layer: int, C: Tensor, tree: CaseRecorder) -> None:
+    """``tree`` as a derived lemma group of layer ``layer``'s rows ``C`` (``+-e_j``: the neuron and side)."""
+    P = C.shape[0]
+    recorder.lemma_group(layer, C.abs().argmax(1), C.sum(1).sign().to(torch.int8), C.new_zeros(P),
+                         torch.zeros(P, dtype=torch.bool), tree, derive=True)
 
 
 def _record_derived(sub: Network, obj: CaseObjective, C: Tensor, res: BoundResult, recorder: CaseRecorder,
                     layer: int) -> None:
-    """Record rows ``C`` bounded by ``res`` as a derived lemma group of layer ``layer``."""
-    rows, rec, neuron, side = _lemma_rows(sub, obj, C)
-    rec.root_closures(rows, res.slopes if res.slopes is not None else res.intermediate)
-    P = C.shape[0]
-    recorder.lemma_group(layer, neuron, side, C.new_zeros(P), torch.zeros(P, dtype=torch.bool), rec, derive=True)
+    """Record rows ``C`` bounded by ``res`` as a derived lemma group of layer ``layer`` (its root alone)."""
+    rec = _lemma_recorder(sub, obj, C)
+    rec.root_closures(_row_objective(obj, C), res.slopes if res.slopes is not None else res.intermediate)
+    _add_derived(recorder, layer, C, rec)
 
 
 def prove_rows(
@@ -231,17 +239,14 @@ def prove_rows(
     its own row only (``relu_start``'s copies of the root), and every round bounds the children of all
     trees in one batch.  The roundest subdomains (margins nearest to 0) go first, so that many rows
     finish early.  ``earlier``: the bounds of ``sub``'s ReLU layers on the case box.  ``lemma`` (the
-    case's recorder, the layer): the search is recorded as a lemma group claiming the proven rows.
+    case's recorder, the layer): the search is recorded as a derived lemma group (a proven row's leaves
+    all bound it above 0; an unproven row's bound is the lowest of its leaves, those let go included).
     """
     from verifier.bab.relu_split import relu_rule, relu_start
 
     P = C.shape[0]
-    rows = CaseObjective(lower=obj.lower, upper=obj.upper, C=C, d=C.new_zeros(P),
-                         groups=torch.eye(P, dtype=torch.bool, device=C.device),
-                         strict=torch.zeros(P, dtype=torch.bool, device=C.device))
-    rec = None
-    if lemma is not None:
-        rows, rec, neuron, side = _lemma_rows(sub, obj, C)
+    rows = _row_objective(obj, C)
+    rec = None if lemma is None else _lemma_recorder(sub, obj, C)
     domains = Domains(obj.lower.unsqueeze(0), obj.upper.unsqueeze(0))
     root = alpha_crown(sub, domains, C.unsqueeze(0), C.new_zeros(1, P), alpha_opts, known=earlier, deadline=deadline)
     if rec is not None:
@@ -260,10 +265,8 @@ def prove_rows(
                    name="refine")
     search(sub, rows, start, rule, lambda x: None, opts, deadline, torch.Generator(device=C.device), stats)
     outcome, bound = tracker.result()
-    if rec is not None:
-        # derived: a proven row's leaves all bound it above 0, an unproven row's bound is its lowest leaf's
-        lemma[0].lemma_group(lemma[1], neuron, side, C.new_zeros(P), torch.zeros(P, dtype=torch.bool), rec,
-                             derive=True)
+    if lemma is not None:
+        _add_derived(*lemma, C, rec)
     return outcome, bound
 
 

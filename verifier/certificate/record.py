@@ -311,7 +311,8 @@ class CaseRecorder:
                     tree: CaseRecorder | None = None, derive: bool = False) -> None:
         """A lemma group of this case (``format.py``): rows ``side z_neuron <= value`` of ReLU layer ``layer``'s
         pre-activation, proven where ``claimed`` by the search ``tree`` recorded (a lemma recorder), or, with
-        ``derive``, bounded by the closures of ``tree``'s root."""
+        ``derive``, bounded by what ``tree``'s closures give (the checker derives it).  A tree that cannot be
+        laid out voids the case's certificate (the search used its bounds)."""
         if tree is None:
             self.lemmas.append(({}, "a lemma group without its tree"))
             return

@@ -210,19 +210,12 @@ def _lemma_recorder(sub: Network, obj: CaseObjective, C: Tensor) -> CaseRecorder
     return CaseRecorder(obj.lower.cpu(), obj.upper.cpu(), [1] * C.shape[0], sizes, lemma=True)
 
 
-def _add_derived(recorder: CaseRecorder, layer: int, C: Tensor, tree: CaseRecorder) -> None:
-    """``tree`` as a derived lemma group of layer ``layer``'s rows ``C`` (``+-e_j``: the neuron and side)."""
-    P = C.shape[0]
-    recorder.lemma_group(layer, C.abs().argmax(1), C.sum(1).sign().to(torch.int8), C.new_zeros(P),
-                         torch.zeros(P, dtype=torch.bool), tree, derive=True)
-
-
 def _record_derived(sub: Network, obj: CaseObjective, C: Tensor, res: BoundResult, recorder: CaseRecorder,
                     layer: int) -> None:
     """Record rows ``C`` bounded by ``res`` as a derived lemma group of layer ``layer`` (its root alone)."""
     rec = _lemma_recorder(sub, obj, C)
     rec.root_closures(_row_objective(obj, C), res.slopes if res.slopes is not None else res.intermediate)
-    _add_derived(recorder, layer, C, rec)
+    recorder.derived_group(layer, C, rec)
 
 
 def prove_rows(
@@ -242,7 +235,7 @@ def prove_rows(
     case's recorder, the layer): the search is recorded as a derived lemma group (a proven row's leaves
     all bound it above 0; an unproven row's bound is the lowest of its leaves, those let go included).
     """
-    from verifier.bab.relu_split import relu_rule, relu_start
+    from verifier.bab.relu_split import named_start, relu_rule, relu_start
 
     P = C.shape[0]
     rows = _row_objective(obj, C)
@@ -254,9 +247,7 @@ def prove_rows(
                     root.slopes if root.slopes is not None else root.intermediate)
     rows, start = relu_start(sub, rows, root, per_polytope=True)
     if rec is not None:
-        start = replace(start, ident=torch.zeros(start.batch, dtype=torch.long, device=start.lower.device))
-        if start.batch > 1:
-            start = rec.forked(start, rows.left_open(start.bound).to(torch.int8).argmax(1).cpu())
+        start = named_start(rec, rows, start)
     stats = BabStats()
     rule = relu_rule(sub, rows, lambda x: None, opts, alpha_opts, deadline, stats, rec)
     tracker = _RowTracker(sub, rows, C, budget, rec)
@@ -266,7 +257,7 @@ def prove_rows(
     search(sub, rows, start, rule, lambda x: None, opts, deadline, torch.Generator(device=C.device), stats)
     outcome, bound = tracker.result()
     if lemma is not None:
-        _add_derived(*lemma, C, rec)
+        lemma[0].derived_group(lemma[1], C, rec)
     return outcome, bound
 
 

@@ -273,6 +273,16 @@ def check_primals(net: Network, obj: CaseObjective, batch: SubproblemBatch, vali
     return None if batch.batch == 0 else check_points(net, obj, primal_inputs(net, obj, batch), validate_fn)
 
 
+def named_start(recorder: CaseRecorder, rows: CaseObjective, start: SubproblemBatch, node: int = 0
+                ) -> SubproblemBatch:
+    """``relu_start``'s roots named as node ``node`` of the proof tree; copies of it (one per open polytope)
+    become a chain of forks."""
+    start = replace(start, ident=torch.full((start.batch,), node, dtype=torch.long, device=start.lower.device))
+    if start.batch > 1:
+        start = recorder.forked(start, rows.left_open(start.bound).to(torch.int8).argmax(1).cpu())
+    return start
+
+
 def solve_relu(
     net: Network, obj: CaseObjective, root: BoundResult, validate_fn: ValidateFn, opts: BabOptions,
     alpha_opts: AlphaOptions, deadline: Deadline, gen: torch.Generator, stats: BabStats,
@@ -283,9 +293,7 @@ def solve_relu(
     rows, start = relu_start(net, obj, root, opts.relu.per_polytope)
     if recorder is not None:
         mark = recorder.mark()
-        start = replace(start, ident=torch.full((start.batch,), node, dtype=torch.long, device=start.lower.device))
-        if start.batch > 1:  # one copy per open polytope
-            start = recorder.forked(start, rows.left_open(start.bound).to(torch.int8).argmax(1).cpu())
+        start = named_start(recorder, rows, start, node)
     rule = relu_rule(net, rows, validate_fn, opts, alpha_opts, deadline, stats, recorder)
     status, cex = search(net, rows, start, rule, validate_fn, opts, deadline, gen, stats)
     if recorder is not None:

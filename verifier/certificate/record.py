@@ -82,9 +82,9 @@ class CaseRecorder:
     def __init__(self, lower: Tensor, upper: Tensor, row_counts: list[int], relu_sizes: list[int],
                  lemma: bool = False) -> None:
         self.n_in, self.H = int(lower.shape[0]), int(sum(relu_sizes))
-        # a lemma group's search may let subdomains go: their polytopes are then not claimed
+        # a derived lemma group's tree: a subdomain may leave its search without a closure (its row then
+        # gets no bound there), so a drop is no reason to void the certificate
         self.lemma = lemma
-        self.unclaimed = torch.zeros(len(row_counts), dtype=torch.bool)
         self.lemmas: list[tuple[dict[str, np.ndarray], str | None]] = []  # groups' arrays, or why there are none
         self.row_counts, self.relu_sizes = row_counts, relu_sizes
         self.P, self.R = len(row_counts), max(row_counts, default=1)
@@ -298,33 +298,26 @@ class CaseRecorder:
             self.uncertified("a polytope was ruled out without a recorded bound")
 
     def dropped(self, ident: Tensor | None) -> None:
-        """The nodes ``ident`` left the search: each must have every polytope ruled out by a record (in a
-        lemma group's search, their open polytopes are let go instead)."""
-        if ident is not None and ident.numel():
-            open_ = ~self.closed.view()[ident.cpu()]
-            if self.lemma:
-                self.unclaimed |= open_.any(0)
-            elif bool(open_.any()):
-                self.uncertified("a subdomain was decided by a method that records no certificate")
+        """The nodes ``ident`` left the search: each must have every polytope ruled out by a record (not so
+        in a lemma group's tree)."""
+        if ident is not None and ident.numel() and not self.lemma and bool((~self.closed.view()[ident.cpu()]).any()):
+            self.uncertified("a subdomain was decided by a method that records no certificate")
 
-    def lemma_group(self, layer: int, neuron: Tensor, side: Tensor, value: Tensor, claimed: Tensor,
-                    tree: CaseRecorder | None = None, derive: bool = False) -> None:
-        """A lemma group of this case (``format.py``): rows ``side z_neuron <= value`` of ReLU layer ``layer``'s
-        pre-activation, proven where ``claimed`` by the search ``tree`` recorded (a lemma recorder), or, with
-        ``derive``, bounded by what ``tree``'s closures give (the checker derives it).  A tree that cannot be
-        laid out voids the case's certificate (the search used its bounds)."""
-        if tree is None:
-            self.lemmas.append(({}, "a lemma group without its tree"))
-            return
+    def derived_group(self, layer: int, rows: Tensor, tree: CaseRecorder) -> None:
+        """A derived lemma group of this case (``format.py``): the rows ``+-e_j`` ``(P, n)`` of ReLU layer
+        ``layer``'s pre-activation (value 0), bounded by what the closures of the lemma recorder ``tree`` give
+        (the checker derives it).  A tree that cannot be laid out voids the case's certificate (the search
+        used its bounds)."""
         built = tree.build()
         if built is None:
             self.lemmas.append(({}, f"a lemma group: {tree.problem}"))
             return
-        claimed = claimed.cpu() & ~tree.unclaimed
-        rows = {"rows_layer": np.array([layer], np.int64), "rows_neuron": neuron.cpu().numpy().astype(np.int64),
-                "rows_side": side.cpu().numpy().astype(np.int8), "rows_value": value.cpu().double().numpy(),
-                "rows_claimed": claimed.numpy().astype(bool), "rows_derive": np.array([derive])}
-        self.lemmas.append(({**built, **rows}, None))
+        P = rows.shape[0]
+        arrays = {"rows_layer": np.array([layer], np.int64),
+                  "rows_neuron": rows.abs().argmax(1).cpu().numpy().astype(np.int64),
+                  "rows_side": rows.sum(1).sign().cpu().numpy().astype(np.int8), "rows_value": np.zeros(P),
+                  "rows_claimed": np.zeros(P, dtype=bool), "rows_derive": np.array([True])}
+        self.lemmas.append(({**built, **arrays}, None))
 
     # ---- the certificate ----
 

@@ -529,6 +529,7 @@ def _every_linear_op_net() -> Network:
 def test_every_supported_operator_matches_the_forward_pass():
     net = _every_linear_op_net()
     m = checker.network_matrices(net)
+    assert m.base == 1  # the CROWN passes stop at the input's Scale (its bounds are the box's image)
     x = torch.randn(4, net.n_inputs, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     H = m.H
     for width in (0.0, 0.2):
@@ -636,3 +637,30 @@ def test_command_line(abs_files, tmp_path):
         proc = _cli(*args)
         assert proc.returncode == 2 and proc.stdout == "", proc.stdout
         assert proc.stderr.startswith("error: ") and len(proc.stderr.splitlines()) == 1, proc.stderr
+
+
+@pytest.mark.parametrize("kind", ["diag", "selection", "identity", "repeated"])
+def test_structured_maps_compute_what_their_matrix_does(kind):
+    """A diagonal or a selection (the checker's form of Scale, Reshape, Transpose, Pad, Concat, Gather)
+    gives the same floats as its dense matrix in every use; a selection reading an input twice is a matrix."""
+    rng = np.random.default_rng(0)
+    n = 6
+    if kind == "diag":
+        d = rng.standard_normal(n)
+        lin, M = checker._diag(d), np.diag(d)
+    else:
+        src = {"selection": np.array([3, -1, 0, 5, 1, -1]), "identity": np.arange(n),
+               "repeated": np.array([2, 2, -1, 0, 4, 1])}[kind]
+        lin, M = checker._selection(n, src, n), checker._select(n, src, n)
+    assert (lin.dense is not None) == (kind == "repeated")
+    assert lin.identity == (kind == "identity")
+    L = rng.standard_normal((3, 4, n))
+    assert np.array_equal(lin.back(L), L @ M)
+    idx = rng.integers(0, n, (3, 4))
+    assert np.array_equal(lin.rows(idx), M[idx])
+    lo = rng.standard_normal((5, n))
+    hi = lo + rng.uniform(0, 1, (5, n))
+    P, N = np.maximum(M, 0), np.minimum(M, 0)
+    a, b = lin.interval(lo, hi)
+    assert np.array_equal(a, lo @ P.T + hi @ N.T) and np.array_equal(b, hi @ P.T + lo @ N.T)
+    assert np.array_equal(lin.magnitude(np.abs(hi)), np.abs(hi) @ np.abs(M).T)

@@ -42,6 +42,7 @@ import hashlib
 import os
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from math import prod
 from pathlib import Path
 
@@ -121,15 +122,99 @@ def _check_arithmetic() -> None:
 
 
 @dataclass(frozen=True, eq=False)
+class _Lin:
+    """A linear map from ``m`` values to ``n``: a matrix ``dense`` ``(n, m)``, a diagonal ``diag`` ``(n,)``
+    (``n == m``), or a selection ``src`` ``(n,)``, ``out[j] = in[src[j]]`` (``-1``: 0) reading each input
+    at most once.  The last two compute what the matrix would, without its zero products."""
+
+    n: int
+    m: int
+    dense: np.ndarray | None = None
+    diag: np.ndarray | None = None
+    src: np.ndarray | None = None
+    pos_t: np.ndarray | None = None  # dense: max(M, 0)^T
+    neg_t: np.ndarray | None = None  # dense: min(M, 0)^T, None where M >= 0
+    abs_t: np.ndarray | None = None  # dense: |M|^T
+    identity: bool = False
+
+    def back(self, L: np.ndarray) -> np.ndarray:
+        """``L M`` for rows ``L`` ``(..., n)``."""
+        if self.dense is not None:
+            return (L.reshape(-1, self.n) @ self.dense).reshape(*L.shape[:-1], self.m)
+        if self.diag is not None:
+            return L * self.diag
+        if self.identity:
+            return L
+        out = np.zeros((*L.shape[:-1], self.m))
+        ok = self.src >= 0
+        out[..., self.src[ok]] = L[..., ok]
+        return out
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        """The rows ``M[idx]`` ``(*idx.shape, m)``."""
+        if self.dense is not None:
+            return self.dense[idx]
+        out = np.zeros((*idx.shape, self.m))
+        if self.diag is not None:
+            np.put_along_axis(out, idx[..., None], self.diag[idx][..., None], -1)
+        else:
+            s = self.src[idx]
+            np.put_along_axis(out, np.maximum(s, 0)[..., None], (s >= 0)[..., None].astype(np.float64), -1)
+        return out
+
+    def interval(self, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The computed ends ``(B, n)`` of ``M x`` over ``lo <= x <= hi`` (rounding not included)."""
+        if self.dense is not None:
+            if self.neg_t is None:
+                return lo @ self.pos_t, hi @ self.pos_t
+            return lo @ self.pos_t + hi @ self.neg_t, hi @ self.pos_t + lo @ self.neg_t
+        if self.diag is not None:
+            p, q = np.maximum(self.diag, 0.0), np.minimum(self.diag, 0.0)
+            return lo * p + hi * q, hi * p + lo * q
+        return self.gather(lo), self.gather(hi)
+
+    def magnitude(self, mag: np.ndarray) -> np.ndarray:
+        """``|M| mag`` ``(B, n)`` (computed)."""
+        if self.dense is not None:
+            return mag @ self.abs_t
+        if self.diag is not None:
+            return mag * np.abs(self.diag)
+        return self.gather(mag)
+
+    def gather(self, x: np.ndarray) -> np.ndarray:
+        if self.identity:
+            return x
+        return np.where(self.src >= 0, x[..., np.maximum(self.src, 0)], 0.0)
+
+
+def _dense(M: np.ndarray) -> _Lin:
+    M = np.ascontiguousarray(M, dtype=np.float64)
+    neg = np.ascontiguousarray(np.minimum(M, 0).T) if (M < 0).any() else None
+    return _Lin(M.shape[0], M.shape[1], dense=M, pos_t=np.ascontiguousarray(np.maximum(M, 0).T), neg_t=neg,
+                abs_t=np.ascontiguousarray(np.abs(M).T))
+
+
+def _diag(d: np.ndarray) -> _Lin:
+    d = np.ascontiguousarray(d, dtype=np.float64).reshape(-1)
+    return _Lin(d.size, d.size, diag=d)
+
+
+def _selection(n: int, src: np.ndarray, m: int) -> _Lin:
+    """``out[j] = in[src[j]]`` (``src[j] < 0``: 0); a matrix where an input is read twice."""
+    src = np.asarray(src, dtype=np.int64).reshape(n)
+    used = src[src >= 0]
+    if np.unique(used).size < used.size:
+        return _dense(_select(n, src, m))
+    return _Lin(n, m, src=src, identity=bool(n == m and np.array_equal(src, np.arange(n))))
+
+
+@dataclass(frozen=True, eq=False)
 class _Affine:
     """``y = sum_k M_k x_k + b`` on flat vectors; the exact constants lie within ``err`` of these."""
 
     inputs: tuple[int, ...]
-    mats: tuple[np.ndarray, ...]  # (n, n_k): for the backward pass
-    pos_t: tuple[np.ndarray, ...]  # (n_k, n): max(M, 0)^T
-    neg_t: tuple[np.ndarray | None, ...]  # min(M, 0)^T, None where M >= 0
-    abs_t: tuple[np.ndarray, ...]  # |M|^T
-    err_t: tuple[np.ndarray | None, ...]  # bound of |exact - M|^T, None where exact
+    maps: tuple[_Lin, ...]
+    errs: tuple[_Lin | None, ...]  # a bound of |exact - M|, None where exact
     bias: np.ndarray  # (n,)
     bias_err: np.ndarray | None
     gam: float  # gamma of the longest sum a pass through the node computes
@@ -152,24 +237,34 @@ class _Net:
     def H(self) -> int:
         return sum(n for *_, n in self.layers)
 
+    @cached_property
+    def base(self) -> int:
+        """Where a backward pass for bounds may stop: node 1 when it alone reads the input, through a diagonal
+        or a selection (its interval bounds are then the image of the region's box, up to their rounding);
+        else the input itself (0)."""
+        op = self.ops[1] if len(self.ops) > 1 else None
+        if not isinstance(op, _Affine) or op.inputs != (0,) or op.maps[0].dense is not None:
+            return 0
+        readers = [o for o in self.ops[2:] if (isinstance(o, _Affine) and 0 in o.inputs) or o == 0]
+        return 0 if readers else 1
+
     @property
     def offsets(self) -> np.ndarray:
         """The first global neuron index of each ReLU layer."""
         return np.array([off for _, _, off, _ in self.layers], dtype=np.int64)
 
 
-def _affine(inputs, mats, errs, bias, bias_err) -> _Affine:
-    mats = tuple(np.ascontiguousarray(m, dtype=np.float64) for m in mats)
-    n = mats[0].shape[0]
-    errs = tuple(None if e is None or not e.any() else np.ascontiguousarray(e.T, dtype=np.float64) for e in errs)
-    negs = tuple(np.ascontiguousarray(np.minimum(m, 0).T) if (m < 0).any() else None for m in mats)
+def _affine(inputs, maps: list[_Lin], errs: list[_Lin | None], bias, bias_err) -> _Affine:
+    n = maps[0].n
+    errs = [None if e is None or (e.dense is not None and not e.dense.any()) or (e.diag is not None and
+                                                                                 not e.diag.any()) else e
+            for e in errs]
     bias = np.zeros(n) if bias is None else np.asarray(bias, dtype=np.float64).reshape(n)
     if bias_err is not None:
         bias_err = np.asarray(bias_err, dtype=np.float64).reshape(n)
         bias_err = bias_err if bias_err.any() else None
-    gam = gamma(2 * sum(m.shape[1] for m in mats) + n + 3)
-    return _Affine(tuple(inputs), mats, tuple(np.ascontiguousarray(np.maximum(m, 0).T) for m in mats), negs,
-                   tuple(np.ascontiguousarray(np.abs(m).T) for m in mats), errs, bias, bias_err, gam)
+    gam = gamma(2 * sum(m.m for m in maps) + n + 3)
+    return _Affine(tuple(inputs), tuple(maps), tuple(errs), bias, bias_err, gam)
 
 
 def _select(n: int, src: np.ndarray, n_in: int) -> np.ndarray:
@@ -248,39 +343,44 @@ def _node_op(node, shapes: list[tuple[int, ...]], arr) -> _Affine | int | None:
     if isinstance(op, N.Relu):
         return node.inputs[0]
     if isinstance(op, N.Dense):
-        return _affine(node.inputs, [arr(op.weight)], [arr(op.weight_err)], arr(op.bias), arr(op.bias_err))
+        err = arr(op.weight_err)
+        return _affine(node.inputs, [_dense(arr(op.weight))], [None if err is None else _dense(err)], arr(op.bias),
+                       arr(op.bias_err))
     if isinstance(op, N.Conv):
         M, E = _conv(op, shapes[0], node.shape, arr)
         per_pixel = n // op.bias.shape[0]
         bias_err = None if op.bias_err is None else np.repeat(arr(op.bias_err), per_pixel)
-        return _affine(node.inputs, [M], [E], np.repeat(arr(op.bias), per_pixel), bias_err)
+        return _affine(node.inputs, [_dense(M)], [None if E is None else _dense(E)], np.repeat(arr(op.bias), per_pixel),
+                       bias_err)
     if isinstance(op, N.Scale):
         def full(t):
             return None if t is None else np.broadcast_to(arr(t), (1, *node.shape)).reshape(n)
         err = full(op.scale_err)
-        return _affine(node.inputs, [np.diag(full(op.scale))], [None if err is None else np.diag(err)],
+        return _affine(node.inputs, [_diag(full(op.scale))], [None if err is None else _diag(err)],
                        full(op.shift), full(op.shift_err))
     if isinstance(op, (N.Add, N.Reshape)):
-        return _affine(node.inputs, [np.eye(n)] * len(node.inputs), [None] * len(node.inputs), None, None)
+        return _affine(node.inputs, [_selection(n, np.arange(n), n)] * len(node.inputs), [None] * len(node.inputs),
+                       None, None)
     if isinstance(op, N.Transpose):
         src = np.arange(prod(shapes[0])).reshape(shapes[0]).transpose(op.perm).reshape(-1)
-        return _affine(node.inputs, [_select(n, src, n)], [None], None, None)
+        return _affine(node.inputs, [_selection(n, src, n)], [None], None, None)
     if isinstance(op, N.AvgPool):
         M = _avgpool(op, shapes[0], node.shape)
-        return _affine(node.inputs, [M], [M * 2.0**-52], None, None)  # |fl(1/c) - 1/c| <= 2u fl(1/c)
+        return _affine(node.inputs, [_dense(M)], [_dense(M * 2.0**-52)], None, None)  # |fl(1/c) - 1/c| <= 2u fl(1/c)
     if isinstance(op, N.Pad):
         src = _pad_source(shapes[0], op.pads)
-        return _affine(node.inputs, [_select(n, src, prod(shapes[0]))], [None], np.where(src < 0, op.value, 0.0), None)
+        return _affine(node.inputs, [_selection(n, src, prod(shapes[0]))], [None], np.where(src < 0, op.value, 0.0),
+                       None)
     if isinstance(op, N.Concat):
         owner = np.concatenate([np.full(s, k) for k, s in enumerate(shapes)], op.axis).reshape(-1)
         where = np.concatenate([np.arange(prod(s)).reshape(s) for s in shapes], op.axis).reshape(-1)
-        mats = [_select(n, np.where(owner == k, where, -1), prod(s)) for k, s in enumerate(shapes)]
-        return _affine(node.inputs, mats, [None] * len(mats), None, None)
+        maps = [_selection(n, np.where(owner == k, where, -1), prod(s)) for k, s in enumerate(shapes)]
+        return _affine(node.inputs, maps, [None] * len(maps), None, None)
     if isinstance(op, N.Gather):  # out[j] = in[index[j]], 0 where the index is -1
         src = np.asarray(op.index.detach().cpu(), dtype=np.int64).reshape(n)
         if np.any(src < -1) or np.any(src >= prod(shapes[0])):
             raise UnsupportedCheckError(f"Gather node '{node.name}' has an index out of range")
-        return _affine(node.inputs, [_select(n, src, prod(shapes[0]))], [None], None, None)
+        return _affine(node.inputs, [_selection(n, src, prod(shapes[0]))], [None], None, None)
     raise UnsupportedCheckError(f"the checker does not support {type(op).__name__} (node '{node.name}')")
 
 
@@ -381,11 +481,11 @@ def _interval(op: _Affine, bd: _Bounds, i: int, same: bool = False) -> tuple[np.
     B = bd.lo[0].shape[0]
     rows = slice(0, 1) if same else slice(None)
     with np.errstate(invalid="ignore", over="ignore"):
-        for k, P, Nt, A, E in zip(op.inputs, op.pos_t, op.neg_t, op.abs_t, op.err_t):
+        for k, M, E in zip(op.inputs, op.maps, op.errs):
             klo, khi, kmag = bd.lo[k][rows], bd.hi[k][rows], bd.mag[k][rows]
-            lo = lo + klo @ P + (0.0 if Nt is None else khi @ Nt)
-            hi = hi + khi @ P + (0.0 if Nt is None else klo @ Nt)
-            t = t + op.gam * (kmag @ A) + (0.0 if E is None else kmag @ E)
+            a, b = M.interval(klo, khi)
+            lo, hi = lo + a, hi + b
+            t = t + op.gam * M.magnitude(kmag) + (0.0 if E is None else E.magnitude(kmag))
             mass = mass + kmag.sum(1, keepdims=True)
         # with every input and constant zero every product is an exact zero: no floor is needed
         live = (mass > 0) | bool(op.bias.any() or (op.bias_err is not None))  # (B, 1)
@@ -430,45 +530,60 @@ def _crown_tighten(net: _Net, bd: _Bounds, i: int, need: np.ndarray | None = Non
     want = (lo < 0) & (hi > 0)
     if need is not None:
         want &= need[:, None]
-    R = int(want.sum(1).max()) if want.size else 0
-    if R == 0:
+    count = want.sum(1)
+    if not count.any():
         return lo, hi
-    B, n = lo.shape
+    lo, hi = lo.copy(), hi.copy()
+    # regions with about as many wanted entries share a pass (each pads its rows to the most in its pass)
+    key = np.ceil(np.log(np.maximum(count, 1)) / np.log(1.25)).astype(np.int64)
+    for k in np.unique(key[count > 0]):
+        at = np.nonzero((key == k) & (count > 0))[0]
+        _tighten_regions(net, bd, i, at, want[at], lo, hi)
+    return lo, hi
+
+
+def _tighten_regions(net: _Net, bd: _Bounds, i: int, at: np.ndarray, want: np.ndarray, lo: np.ndarray,
+                     hi: np.ndarray) -> None:
+    """``_crown_tighten`` in the regions ``at`` on their entries ``want`` ``(B, n)``, into ``lo``, ``hi``."""
+    op, B, n = net.ops[i], at.size, want.shape[1]
+    R = int(want.sum(1).max())
     idx = np.argsort(~want, axis=1, kind="stable")[:, :R]  # (B, R): the wanted entries first
     slack, under = np.zeros((B, 2 * R)), np.zeros((B, 2 * R))
     if isinstance(op, _Affine) and len(op.inputs) == 1:
         # rows +-e_j through the node itself are its +-weight rows, exactly; the node's error term applies
-        W, b = op.mats[0][idx], op.bias[idx]  # (B, R, n_k), (B, R)
+        W, b = op.maps[0].rows(idx), op.bias[idx]  # (B, R, n_k), (B, R)
         start, L, const = op.inputs[0], np.concatenate([W, -W], 1), np.concatenate([b, -b], 1)
-        t = np.take_along_axis(bd.term[i], idx, 1)
+        t = np.take_along_axis(bd.term[i][at], idx, 1)
         slack += np.concatenate([t, t], 1)
-        under += bd.under[i] + 1.0
+        under += bd.under[i][at] + 1.0
     else:
         L = np.zeros((B, 2 * R, n))
         rows, cols = np.arange(B)[:, None], np.arange(R)[None, :]
         L[rows, cols, idx], L[rows, R + cols, idx] = 1.0, -1.0
         start, const = i, np.zeros((B, 2 * R))
-    a, const = _backward(net, bd, slice(None), start, L, const, slack, under)
-    v, S = _concretize(a, const, slack, under, bd.lo[0], bd.hi[0])
+    a, const = _backward(net, bd, at, start, L, const, slack, under, stop=net.base)
+    v, S = _concretize(a, const, slack, under, bd.lo[net.base][at], bd.hi[net.base][at])
     bound = _lower(v - S)  # (B, 2R)
     valid = np.take_along_axis(want, idx, 1)
-    old_lo, old_hi = np.take_along_axis(lo, idx, 1), np.take_along_axis(hi, idx, 1)
-    lo, hi = lo.copy(), hi.copy()
-    np.put_along_axis(lo, idx, np.where(valid, np.fmax(old_lo, bound[:, :R]), old_lo), 1)
-    np.put_along_axis(hi, idx, np.where(valid, np.fmin(old_hi, -bound[:, R:]), old_hi), 1)
-    return lo, hi
+    sub_lo, sub_hi = lo[at], hi[at]
+    old_lo, old_hi = np.take_along_axis(sub_lo, idx, 1), np.take_along_axis(sub_hi, idx, 1)
+    np.put_along_axis(sub_lo, idx, np.where(valid, np.fmax(old_lo, bound[:, :R]), old_lo), 1)
+    np.put_along_axis(sub_hi, idx, np.where(valid, np.fmin(old_hi, -bound[:, R:]), old_hi), 1)
+    lo[at], hi[at] = sub_lo, sub_hi
 
 
 def _backward(net: _Net, bd: _Bounds, at: np.ndarray | slice, start: int, L: np.ndarray, const: np.ndarray,
               slack: np.ndarray, under: np.ndarray, alpha: np.ndarray | None = None,
-              beta: np.ndarray | None = None, nu: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+              beta: np.ndarray | None = None, nu: np.ndarray | None = None, stop: int = 0
+              ) -> tuple[np.ndarray, np.ndarray]:
     """CROWN from coefficients ``L`` ``(W, R, n_start)`` on node ``start`` (row ``w`` over region
-    ``at[w]``): returns ``a`` ``(W, R, n_in)`` and ``const`` with ``L . v_start + const_in >=
-    a . x + const - (error)``; the error's parts are added to ``slack`` and ``under`` in place.
+    ``at[w]``) back to node ``stop`` (the input by default): returns ``a`` ``(W, R, n_stop)`` and ``const``
+    with ``L . v_start + const_in >= a . v_stop + const - (error)``; the error's parts are added to
+    ``slack`` and ``under`` in place.
     ``alpha`` ``(W, H)`` (NaN: adaptive) are lower slopes; ``beta`` ``(W, H)`` the signed ``beta_g s_g``;
     ``nu`` ``(W, H)`` replaces every ReLU's relaxation (``_given``)."""
     lam = {start: L}
-    for i in range(start, 0, -1):
+    for i in range(start, stop, -1):
         L = lam.pop(i, None)
         if L is None:
             continue
@@ -483,9 +598,8 @@ def _backward(net: _Net, bd: _Bounds, at: np.ndarray | slice, start: int, L: np.
                     const = const + L @ op.bias
                     slack += U * np.abs(const)
                     under += const != 0
-                W, R, n = L.shape
-                for k, M in zip(op.inputs, op.mats):
-                    _collect(lam, k, (L.reshape(W * R, n) @ M).reshape(W, R, -1), bd.mag[k][at], slack, under)
+                for k, M in zip(op.inputs, op.maps):
+                    _collect(lam, k, M.back(L), bd.mag[k][at], slack, under)
                 continue
             off, n = bd.layer[i]
             if nu is not None:
@@ -506,8 +620,8 @@ def _backward(net: _Net, bd: _Bounds, at: np.ndarray | slice, start: int, L: np.
                 slack += U * np.einsum("wrn,wn->wr", np.abs(P), bd.mag[op][at])
                 under += (P != 0).sum(-1) + 1.0
             _collect(lam, op, P, bd.mag[op][at], slack, under)
-    a = lam.pop(0, None)
-    return (np.zeros((*const.shape, net.n_in)) if a is None else a), const
+    a = lam.pop(stop, None)
+    return (np.zeros((*const.shape, net.sizes[stop])) if a is None else a), const
 
 
 def _given(bd: _Bounds, r: int, p: int, at: np.ndarray | slice, L: np.ndarray, nu: np.ndarray, const: np.ndarray,
@@ -840,7 +954,7 @@ def _interval_rows(cc: _CaseCheck, bd: _Bounds, pos: np.ndarray, c: np.ndarray, 
                 const = const + c[:, 0] @ op.bias
                 slack += U * np.abs(const)
                 under += const != 0
-            parts = [(k, c[:, 0] @ M) for k, M in zip(op.inputs, op.mats)]
+            parts = [(k, M.back(c[:, 0])) for k, M in zip(op.inputs, op.maps)]
         v, e, nz = const.copy(), np.abs(const), np.zeros(W)
         for k, P in parts:
             m = np.minimum(P * bd.lo[k][pos], P * bd.hi[k][pos])

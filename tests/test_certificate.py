@@ -88,7 +88,20 @@ def test_certify_answers_unsat_only_with_a_checked_certificate(tmp_path: Path):
     # the MILP engine's unsat is proven (and recorded) by the bounds and the search: it checks
     result = verify(model, spec, timeout=60, config=_config(certify=True, engine="milp"))
     assert result.status is Status.UNSAT and result.stats.get("milp_certify") == 1 and result.proof is not None
-    # the SMT engine records no proof: certified, its unsat becomes unknown (and says why)
+    # z3's unsat is proven again by the search, which records the certificate
+    result = verify(model, spec, timeout=60, config=_config(certify=True, engine="smt"))
+    assert result.status is Status.UNSAT and result.stats.get("smt_certify") == 1 and result.proof is not None
+
+
+def test_smt_unsat_without_a_certificate_in_time(tmp_path: Path, monkeypatch):
+    """When the search cannot prove z3's unsat again, --proof keeps z3's exact unsat without a certificate
+    and --certify answers unknown."""
+    import verifier.api as api
+
+    model, spec, _ = _tight_problem(tmp_path, 2, 0.03)
+    monkeypatch.setattr(api, "_prove", lambda *a, **k: (Status.TIMEOUT, None))
+    result = verify(model, spec, timeout=60, config=_config(proof=True, engine="smt"))
+    assert result.status is Status.UNSAT and result.proof is None and "no certificate" in result.message
     result = verify(model, spec, timeout=60, config=_config(certify=True, engine="smt"))
     assert result.status is Status.UNKNOWN and "no certificate" in result.message
 

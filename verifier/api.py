@@ -110,6 +110,7 @@ def _certificate(problem: Problem, spec_path: Path | None, proofs: ProofLog, con
         spec_hash = "" if spec_path is None else hashlib.sha256(spec_path.read_bytes()).hexdigest()
         model_hash = hashlib.sha256(problem.model_path.read_bytes()).hexdigest()
         proof = Proof.from_arrays(proof_meta(model_hash, spec_hash, len(arrays), proofs.relu_sizes), arrays)
+        stats["proof_bytes"] = sum(a.nbytes for case in arrays for a in case.values())  # uncompressed
     stats["proof_time"] = round(time.monotonic() - t, 4)
     if proof is None:
         log.warning("no proof certificate: %s", why)
@@ -121,6 +122,7 @@ def _certificate(problem: Problem, spec_path: Path | None, proofs: ProofLog, con
     t = time.monotonic()
     checked = check_proof(problem.model_path, spec_path, proof)
     stats["check_time"] = round(time.monotonic() - t, 4)
+    stats["proof_nodes"] = checked.nodes
     if not checked.valid:
         log.warning("the checker rejected the certificate: %s", checked.reason)
         return Status.UNKNOWN, proof, f"certificate rejected: {checked.reason}"
@@ -182,18 +184,19 @@ def run_pipeline(
         gen = torch.Generator(device=net.device).manual_seed(config.seed)
 
     if config.engine in ("milp", "smt"):
-        if proofs is not None and config.engine == "smt":
-            proofs.uncertified("the smt engine records no proof")  # z3's unsat is exact, but not checkable here
         status, cex = _exact_engine(problem, config, deadline, stats)
-        if config.engine == "smt" or status is not Status.UNSAT:
-            return status, cex
-        # HiGHS's infeasibility is a hint, not a proof: the bounds and the search must prove it (and record the
-        # proof certificate, when one is asked for)
-        log.info("milp: infeasible by HiGHS; certifying by branch and bound")
-        stats["milp_certify"] = 1
+        if status is not Status.UNSAT or (config.engine == "smt" and proofs is None):
+            return status, cex  # z3's unsat is exact
+        # HiGHS's infeasibility is a hint, not a proof: the bounds and the search must prove it. z3's unsat is
+        # exact but leaves nothing to check: under --proof the search proves it again and records the certificate
+        log.info("%s: unsat; proving it by branch and bound", config.engine)
+        stats[f"{config.engine}_certify"] = 1
         status, cex = _prove(problem, objectives, config, deadline, stats, gen, proofs)
         if status is Status.SAT:
-            log.warning("milp: HiGHS called a spec with a counterexample infeasible")
+            log.warning("%s: called a spec with a counterexample unsat", config.engine)
+        elif config.engine == "smt" and status is not Status.UNSAT:
+            proofs.uncertified("the search did not prove z3's unsat in time")
+            return Status.UNSAT, None
         return status, cex
     screened = _screen(problem, objectives, config, deadline, stats, proofs)
     open_cases = [i for i in range(len(objectives)) if screened is None or i not in screened[0]]

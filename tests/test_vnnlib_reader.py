@@ -533,3 +533,66 @@ def test_vnnlib_needs_only_numpy():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def _or_of_ands(rng: np.random.Generator, conjuncts: int) -> str:
+    """A spec of many boxes as nn4sys writes them, with every atom shape the reader takes in one."""
+    values = ["0.0", "-0.0", "0.25", "-0.5", "1e-3", "3"]
+
+    def atom() -> str:
+        op = str(rng.choice(["<=", ">=", "<", ">", "="]))
+        kind = rng.integers(5)
+        if kind == 0:
+            a, b = f"X_{rng.integers(2)}", str(rng.choice(values))
+        elif kind == 1:
+            a, b = f"Y_{rng.integers(3)}", str(rng.choice(values))
+        elif kind == 2:
+            a, b = f"Y_{rng.integers(3)}", f"Y_{rng.integers(3)}"
+        elif kind == 3:
+            a, b = str(rng.choice(values)), str(rng.choice(values))  # always true or always false
+        else:
+            a, b = str(rng.choice(values)), f"{'XY'[rng.integers(2)]}_{rng.integers(2)}"
+        return f"({op} {a} {b})"
+
+    boxes = [f"(>= X_0 {lo}) (<= X_0 {lo + 0.5})" for lo in (-0.5, 0.0, 0.25)]
+    body = " ".join(f"(and {boxes[rng.integers(3)]} {' '.join(atom() for _ in range(rng.integers(0, 4)))})"
+                    for _ in range(conjuncts))
+    return decls() + "(assert (>= X_1 -1)) (assert (<= X_1 1))" + f"(assert (or {body}))"
+
+
+def test_or_of_ands_fast_path_matches_the_general_path(monkeypatch):
+    from vnnlib.reader import _Reader
+
+    def read(text: str):
+        try:
+            return parse_spec(text)
+        except SpecError as err:  # e.g. a conjunct whose own input bounds cross
+            return str(err)
+
+    rng = np.random.default_rng(0)
+    texts = [_or_of_ands(rng, int(rng.integers(2, 40))) for _ in range(200)]
+    fast = [read(t) for t in texts]
+    assert 50 < sum(not isinstance(a, str) for a in fast) < 200  # specs and errors both
+    monkeypatch.setattr(_Reader, "_or_of_ands", lambda self, i: None)
+    for t, a in zip(texts, fast):
+        b = read(t)
+        if isinstance(a, str) or isinstance(b, str):
+            assert a == b
+            continue
+        assert_specs_equal(a, b)
+        for ca, cb in zip(a.cases, b.cases):  # signed zeros too
+            for pa, pb in zip(ca.polytopes, cb.polytopes):
+                assert np.array_equal(np.signbit(pa.b), np.signbit(pb.b)) and np.array_equal(np.signbit(pa.A),
+                                                                                               np.signbit(pb.A))
+            assert np.array_equal(np.signbit(ca.lower), np.signbit(cb.lower))
+
+
+@pytest.mark.parametrize("bad", ["(<= X_0 Z_1)", "(<= X_0 0.3) (>= X_0 0.6)", "(<= Y_0 1e999)", "(<= X_0 X_1)"])
+def test_or_of_ands_errors_are_those_of_the_general_path(monkeypatch, bad):
+    from vnnlib.reader import _Reader
+
+    text = decls() + "(assert (>= X_1 -1)) (assert (<= X_1 1))" + \
+        f"(assert (or (and (>= X_0 0) (<= X_0 1)) (and (>= X_0 0) (<= X_0 1) {bad})))"
+    fast = error(text)
+    monkeypatch.setattr(_Reader, "_or_of_ands", lambda self, i: None)
+    assert error(text) == fast

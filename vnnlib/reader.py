@@ -209,6 +209,8 @@ class _Reader:
                     atoms = self._atom(toks[i + 3], self._leaf(i + 4), self._leaf(i + 5), i + 2)
                     self._add_assert([] if atoms is None else [atoms])
                 i += 8
+            elif toks[i + 1:i + 4] == ["assert", "(", "or"] and (end := self._or_of_ands(i)) is not None:
+                i = end
             elif (
                 i + 4 < n
                 and toks[i + 1] == "declare-const"
@@ -221,6 +223,44 @@ class _Reader:
             else:
                 node, i = _build(toks, i)
                 self._command(node)
+
+    def _or_of_ands(self, i: int) -> int | None:
+        """``(assert (or (and (op a b) ...) ...))`` with every ``a``, ``b`` a name or a number (a spec of
+        many boxes): its DNF added, and the index after it; None (nothing added) for any other shape or any
+        error, which the general path then reads (and reports)."""
+        toks, cmp_ops, dnf, j = self.toks, self.cmp_ops, [], i + 4
+        try:
+            while toks[j] == "(":
+                if toks[j + 1] != "and":
+                    return None
+                j += 2
+                conj: tuple = ()
+                alive = True
+                while toks[j] == "(":
+                    op = toks[j + 1]
+                    if op not in cmp_ops or toks[j + 4] != ")" or toks[j + 2] in _PARENS or toks[j + 3] in _PARENS:
+                        return None
+                    atoms = self._input_bound(op, j + 2, j) or self._output_bound(op, j + 2)
+                    if atoms is None:
+                        atoms = self._atom(op, self._leaf(j + 2), self._leaf(j + 3), j)
+                    if atoms is None:
+                        alive = False
+                    else:
+                        conj += atoms
+                    j += 5
+                if toks[j] != ")":
+                    return None
+                j += 1
+                if alive:
+                    dnf.append(conj)
+                if len(dnf) > self.max_conjuncts:
+                    return None
+            if toks[j] != ")" or toks[j + 1] != ")":
+                return None
+            self._add_assert(dnf)
+        except (IndexError, _Located):
+            return None
+        return j + 2
 
     def _input_bound(self, op: str, var_tok: int, tok: int) -> tuple | None:
         """``(op X_i number)`` as bounds, or None if the atom has another shape."""
@@ -237,6 +277,23 @@ class _Reader:
         if op in ("<", ">"):
             self.strict_inputs = True
         return (_Bound(i, op in ("<=", "<"), value, tok),)
+
+    def _output_bound(self, op: str, var_tok: int) -> tuple | None:
+        """``(op Y_j number)`` as rows, exactly as ``_atom`` makes them, or None if the atom has another shape."""
+        key = self.vars.get(self.toks[var_tok])
+        number = self.toks[var_tok + 1]
+        if key is None or key[0] != "Y" or not _NUMBER.match(number):
+            return None
+        value = float(number)
+        if not math.isfinite(value):
+            return None  # _atom reports it
+        j = key[1]
+        if op in (">=", ">"):  # v - y_j (op') 0
+            return (_Row(((j, -1.0),), 0.0 - value, op == ">"),)
+        b = value + 0.0
+        if op in _EQ:
+            return _Row(((j, 1.0),), b, False), _Row(((j, -1.0),), -b, False)
+        return (_Row(((j, 1.0),), b, op == "<"),)
 
     def _command(self, node: _List) -> None:
         items = node.items
@@ -505,8 +562,29 @@ def _nonempty_box(bounds: list[_Bound], size: int, name=_flat_name) -> tuple[np.
 
 def _own_box_check(bounds: list[_Bound], name=_flat_name) -> None:
     """Raise if these bounds (from one assert) cross on some input."""
-    if bounds:
+    if bounds and _box_changes(bounds, None, None) is None:
         _nonempty_box(bounds, 1 + max(a.index for a in bounds), name)
+
+
+def _box_changes(bounds: list[_Bound], lower: np.ndarray | None, upper: np.ndarray | None
+                 ) -> tuple[tuple[int, float, float], ...] | None:
+    """The entries ``(i, lo_i, hi_i)`` of the box ``lower <= x <= upper`` (``None``: unbounded) cut by
+    ``bounds`` that differ from it, by index; None if the cut box is empty."""
+    cut: dict[int, list[float]] = {}
+    for a in bounds:
+        lh = cut.get(a.index)
+        if lh is None:
+            lh = cut[a.index] = ([-math.inf, math.inf] if lower is None else
+                                 [float(lower[a.index]), float(upper[a.index])])
+        if a.upper:
+            lh[1] = min(lh[1], a.value)
+        else:
+            lh[0] = max(lh[0], a.value)
+    if any(lo > hi for lo, hi in cut.values()):
+        return None
+    if lower is None:
+        return ()
+    return tuple((i, lo, hi) for i, (lo, hi) in sorted(cut.items()) if lo != lower[i] or hi != upper[i])
 
 
 def _declared_count(reader: _Reader, kind: str) -> int:
@@ -542,12 +620,6 @@ def _polytope(rows: list[_Row], n_out: int) -> Polytope:
     return Polytope(A, b, strict)
 
 
-def _box_key(lo: np.ndarray, hi: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> tuple:
-    """Hashable key of a conjunct's box: where and how it differs from the common box."""
-    changed = np.nonzero((lo != lower) | (hi != upper))[0]
-    return changed.tobytes(), lo[changed].tobytes(), hi[changed].tobytes()
-
-
 def _bounded(lower: np.ndarray, upper: np.ndarray, name=_flat_name) -> None:
     for which, side in (("lower", lower), ("upper", upper)):
         bad = np.nonzero(~np.isfinite(side))[0]
@@ -572,13 +644,15 @@ def _assemble(reader: _Reader, n_inputs: int | None, n_outputs: int | None) -> S
     lower, upper = _nonempty_box(bounds, n_in, reader.var_name)
     groups: dict[tuple, tuple[np.ndarray, np.ndarray, list[Polytope]]] = {}
     for combo in itertools.product(*reader.factors):
-        atoms = [a for conj in combo for a in conj]
-        lo, hi = _tighten(lower, upper, [a for a in atoms if type(a) is _Bound])
-        if np.any(lo > hi):
+        atoms = combo[0] if len(combo) == 1 else [a for conj in combo for a in conj]
+        key = _box_changes([a for a in atoms if type(a) is _Bound], lower, upper)
+        if key is None:
             logger.debug("dropping a disjunct whose input box is empty")
             continue
-        key = _box_key(lo, hi, lower, upper)
         if key not in groups:
+            lo, hi = lower.copy(), upper.copy()
+            for i, lo_i, hi_i in key:
+                lo[i], hi[i] = lo_i, hi_i
             _bounded(lo, hi, reader.var_name)
             groups[key] = (lo, hi, [])
         groups[key][2].append(_polytope(rows + [a for a in atoms if type(a) is _Row], n_out))

@@ -44,8 +44,11 @@ class Polytope:
     strict: np.ndarray = field(default=None)  # (k,) bool
 
     def __post_init__(self) -> None:
-        A = np.atleast_2d(np.asarray(self.A, dtype=np.float64))
-        b = np.asarray(self.b, dtype=np.float64).reshape(-1)
+        A, b = self.A, self.b
+        if not (type(A) is np.ndarray and A.dtype == np.float64 and A.ndim == 2):
+            A = np.atleast_2d(np.asarray(A, dtype=np.float64))
+        if not (type(b) is np.ndarray and b.dtype == np.float64 and b.ndim == 1):
+            b = np.asarray(b, dtype=np.float64).reshape(-1)
         if A.shape[0] != b.shape[0]:
             raise SpecError(f"polytope has {A.shape[0]} rows in A but {b.shape[0]} in b")
         strict = (
@@ -77,11 +80,11 @@ class Case:
         hi = np.asarray(self.upper, dtype=np.float64).reshape(-1)
         if lo.shape != hi.shape:
             raise SpecError("input box lower and upper have different sizes")
-        bad = np.nonzero(lo > hi)[0]
-        if bad.size:
+        bad = np.nonzero(lo > hi)[0] if not (lo <= hi).all() else ()
+        if len(bad):
             i = int(bad[0])
             raise SpecError(f"empty input box: X_{i} has lower {lo[i]} > upper {hi[i]}")
-        if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
+        if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
             i = int(np.nonzero(~(np.isfinite(lo) & np.isfinite(hi)))[0][0])
             raise SpecError(f"input variable X_{i} is unbounded")
         object.__setattr__(self, "lower", lo)

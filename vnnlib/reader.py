@@ -262,16 +262,22 @@ class _Reader:
             return None
         return j + 2
 
-    def _input_bound(self, op: str, var_tok: int, tok: int) -> tuple | None:
-        """``(op X_i number)`` as bounds, or None if the atom has another shape."""
+    def _var_number(self, var_tok: int, kind: str) -> tuple[int, float] | None:
+        """``(index, value)`` when tokens ``var_tok``, ``var_tok + 1`` are a declared ``kind`` variable and a
+        finite number (else None: the atom takes the general path, which reports what is wrong)."""
         key = self.vars.get(self.toks[var_tok])
         number = self.toks[var_tok + 1]
-        if key is None or key[0] != "X" or not _NUMBER.match(number):
+        if key is None or key[0] != kind or not _NUMBER.match(number):
             return None
-        value = float(number) + 0.0  # + 0.0 turns -0.0 into 0.0, as in _atom
-        if not math.isfinite(value):
-            return None  # _atom reports it
-        i = key[1]
+        value = float(number)
+        return (key[1], value) if math.isfinite(value) else None
+
+    def _input_bound(self, op: str, var_tok: int, tok: int) -> tuple | None:
+        """``(op X_i number)`` as bounds, or None if the atom has another shape."""
+        got = self._var_number(var_tok, "X")
+        if got is None:
+            return None
+        i, value = got[0], got[1] + 0.0  # + 0.0 turns -0.0 into 0.0, as in _atom
         if op in _EQ:
             return _Bound(i, True, value, tok), _Bound(i, False, value, tok)
         if op in ("<", ">"):
@@ -280,14 +286,10 @@ class _Reader:
 
     def _output_bound(self, op: str, var_tok: int) -> tuple | None:
         """``(op Y_j number)`` as rows, exactly as ``_atom`` makes them, or None if the atom has another shape."""
-        key = self.vars.get(self.toks[var_tok])
-        number = self.toks[var_tok + 1]
-        if key is None or key[0] != "Y" or not _NUMBER.match(number):
+        got = self._var_number(var_tok, "Y")
+        if got is None:
             return None
-        value = float(number)
-        if not math.isfinite(value):
-            return None  # _atom reports it
-        j = key[1]
+        j, value = got
         if op in (">=", ">"):  # v - y_j (op') 0
             return (_Row(((j, -1.0),), 0.0 - value, op == ">"),)
         b = value + 0.0

@@ -80,10 +80,11 @@ class Case:
         hi = np.asarray(self.upper, dtype=np.float64).reshape(-1)
         if lo.shape != hi.shape:
             raise SpecError("input box lower and upper have different sizes")
-        bad = np.nonzero(lo > hi)[0] if not (lo <= hi).all() else ()
-        if len(bad):
-            i = int(bad[0])
-            raise SpecError(f"empty input box: X_{i} has lower {lo[i]} > upper {hi[i]}")
+        if not (lo <= hi).all():  # NaN entries fall through to the check below
+            bad = np.nonzero(lo > hi)[0]
+            if bad.size:
+                i = int(bad[0])
+                raise SpecError(f"empty input box: X_{i} has lower {lo[i]} > upper {hi[i]}")
         if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
             i = int(np.nonzero(~(np.isfinite(lo) & np.isfinite(hi)))[0][0])
             raise SpecError(f"input variable X_{i} is unbounded")

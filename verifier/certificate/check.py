@@ -254,11 +254,13 @@ class _Net:
         return np.array([off for _, _, off, _ in self.layers], dtype=np.int64)
 
 
+def _err(make, e: np.ndarray | None) -> _Lin | None:
+    """The error map ``make(e)`` of a constant's radii ``e``; None where they are all 0 (exact)."""
+    return None if e is None or not e.any() else make(e)
+
+
 def _affine(inputs, maps: list[_Lin], errs: list[_Lin | None], bias, bias_err) -> _Affine:
     n = maps[0].n
-    errs = [None if e is None or (e.dense is not None and not e.dense.any()) or (e.diag is not None and
-                                                                                 not e.diag.any()) else e
-            for e in errs]
     bias = np.zeros(n) if bias is None else np.asarray(bias, dtype=np.float64).reshape(n)
     if bias_err is not None:
         bias_err = np.asarray(bias_err, dtype=np.float64).reshape(n)
@@ -343,20 +345,18 @@ def _node_op(node, shapes: list[tuple[int, ...]], arr) -> _Affine | int | None:
     if isinstance(op, N.Relu):
         return node.inputs[0]
     if isinstance(op, N.Dense):
-        err = arr(op.weight_err)
-        return _affine(node.inputs, [_dense(arr(op.weight))], [None if err is None else _dense(err)], arr(op.bias),
+        return _affine(node.inputs, [_dense(arr(op.weight))], [_err(_dense, arr(op.weight_err))], arr(op.bias),
                        arr(op.bias_err))
     if isinstance(op, N.Conv):
         M, E = _conv(op, shapes[0], node.shape, arr)
         per_pixel = n // op.bias.shape[0]
         bias_err = None if op.bias_err is None else np.repeat(arr(op.bias_err), per_pixel)
-        return _affine(node.inputs, [_dense(M)], [None if E is None else _dense(E)], np.repeat(arr(op.bias), per_pixel),
-                       bias_err)
+        return _affine(node.inputs, [_dense(M)], [_err(_dense, E)], np.repeat(arr(op.bias), per_pixel), bias_err)
     if isinstance(op, N.Scale):
         def full(t):
             return None if t is None else np.broadcast_to(arr(t), (1, *node.shape)).reshape(n)
         err = full(op.scale_err)
-        return _affine(node.inputs, [_diag(full(op.scale))], [None if err is None else _diag(err)],
+        return _affine(node.inputs, [_diag(full(op.scale))], [_err(_diag, err)],
                        full(op.shift), full(op.shift_err))
     if isinstance(op, (N.Add, N.Reshape)):
         return _affine(node.inputs, [_selection(n, np.arange(n), n)] * len(node.inputs), [None] * len(node.inputs),
@@ -366,7 +366,8 @@ def _node_op(node, shapes: list[tuple[int, ...]], arr) -> _Affine | int | None:
         return _affine(node.inputs, [_selection(n, src, n)], [None], None, None)
     if isinstance(op, N.AvgPool):
         M = _avgpool(op, shapes[0], node.shape)
-        return _affine(node.inputs, [_dense(M)], [_dense(M * 2.0**-52)], None, None)  # |fl(1/c) - 1/c| <= 2u fl(1/c)
+        # |fl(1/c) - 1/c| <= 2u fl(1/c)
+        return _affine(node.inputs, [_dense(M)], [_err(_dense, M * 2.0**-52)], None, None)
     if isinstance(op, N.Pad):
         src = _pad_source(shapes[0], op.pads)
         return _affine(node.inputs, [_selection(n, src, prod(shapes[0]))], [None], np.where(src < 0, op.value, 0.0),

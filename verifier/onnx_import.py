@@ -23,12 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from math import ceil, prod
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
-import onnx
 import torch
-from onnx import TensorProto, helper, numpy_helper
 
 from verifier import constants
 from verifier.errors import InputFileError, ModelError, UnsupportedModelError
@@ -52,10 +50,14 @@ from verifier.network import (
     Scale,
     Transpose,
 )
+from verifier.onnx_proto import attribute_value, parse_model, proto, tensor_array, uses_external_data
+
+if TYPE_CHECKING:
+    import onnx
 
 log = logging.getLogger(__name__)
 
-_FLOAT_TYPES = {TensorProto.FLOAT: torch.float32, TensorProto.DOUBLE: torch.float64}
+_FLOAT_TYPES = {1: torch.float32, 11: torch.float64}  # TensorProto.FLOAT, TensorProto.DOUBLE
 _RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
 _MIXED_INPUTS = {"Add", "Sub", "Mul", "Div", "MatMul", "Gemm", "Concat"}  # the others read a computed input 0
 _MAX_EXPANDED = 1 << 26  # entries of a dense matrix built for a general linear node
@@ -67,15 +69,18 @@ def load_onnx(path: str | os.PathLike, dtype: torch.dtype | None = None) -> Netw
     path = Path(path)
     data = read_model_bytes(path)
     try:
-        model = onnx.load_model_from_string(data)
+        model = parse_model(data)
     except Exception as e:  # protobuf raises DecodeError or RuntimeWarning-like errors
         raise InputFileError(f"{path} is not an ONNX model: {_one_line(e)}") from None
     if not model.HasField("graph") or not model.graph.output:
         raise InputFileError(f"{path} is not an ONNX model (it has no graph)")
-    try:
-        onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
-    except Exception as e:  # OSError, or onnx's ValidationError for a missing or unsafe location
-        raise InputFileError(f"cannot read external data of {path}: {_one_line(e)}") from None
+    if uses_external_data(model):
+        try:
+            from onnx import external_data_helper
+
+            external_data_helper.load_external_data_for_model(model, str(path.parent))
+        except Exception as e:  # OSError, or onnx's ValidationError for a missing or unsafe location
+            raise InputFileError(f"cannot read external data of {path}: {_one_line(e)}") from None
     return load_onnx_model(model, dtype)
 
 
@@ -163,7 +168,7 @@ def _initializers(graph: onnx.GraphProto) -> list[tuple[str, np.ndarray]]:
     out = []
     for t in graph.initializer:
         try:
-            out.append((t.name, numpy_helper.to_array(t)))
+            out.append((t.name, tensor_array(t)))
         except Exception as e:  # onnx raises ValueError, TypeError or its own errors on bad tensors
             raise ModelError(f"ONNX initializer '{t.name}' is malformed: {_one_line(e)}") from None
     return out
@@ -181,7 +186,8 @@ def _graph_input(graph: onnx.GraphProto) -> tuple[str, tuple[int, ...], bool, to
         raise UnsupportedModelError(f"unsupported ONNX model: input '{vi.name}' is not a tensor")
     elem = vi.type.tensor_type.elem_type
     if elem not in _FLOAT_TYPES:
-        type_name = TensorProto.DataType.Name(elem) if elem in TensorProto.DataType.values() else str(elem)
+        types = proto().TensorProto.DataType
+        type_name = types.Name(elem) if elem in types.values() else str(elem)
         raise UnsupportedModelError(f"unsupported ONNX model: input '{vi.name}' has type {type_name}")
     if not vi.type.tensor_type.HasField("shape"):
         raise UnsupportedModelError(f"unsupported ONNX model: input '{vi.name}' has no shape")
@@ -323,7 +329,8 @@ def _fold_constant(ctx: _Context, node: onnx.NodeProto, args: list) -> list[_Val
 def _reference(ctx: _Context, node: onnx.NodeProto, args: list) -> list[np.ndarray | None]:
     """The outputs of ``node`` on the arrays ``args`` by the ONNX reference implementation (which raises
     anything on bad input)."""
-    from onnx.reference import ReferenceEvaluator  # imported only for models that need it
+    from onnx import TensorProto, helper  # imported only for models that need it
+    from onnx.reference import ReferenceEvaluator
 
     feeds = {x: a for x, a in zip(node.input, args) if x}
     elem = {x: helper.np_dtype_to_tensor_dtype(a.dtype) for x, a in feeds.items()}
@@ -338,7 +345,7 @@ def _reference(ctx: _Context, node: onnx.NodeProto, args: list) -> list[np.ndarr
 def _constant_value(node: onnx.NodeProto) -> np.ndarray:
     attrs = _attrs(node)
     if "value" in attrs:
-        return numpy_helper.to_array(attrs["value"])
+        return tensor_array(attrs["value"])
     for key, dtype in (("value_float", np.float32), ("value_floats", np.float32),
                        ("value_int", np.int64), ("value_ints", np.int64)):
         if key in attrs:
@@ -352,7 +359,7 @@ def _constant_value(node: onnx.NodeProto) -> np.ndarray:
 def _attrs(node: onnx.NodeProto) -> dict:
     out = {}
     for a in node.attribute:
-        v = helper.get_attribute_value(a)
+        v = attribute_value(a)
         out[a.name] = v.decode() if isinstance(v, bytes) else v
     return out
 
@@ -789,6 +796,8 @@ def _conv1d(ctx: _Context, node, args) -> _Var:
     w = args[1]
     (s,), (d,) = attrs.get("strides", (1,)), attrs.get("dilations", (1,))
     pb, pe = _spatial_pads(attrs, v.shape[1:], w.shape[2:], (s,), (d,))
+    from onnx import helper  # imported only for models that need it
+
     attrs2 = [helper.make_attribute("strides", [1, s]), helper.make_attribute("dilations", [1, d]),
               helper.make_attribute("pads", [0, pb, 0, pe]), helper.make_attribute("group", attrs.get("group", 1))]
     node2 = helper.make_node("Conv", list(node.input), list(node.output), name=name)
@@ -1133,7 +1142,7 @@ def _cv_reduce_sum(ctx: _Context, node, args) -> list[_Value]:
     return [_reshape_flat(ctx, dense, out_shape, v.batched, name)]
 
 
-_Converter = Callable[[_Context, onnx.NodeProto, list], list[_Value]]
+_Converter = Callable[[_Context, "onnx.NodeProto", list], list[_Value]]
 _CONVERTERS: dict[str, _Converter] = {
     "Identity": _cv_identity, "Dropout": _cv_dropout, "Cast": _cv_cast, "Shape": _cv_shape, "Size": _cv_size,
     "Relu": _cv_relu, "Neg": _cv_neg, "Add": _cv_arith, "Sub": _cv_arith, "Mul": _cv_arith, "Div": _cv_arith,

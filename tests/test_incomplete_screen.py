@@ -81,3 +81,16 @@ def test_screened_cases_carry_certificates_that_check(tmp_path: Path):
     checked = check_proof(model, spec, result.proof)
     assert checked.valid, checked.reason
     assert len(result.proof.cases) == 40
+
+
+def test_alpha_crown_runs_at_the_root_only_where_it_serves() -> None:
+    """Before input splitting (whose children CROWN bounds) the root gets IBP and CROWN only, unless
+    ``bab.input.root_alpha`` says so; the incomplete mode that stops after alpha-CROWN still runs it."""
+    folder = Path(__file__).resolve().parents[1] / "models" / "acasxu"
+    model, spec = folder / "ACASXU_run2a_1_1_batch_2000.onnx", folder / "prop_3.vnnlib"
+    plain = verify(model, spec, timeout=60, config=load_config())
+    asked = verify(model, spec, timeout=60, config=load_config(overrides={"bab": {"input": {"root_alpha": True}}}))
+    incomplete = verify(model, spec, timeout=60, config=load_config(overrides={"stop_after": "alpha"}))
+    assert plain.status is asked.status is Status.UNSAT
+    assert "crown_time" in plain.stats and "alpha_time" not in plain.stats
+    assert "alpha_time" in asked.stats and "alpha_time" in incomplete.stats

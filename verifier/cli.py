@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="also write the result (VNN-COMP format) to this file")
     p.add_argument("--device", default=None, help="cpu (default) or cuda[:N]")
     p.add_argument("--seed", type=int, default=None, help="random seed of the attack")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes searching together (default: the cores available, on small networks)")
     p.add_argument("--config", help="YAML configuration file (see README)")
     p.add_argument("--engine", choices=("auto", "bab", "milp", "smt"), default=None)
     p.add_argument("--stop-after", choices=("attack", "ibp", "crown", "alpha", "complete"), default=None,
@@ -91,6 +93,8 @@ def _overrides(args: argparse.Namespace) -> dict:
             o[key] = getattr(args, key)
     if args.stop_after is not None:
         o["stop_after"] = args.stop_after
+    if args.workers is not None:
+        o["bab"] = {"workers": args.workers}
     if args.proof:
         o["proof"] = True
     if args.certify:

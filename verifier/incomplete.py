@@ -35,7 +35,7 @@ def incomplete_stages(
               ("crown", lambda known: crown(net, domains, C, d, known=known, forward=forward)),
               ("alpha", lambda known: alpha_crown(net, domains, C, d, config.alpha, known=known,
                                                   deadline=deadline))]
-    if forward:  # alpha-CROWN's backward passes for every intermediate layer are what forward bounds avoid
+    if forward or not root_alpha(net, config):  # forward bounds avoid alpha-CROWN's backward passes
         stages = stages[:2]
     best: BoundResult | None = screened
     if screened is not None:
@@ -58,6 +58,17 @@ def incomplete_stages(
         if name == config.stop_after or deadline.expired():
             break
     return False, best
+
+
+def root_alpha(net: Network, config: Config) -> bool:
+    """Whether the stages may include alpha-CROWN on the whole box: not before a complete input-splitting
+    search that bounds by CROWN alone, unless ``bab.input.root_alpha`` says so."""
+    from verifier.bab.solve import choose_branching
+
+    if config.stop_after != "complete" or choose_branching(net, config.bab) != "input":
+        return True
+    opts = config.bab.input
+    return opts.root_alpha or opts.bound == "alpha"
 
 
 def forward_bounds(net: Network, config: Config) -> bool:

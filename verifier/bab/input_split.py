@@ -121,7 +121,8 @@ def input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts: 
 
     strong = opts.input.strong_branching != "none"
     batch = max(1, opts.input.batch_size // (2 * net.n_inputs)) if strong else opts.input.batch_size
-    return Rule(branch=branch, bound=tight, batch_size=batch, settle=settle, recorder=recorder)
+    return Rule(branch=branch, bound=tight, batch_size=batch, settle=settle, recorder=recorder,
+                parallel=recorder is None)
 
 
 def contract_children(obj: CaseObjective, children: SubproblemBatch, linear: tuple[torch.Tensor, torch.Tensor]
@@ -232,7 +233,7 @@ def relu_leaves(
     few = torch.nonzero(unstable <= opts.input.exact_unstable).flatten()
     picks = few[torch.argsort(unstable[few], stable=True)][: opts.input.exact_per_round].tolist()
     proven = torch.zeros(open_.batch, dtype=torch.bool)
-    relu_opts = replace(opts, branching="relu", refine=replace(opts.refine, share=0.0))
+    relu_opts = replace(opts, branching="relu", refine=replace(opts.refine, share=0.0), workers=1)
     tried = 0
     for n, i in enumerate(picks):
         if deadline.expired():

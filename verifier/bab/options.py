@@ -43,6 +43,10 @@ class InputSplitOptions:
     exact_share: float = 0.1  # ... while those searches have taken at most this share of the time
     exact_per_round: int = 16  # ... at most this many per round
     warm_start: bool = False  # alpha: start a child's slope optimization from its parent's slopes
+    # alpha-CROWN on the whole box before the search (with bound "crown" the search bounds every child by
+    # CROWN, so the root's optimized bound serves only the root: on ACAS Xu a few rounds of splitting
+    # cost less than its slope optimization)
+    root_alpha: bool = False
     # intermediate bounds by forward linear bounds (bounds/forward_linear.py) instead of CROWN's backward
     # passes; auto: on networks of at most forward_max_inputs inputs and at least forward_min_relus ReLUs
     forward: Literal["auto", "on", "off"] = "auto"
@@ -113,6 +117,10 @@ class BabOptions:
     # unknown instead of being killed (popping copies the store, so the peak is about twice this)
     max_memory: float = 0.25
     progress_every: float = 2.0  # seconds between progress lines (-v)
+    # processes searching one case together (bab/parallel.py; 0: the cores available), where torch runs on
+    # one thread (small networks) and on the CPU; the helpers start once a search has run this long
+    workers: int = 0
+    parallel_after: float = 0.3
     input: InputSplitOptions = field(default_factory=InputSplitOptions)
     relu: ReluSplitOptions = field(default_factory=ReluSplitOptions)
     refine: RefineOptions = field(default_factory=RefineOptions)
@@ -123,3 +131,5 @@ class BabOptions:
             raise ValueError(f"max_memory must be a fraction of the memory in (0, 1], not {self.max_memory}")
         if self.attack_every < 1:
             raise ValueError("attack_every must be at least 1")
+        if self.workers < 0 or self.parallel_after < 0:
+            raise ValueError("workers and parallel_after must be at least 0")

@@ -264,7 +264,8 @@ def relu_rule(
         cex, undecided = decide_leaves(net, obj, leaves, validate_fn, deadline, record)
         return open_.select(~leaf), cex, bool(undecided.any())
 
-    return Rule(branch=branch, bound=bound, batch_size=opts.relu.batch_size, settle=settle, recorder=recorder)
+    return Rule(branch=branch, bound=bound, batch_size=opts.relu.batch_size, settle=settle, recorder=recorder,
+                parallel=recorder is None)
 
 
 def check_primals(net: Network, obj: CaseObjective, batch: SubproblemBatch, validate_fn: ValidateFn

@@ -17,6 +17,7 @@ import torch
 
 from verifier.attack import attack_case
 from verifier.bab.options import BabOptions
+from verifier.bab.parallel import Channel, Helpers, available_cores, helper_options, parallel_allowed
 from verifier.bab.subproblems import Store, SubproblemBatch
 from verifier.deadline import Deadline
 from verifier.forward import forward
@@ -90,27 +91,84 @@ class Rule:
     # the proof tree of the case (``verifier.certificate.record``): the rule names the children it makes
     # and records its bounds; the loop audits every subdomain it drops against the records
     recorder: CaseRecorder | None = None
+    # its subdomains may be searched by helper processes running the same rule (``bab/parallel.py``)
+    parallel: bool = False
 
 
 def search(
     net: Network, obj: CaseObjective, root: SubproblemBatch, rule: Rule, validate_fn: ValidateFn,
-    opts: BabOptions, deadline: Deadline, gen: torch.Generator, stats: BabStats,
+    opts: BabOptions, deadline: Deadline, gen: torch.Generator, stats: BabStats, channel: Channel | None = None,
 ) -> tuple[Status, Counterexample | None]:
-    """Best-first branch and bound of one case from ``root``; UNSAT only when no subdomain is left."""
+    """Best-first branch and bound of one case from ``root``; UNSAT only when no subdomain is left (here
+    or in a helper).  ``channel``: this search is a helper's, which gives subdomains back on request."""
     priority = rule.priority or (lambda batch: margins(obj, batch.bound))
     store = Store()
     store.push(root, priority(root))
+    helpers = _helpers(net, obj, rule, validate_fn, opts, deadline, gen, channel)
+    try:
+        status, cex = _loop(net, obj, store, priority, rule, validate_fn, opts, deadline, gen, stats, channel,
+                            helpers)
+    finally:
+        if helpers is not None:
+            helpers.close()
+            _merge(stats, helpers)
+    if status is Status.UNSAT and helpers is not None and helpers.undecided:
+        return (Status.TIMEOUT if deadline.expired() else Status.UNKNOWN), None
+    return status, cex
+
+
+def _helpers(net: Network, obj: CaseObjective, rule: Rule, validate_fn: ValidateFn, opts: BabOptions,
+             deadline: Deadline, gen: torch.Generator, channel: Channel | None) -> Helpers | None:
+    """The helper processes of a top-level search of a rule that allows them (started later, if ever)."""
+    workers = opts.workers or available_cores()
+    if not rule.parallel or channel is not None or net.device.type != "cpu" or not parallel_allowed(workers):
+        return None
+    mine = helper_options(opts)
+
+    def helper_search(batch: SubproblemBatch, ch: Channel, g: torch.Generator):
+        st = BabStats()
+        status, cex = search(net, obj, batch, rule, validate_fn, mine, deadline, g, st, ch)
+        return status, cex, st
+
+    return Helpers(helper_search, workers, deadline, gen.initial_seed() + 7919)
+
+
+def _merge(stats: BabStats, helpers: Helpers) -> None:
+    for st in helpers.stats:
+        stats.rounds += st.rounds
+        stats.bounded += st.bounded
+        stats.max_depth = max(stats.max_depth, st.max_depth)
+        stats.time_bounding += st.time_bounding
+        stats.time_branching += st.time_branching
+        stats.time_attack += st.time_attack
+        stats.time_exact += st.time_exact
+    if helpers.handed:
+        stats.extra["bab_workers"] = helpers.workers
+        stats.extra["bab_handed"] = stats.extra.get("bab_handed", 0) + helpers.handed
+        stats.extra["bab_given_back"] = stats.extra.get("bab_given_back", 0) + helpers.returned
+
+
+def _loop(
+    net: Network, obj: CaseObjective, store: Store, priority: Callable[[SubproblemBatch], Tensor], rule: Rule,
+    validate_fn: ValidateFn, opts: BabOptions, deadline: Deadline, gen: torch.Generator, stats: BabStats,
+    channel: Channel | None, helpers: Helpers | None,
+) -> tuple[Status, Counterexample | None]:
     undecided = False
     memory = opts.max_memory * physical_memory()
     batch_size, last_peak = rule.batch_size, None
-    last_progress = time.monotonic()
-    while store.size:
+    started = last_progress = time.monotonic()
+    while store.size or (helpers is not None and helpers.busy):
         if deadline.expired():
             return _stop(store, rule, Status.TIMEOUT)
         if store.size > opts.max_domains or store.nbytes > memory:
             log.info("%s: %d open subdomains (%.2f GB), giving up", rule.name, store.size, store.nbytes / 1e9)
             stats.extra["bab_out_of_memory"] = 1
             return _stop(store, rule, Status.UNKNOWN)
+        cex = _exchange(helpers, store, priority, time.monotonic() - started > opts.parallel_after)
+        if cex is not None:
+            return Status.SAT, cex
+        if not store.size:  # all open subdomains are in helpers, and none came back yet
+            continue
         deepest = store.nbytes > memory / 2
         if deepest and "bab_depth_first" not in stats.extra:
             log.info("%s: %.2f GB of open subdomains, depth-first from now", rule.name, store.nbytes / 1e9)
@@ -149,6 +207,8 @@ def search(
         stats.max_queue = max(stats.max_queue, store.size)
         batch_size, last_peak = _adapt_batch(batch_size, rule.batch_size, parents.batch, last_peak, 2 * memory,
                                              stats)
+        if channel is not None and channel.serve(lambda: store.pop(store.size // 2) if store.size >= 2 else None):
+            return Status.UNKNOWN, None
         if time.monotonic() - last_progress > opts.progress_every:
             last_progress = time.monotonic()
             log.info("%s: open %d (%.0f MB), %s %.4g, bounded %d, depth %d, %.1fs left", rule.name, store.size,
@@ -157,6 +217,15 @@ def search(
     if undecided:  # some leaf was left undecided: out of time if the deadline has passed
         return (Status.TIMEOUT if deadline.expired() else Status.UNKNOWN), None
     return Status.UNSAT, None
+
+
+def _exchange(helpers: Helpers | None, store: Store, priority: Callable[[SubproblemBatch], Tensor], due: bool
+              ) -> Counterexample | None:
+    """Start the helpers once ``due``, then trade subdomains with them (waiting when the store is empty)."""
+    if helpers is None or not (helpers.helpers or due):
+        return None
+    helpers.start()
+    return helpers.exchange(store.pop, store.size, lambda b: store.push(b, priority(b)), store.size == 0)
 
 
 def _audit(recorder: CaseRecorder, obj: CaseObjective, children: SubproblemBatch, before: SubproblemBatch,

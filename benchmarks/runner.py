@@ -160,7 +160,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         mode="spawn" if args.ray else args.mode,  # Ray workers always spawn the CLI
         threads=threads,
         timeout_cap=args.timeout_cap,
-        verify_args=tuple(shlex.split(args.verify_args)),
+        verify_args=_with_workers(tuple(shlex.split(args.verify_args)), threads),
         command=args.command,
         category=args.category,
         cache_dir=args.cache_dir or default_cache_dir(),
@@ -194,6 +194,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     for line in report.wrong:
         print(f"verify-bench: WRONG ANSWER: {line}", file=sys.stderr)
     return EXIT_WRONG if report.wrong else 0
+
+
+def _with_workers(verify_args: tuple[str, ...], threads: int) -> tuple[str, ...]:
+    """The CLI's arguments with ``--workers`` set to the instance's share of the cores (its branch and
+    bound would otherwise use them all while other instances run), unless they set it."""
+    if any(a == "--workers" or a.startswith("--workers=") for a in verify_args):
+        return verify_args
+    return ("--workers", str(threads), *verify_args)
 
 
 def _preimport() -> float:

@@ -355,3 +355,11 @@ def test_the_replay_reads_vnnlib2_counterexamples(tmp_path):
         "bad: onnxruntime outputs on X are not in an unsafe region")
     assert check_counterexample(MODELS / "test_sat.onnx", spec, text.split("\n")[0] + "\n") == (
         "bad: no X_i values after sat")
+
+
+def test_each_verify_child_gets_its_share_of_the_cores_as_workers() -> None:
+    from benchmarks.runner import _with_workers
+
+    assert _with_workers(("--certify",), 1) == ("--workers", "1", "--certify")
+    assert _with_workers(("--workers", "3"), 1) == ("--workers", "3")
+    assert _with_workers(("--workers=3",), 2) == ("--workers=3",)

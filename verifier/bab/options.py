@@ -118,9 +118,10 @@ class BabOptions:
     max_memory: float = 0.25
     progress_every: float = 2.0  # seconds between progress lines (-v)
     # processes searching one case together (bab/parallel.py; 0: the cores available), where torch runs on
-    # one thread (small networks) and on the CPU; the helpers start once a search has run this long
+    # one thread (small networks) and on the CPU; the helpers start once a search has run this long (0: from
+    # its first round with two open subdomains)
     workers: int = 0
-    parallel_after: float = 0.3
+    parallel_after: float = 0.0
     input: InputSplitOptions = field(default_factory=InputSplitOptions)
     relu: ReluSplitOptions = field(default_factory=ReluSplitOptions)
     refine: RefineOptions = field(default_factory=RefineOptions)

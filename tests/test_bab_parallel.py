@@ -127,3 +127,22 @@ def test_verify_with_two_workers_on_a_shipped_acas_instance() -> None:
                                                                                 "parallel_after": 0.0}}))
     assert one.status is two.status is Status.UNSAT
     assert "bab_workers" not in one.stats and two.stats["bab_workers"] == 2 and two.stats["bab_handed"] > 0
+
+
+def _dying_search(batch: _Items, channel: Channel, gen: torch.Generator):
+    os._exit(3)  # as if killed (out of memory) in the middle of its work
+
+
+def test_a_helper_that_dies_leaves_the_search_undecided() -> None:
+    helpers = Helpers(_dying_search, 2, Deadline.after(20.0), seed=0)
+    mine = list(range(10))
+    try:
+        helpers.start()
+        while mine or helpers.busy:
+            helpers.exchange(lambda n: _Items([mine.pop() for _ in range(n)]), len(mine),
+                             lambda b: mine.extend(b.items), block=not mine)
+            if mine:
+                mine.pop()
+    finally:
+        helpers.close()
+    assert helpers.handed == 5 and helpers.undecided and not helpers.helpers

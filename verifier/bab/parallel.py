@@ -5,7 +5,8 @@ for a while with more than one subdomain open.  A fork shares the network, the o
 they are, so nothing but subdomains and outcomes crosses the pipes.  Protocol, per helper:
 
 * coordinator -> helper: ``("work", batch)``: search these; ``("give",)``: send back about half of your open
-  subdomains; ``("stop",)``: drop everything and exit.
+  subdomains.  When the search ends the coordinator kills its helpers (they hold nothing to clean up); a
+  helper whose pipe closes exits, and on Linux it dies with the coordinator.
 * helper -> coordinator: ``("gift", batch | None)`` answers a ``give``; ``("done", status, cex, stats)``
   when its store is empty (``UNSAT``: all it kept is proven), it found a counterexample (already replayed
   by its own validator), or it stopped undecided; ``("error", text)``.
@@ -22,10 +23,10 @@ onnxruntime sessions with one thread: no thread pool is copied half-alive into a
 from __future__ import annotations
 
 import logging
+import math
 import os
 import pickle
 import signal
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection, Pipe, wait
@@ -73,8 +74,6 @@ class Channel:
                 break
             if msg[0] == "give":
                 _put(self.conn, ("gift", give()))
-            elif msg[0] == "stop":
-                self.stopped = True
         return self.stopped
 
 
@@ -108,12 +107,15 @@ class Helpers:
         """Fork the helpers (once)."""
         if self.helpers:
             return
+        parent = os.getpid()
         for k in range(1, self.workers):
             mine, theirs = Pipe()
             pid = os.fork()
             if pid == 0:  # the helper: never returns
                 mine.close()
-                _helper_main(theirs, self.search, self.seed + k)
+                for h in self.helpers:
+                    h.conn.close()
+                _helper_main(theirs, self.search, self.seed + k, parent)
             theirs.close()
             self.helpers.append(_Helper(pid, mine))
         log.info("branch and bound: %d helper processes", len(self.helpers))
@@ -128,10 +130,10 @@ class Helpers:
                 if h.busy and not h.asked:
                     _send(h, ("give",))
                     h.asked = True
-        timeout = max(0.0, self.deadline.remaining()) if block else 0.0
+        timeout = (None if math.isinf(self.deadline.remaining()) else self.deadline.remaining()) if block else 0.0
         ready = wait([h.conn for h in self.helpers if h.busy], timeout=timeout) if self.busy else []
         cex = None
-        for h in self.helpers:
+        for h in list(self.helpers):
             if h.conn in ready:
                 cex = self._read(h, push) or cex
         if cex is not None:
@@ -148,8 +150,12 @@ class Helpers:
         while h.conn.poll():
             try:
                 msg = _recv(h.conn)
-            except (EOFError, OSError):
-                raise RuntimeError(f"branch and bound helper {h.pid} died") from None
+            except (EOFError, OSError):  # killed (e.g. out of memory): what it held stays undecided
+                log.warning("branch and bound helper %d died; its subdomains stay undecided", h.pid)
+                self.undecided = True
+                self.helpers.remove(h)
+                _reap(h.pid)
+                return None
             if msg[0] == "gift":
                 h.asked = False
                 if msg[1] is not None:
@@ -167,21 +173,19 @@ class Helpers:
         return None
 
     def close(self) -> None:
-        """Stop every helper and reap it (killed if it does not exit within a second)."""
+        """End every helper now (they hold nothing that needs cleaning up) and reap it."""
         for h in self.helpers:
-            _send(h, ("stop",))
             h.conn.close()
-        end = time.monotonic() + 1.0
-        for h in self.helpers:
-            while time.monotonic() < end and os.waitpid(h.pid, os.WNOHANG) == (0, 0):
-                time.sleep(0.005)
-            try:
-                if os.waitpid(h.pid, os.WNOHANG) == (0, 0):
-                    os.kill(h.pid, signal.SIGKILL)
-                    os.waitpid(h.pid, 0)
-            except ChildProcessError:
-                pass
+            _reap(h.pid)
         self.helpers = []
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
 
 
 def _put(conn: Connection, msg: tuple) -> None:
@@ -201,10 +205,12 @@ def _send(h: _Helper, msg: tuple) -> None:
         pass  # the helper is gone: reading its pipe says so
 
 
-def _helper_main(conn: Connection, search: SearchFn, seed: int) -> None:
-    """A helper's life: search what it is handed until told to stop, then exit without cleanup."""
+def _helper_main(conn: Connection, search: SearchFn, seed: int, parent: int) -> None:
+    """A helper's life: search what it is handed until its pipe closes (or it is killed), then exit
+    without cleanup."""
     code = 0
     try:
+        _die_with_parent(parent)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         gen = torch.Generator().manual_seed(seed)
         channel = Channel(conn)
@@ -212,8 +218,6 @@ def _helper_main(conn: Connection, search: SearchFn, seed: int) -> None:
             try:
                 msg = _recv(conn)
             except (EOFError, OSError):
-                break
-            if msg[0] == "stop":
                 break
             if msg[0] != "work":
                 continue  # a "give" that crossed a "done": nothing is left to give
@@ -228,6 +232,20 @@ def _helper_main(conn: Connection, search: SearchFn, seed: int) -> None:
         code = 1
     finally:
         os._exit(code)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: SIGKILL this process when the coordinator ``parent`` exits (e.g. answering ``timeout`` on
+    its own)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the coordinator is already gone
+        os._exit(0)
 
 
 def helper_options(opts):

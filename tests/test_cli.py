@@ -200,3 +200,14 @@ def test_gzipped_models_are_read_as_they_are_distributed(tmp_path: Path) -> None
     proc = run_verify(broken, MODELS / "test_prop.vnnlib")
     assert proc.returncode == EXIT_BAD_INPUT and proc.stdout.splitlines()[0] == "error"
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_main_in_process_leaves_the_garbage_collector_on(capsys: pytest.CaptureFixture) -> None:
+    """The start-up imports run with the cyclic collector off; a caller gets it back on, verdict unchanged."""
+    import gc
+
+    from verifier.cli import main
+
+    models = Path(__file__).resolve().parents[1] / "models"
+    assert main([str(models / "test_unsat.onnx"), str(models / "test_prop.vnnlib"), "--timeout", "60"]) == EXIT_OK
+    assert capsys.readouterr().out.splitlines()[0] == "unsat" and gc.isenabled()

@@ -7,6 +7,7 @@ so ``verify --help`` and usage errors are instant.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -134,8 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         from vnnlib.spec import SpecError
 
         try:
-            from verifier.api import verify
-            from verifier.config import load_config
+            verify, load_config = _import_pipeline()
 
             for path, what in ((args.model, "model"), (args.spec, "spec")):
                 if not Path(path).is_file():
@@ -170,6 +170,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         _write_json(args.json, _record(result, args))
     return EXIT_OK
+
+
+def _import_pipeline():
+    """``verify`` and ``load_config``.  The import creates torch's hundreds of thousands of long-lived
+    objects: the cyclic garbage collector does not scan them while they load, and later collections skip
+    them (frozen; they live as long as the process)."""
+    gc.disable()
+    try:
+        from verifier.api import verify
+        from verifier.config import load_config
+    finally:
+        gc.freeze()
+        gc.enable()
+    return verify, load_config
 
 
 def _write_proof(path: str, proof) -> None:

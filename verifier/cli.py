@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="random seed of the attack")
     p.add_argument("--workers", type=int, default=None,
                    help="processes searching together (default: the cores available, on small networks)")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="run the search's helpers as tasks of this Ray cluster (pip install '.[cluster]')")
     p.add_argument("--config", help="YAML configuration file (see README)")
     p.add_argument("--engine", choices=("auto", "bab", "milp", "smt"), default=None)
     p.add_argument("--stop-after", choices=("attack", "ibp", "crown", "alpha", "complete"), default=None,
@@ -95,7 +97,9 @@ def _overrides(args: argparse.Namespace) -> dict:
     if args.stop_after is not None:
         o["stop_after"] = args.stop_after
     if args.workers is not None:
-        o["bab"] = {"workers": args.workers}
+        o.setdefault("bab", {})["workers"] = args.workers
+    if args.ray is not None:
+        o.setdefault("bab", {})["ray"] = args.ray
     if args.proof:
         o["proof"] = True
     if args.certify:

@@ -13,6 +13,10 @@ class Deadline:
 
     at: float = math.inf
 
+    def __reduce__(self):
+        # monotonic clocks of two processes (or machines) share no origin: a copy keeps the time left
+        return Deadline.after, (None if math.isinf(self.at) else self.remaining(),)
+
     @staticmethod
     def after(seconds: float | None) -> Deadline:
         return Deadline(math.inf if seconds is None else time.monotonic() + max(0.0, seconds))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,17 @@ class Replayer:
 
     def __init__(self, model_path: str | Path) -> None:
         self.model_path = Path(model_path)
+
+    def __getstate__(self) -> dict:
+        # a copy (e.g. for a branch-and-bound helper on another machine) carries the file, not the session
+        return {"model_path": self.model_path, "data": self.model_path.read_bytes()}
+
+    def __setstate__(self, state: dict) -> None:
+        path = Path(state["model_path"])
+        if not (path.is_file() and path.read_bytes() == state["data"]):
+            path = Path(tempfile.mkdtemp(prefix="verify-model-")) / path.name
+            path.write_bytes(state["data"])
+        self.model_path = path
 
     @functools.cached_property
     def session(self):

@@ -122,6 +122,7 @@ class BabOptions:
     # its first round with two open subdomains)
     workers: int = 0
     parallel_after: float = 0.0
+    ray: str = ""  # a Ray cluster's address: the helpers run as its tasks (workers 0: one per CPU of it)
     input: InputSplitOptions = field(default_factory=InputSplitOptions)
     relu: ReluSplitOptions = field(default_factory=ReluSplitOptions)
     refine: RefineOptions = field(default_factory=RefineOptions)

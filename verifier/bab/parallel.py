@@ -93,7 +93,10 @@ class Helpers:
     workers: int
     deadline: Deadline
     seed: int
+    ray: str = ""  # a Ray cluster's address: helpers run as its tasks (``workers`` 0: one per CPU of it)
     helpers: list[_Helper] = field(default_factory=list)
+    started: bool = False
+    tasks: list = field(default_factory=list)  # the Ray tasks' references
     undecided: bool = False
     handed: int = 0  # subdomains handed out
     returned: int = 0  # subdomains given back
@@ -104,9 +107,21 @@ class Helpers:
         return any(h.busy for h in self.helpers)
 
     def start(self) -> None:
-        """Fork the helpers (once)."""
-        if self.helpers:
+        """Start the helpers (once): forked, or as Ray tasks when ``ray`` names a cluster."""
+        if self.started:
             return
+        self.started = True
+        if self.ray:
+            from verifier.bab.ray_helpers import start_ray_helpers
+
+            conns, self.tasks = start_ray_helpers(self.ray, self.search, self.workers, self.seed, self.deadline)
+            self.helpers = [_Helper(-1, c) for c in conns]
+            self.workers = len(self.helpers) + 1
+        else:
+            self._fork()
+        log.info("branch and bound: %d helpers", len(self.helpers))
+
+    def _fork(self) -> None:
         parent = os.getpid()
         for k in range(1, self.workers):
             mine, theirs = Pipe()
@@ -118,7 +133,6 @@ class Helpers:
                 _helper_main(theirs, self.search, self.seed + k, parent)
             theirs.close()
             self.helpers.append(_Helper(pid, mine))
-        log.info("branch and bound: %d helper processes", len(self.helpers))
 
     def exchange(self, pop: Callable[[int], object], size: int, push: Callable[[object], None], block: bool
                  ) -> Counterexample | None:
@@ -154,7 +168,8 @@ class Helpers:
                 log.warning("branch and bound helper %d died; its subdomains stay undecided", h.pid)
                 self.undecided = True
                 self.helpers.remove(h)
-                _reap(h.pid)
+                if h.pid > 0:
+                    _reap(h.pid)
                 return None
             if msg[0] == "gift":
                 h.asked = False
@@ -176,8 +191,13 @@ class Helpers:
         """End every helper now (they hold nothing that needs cleaning up) and reap it."""
         for h in self.helpers:
             h.conn.close()
-            _reap(h.pid)
-        self.helpers = []
+            if h.pid > 0:
+                _reap(h.pid)
+        if self.tasks:
+            from verifier.bab.ray_helpers import cancel
+
+            cancel(self.tasks)
+        self.helpers, self.tasks = [], []
 
 
 def _reap(pid: int) -> None:
@@ -206,12 +226,19 @@ def _send(h: _Helper, msg: tuple) -> None:
 
 
 def _helper_main(conn: Connection, search: SearchFn, seed: int, parent: int) -> None:
-    """A helper's life: search what it is handed until its pipe closes (or it is killed), then exit
-    without cleanup."""
-    code = 0
+    """A forked helper's life: ``helper_loop``, then exit without cleanup."""
+    code = 1
     try:
         _die_with_parent(parent)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        code = helper_loop(conn, search, seed)
+    finally:
+        os._exit(code)
+
+
+def helper_loop(conn: Connection, search: SearchFn, seed: int) -> int:
+    """Search what is handed over ``conn`` until it closes; 0, or 1 after a failure (sent as ``error``)."""
+    try:
         gen = torch.Generator().manual_seed(seed)
         channel = Channel(conn)
         while not channel.stopped:
@@ -224,14 +251,13 @@ def _helper_main(conn: Connection, search: SearchFn, seed: int, parent: int) -> 
             status, cex, stats = search(msg[1], channel, gen)
             if not channel.stopped:
                 _put(conn, ("done", status, cex, stats))
-    except BaseException as e:  # any failure goes to the coordinator, which raises it
+    except Exception as e:  # any failure goes to the coordinator, which raises it
         try:
             _put(conn, ("error", f"{type(e).__name__}: {e}"))
         except Exception:
             pass
-        code = 1
-    finally:
-        os._exit(code)
+        return 1
+    return 0
 
 
 def _die_with_parent(parent: int) -> None:
@@ -250,4 +276,4 @@ def _die_with_parent(parent: int) -> None:
 
 def helper_options(opts):
     """The options of a helper's search: no helpers of its own."""
-    return replace(opts, workers=1)
+    return replace(opts, workers=1, ray="")

@@ -120,8 +120,10 @@ def search(
 def _helpers(net: Network, obj: CaseObjective, rule: Rule, validate_fn: ValidateFn, opts: BabOptions,
              deadline: Deadline, gen: torch.Generator, channel: Channel | None) -> Helpers | None:
     """The helper processes of a top-level search of a rule that allows them (started later, if ever)."""
-    workers = opts.workers or available_cores()
-    if not rule.parallel or channel is not None or net.device.type != "cpu" or not parallel_allowed(workers):
+    if not rule.parallel or channel is not None or net.device.type != "cpu":
+        return None
+    workers = opts.workers if opts.ray else opts.workers or available_cores()  # with Ray, 0: its CPUs
+    if workers == 1 or (not opts.ray and not parallel_allowed(workers)):
         return None
     mine = helper_options(opts)
 
@@ -130,7 +132,7 @@ def _helpers(net: Network, obj: CaseObjective, rule: Rule, validate_fn: Validate
         status, cex = search(net, obj, batch, rule, validate_fn, mine, deadline, g, st, ch)
         return status, cex, st
 
-    return Helpers(helper_search, workers, deadline, gen.initial_seed() + 7919)
+    return Helpers(helper_search, workers, deadline, gen.initial_seed() + 7919, ray=opts.ray)
 
 
 def _merge(stats: BabStats, helpers: Helpers) -> None:

@@ -146,3 +146,28 @@ def test_a_helper_that_dies_leaves_the_search_undecided() -> None:
     finally:
         helpers.close()
     assert helpers.handed == 5 and helpers.undecided and not helpers.helpers
+
+
+def test_rules_that_account_for_their_subdomains_get_no_helpers() -> None:
+    """A rule with ``admit``/``drain`` (the refinement's budgets) keeps every subdomain in one process,
+    whatever its ``parallel`` flag says: a helper's subdomains would escape its accounting (the
+    refinement once reported bounds that sampled points violate)."""
+    from dataclasses import replace
+
+    from verifier.bab.options import BabOptions
+    from verifier.bab.search import Rule, _helpers
+    from verifier.network import Dense, Input, Network, Node
+
+    net = Network(nodes=(Node(op=Input(), inputs=(), shape=(2,), name="x"),
+                         Node(op=Dense(weight=torch.eye(2), bias=torch.zeros(2)), inputs=(0,), shape=(2,), name="y")),
+                  output=1)
+    shared = Rule(branch=lambda b: b, bound=lambda b: b, batch_size=1, settle=lambda b: (b, None, False),
+                  parallel=True)
+
+    def helpers(rule: Rule):
+        return _helpers(net, None, rule, lambda x: None, BabOptions(workers=2), Deadline.after(10.0),
+                        torch.Generator(), None)
+
+    assert helpers(shared) is not None
+    assert helpers(replace(shared, admit=lambda b: b)) is None
+    assert helpers(replace(shared, drain=lambda b: None)) is None

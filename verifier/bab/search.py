@@ -120,7 +120,9 @@ def search(
 def _helpers(net: Network, obj: CaseObjective, rule: Rule, validate_fn: ValidateFn, opts: BabOptions,
              deadline: Deadline, gen: torch.Generator, channel: Channel | None) -> Helpers | None:
     """The helper processes of a top-level search of a rule that allows them (started later, if ever)."""
-    if not rule.parallel or channel is not None or net.device.type != "cpu":
+    # a rule that admits, drains or records accounts for its subdomains in this process alone
+    private = rule.admit is not None or rule.drain is not None or rule.recorder is not None
+    if not rule.parallel or private or channel is not None or net.device.type != "cpu":
         return None
     workers = opts.workers if opts.ray else opts.workers or available_cores()  # with Ray, 0: its CPUs
     if workers == 1 or (not opts.ray and not parallel_allowed(workers)):

@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     for n, (onnx, vnnlib, truth) in enumerate(wanted):
         inst = known[(onnx, vnnlib)]
         timeout = min(inst.timeout, args.timeout_cap)
-        fields = {"onnx": str(inst.onnx_path), "vnnlib": str(inst.vnnlib_path), "timeout": f"{timeout:g}"}
+        fields = {"onnx": str(_existing(inst.onnx_path)), "vnnlib": str(_existing(inst.vnnlib_path)),
+                  "timeout": f"{timeout:g}"}
         order = ("a", "b") if n % 2 == 0 else ("b", "a")
         for side in order:
             command = child.command_from_template(getattr(args, side), fields)
@@ -67,6 +68,12 @@ def main(argv: list[str] | None = None) -> int:
         w.writerows(rows)
     print(summary(rows))
     return 0
+
+
+def _existing(path: Path) -> Path:
+    """``path``, or its gzipped twin where only that exists (instance lists name the unpacked files)."""
+    packed = path.with_name(path.name + ".gz")
+    return packed if not path.exists() and packed.exists() else path
 
 
 def summary(rows: list[dict]) -> str:

@@ -197,3 +197,33 @@ def test_every_node_type_is_handled_by_every_analysis() -> None:
                     beta_crown(net, dom, C, d, FAST)):
             assert torch.isfinite(res.lower).all()
             check_bounds(net, dom.splits, res, C, d, xs, 1e-9)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_float32_warmup_is_sound_and_close_to_float64(family: str) -> None:
+    """Large networks (here: the threshold at 0 ReLUs) iterate first on float32 estimates, then in float64
+    from their best slopes: bounds that hold on samples, never looser than CROWN, with most of what all
+    iterations in float64 gain over CROWN."""
+    net, lo, hi, splits, C, d, xs = make_case(family, torch.float64, False, seed=40 + sorted(FAMILIES).index(family))
+    dom = Domains(lo, hi)
+    opts = AlphaOptions(iterations=12, early_stop=False, float32_warmup=8, float32_warmup_relus=0)
+    warm = alpha_crown(net, dom, C, d, opts)
+    assert check_bounds(net, None, warm, C, d, xs, RTOL[torch.float64]) > 1000
+    assert (warm.lower >= crown(net, dom, C, d).lower - 1e-9).all()
+    f64 = alpha_crown(net, dom, C, d, replace(opts, float32_warmup=0))
+    base = crown(net, dom, C, d).lower
+    assert float((warm.lower - base).sum()) >= 0.5 * float((f64.lower - base).sum())  # most of the gain
+
+
+def test_float32_warmup_only_on_large_float64_networks(monkeypatch: pytest.MonkeyPatch) -> None:
+    import verifier.bounds.alpha as alpha
+
+    calls = []
+    real = alpha.optimize
+    monkeypatch.setattr(alpha, "optimize", lambda *a, **k: calls.append(k.get("low")) or real(*a, **k))
+    net, lo, hi, splits, C, d, xs = make_case("dense", torch.float64, False, seed=3)
+    relus = sum(net.nodes[r].size for r in net.relu_indices)
+    for threshold, expected in ((relus, [True, None]), (relus + 1, [None])):
+        calls.clear()
+        alpha_crown(net, Domains(lo, hi), C, d, replace(FAST, float32_warmup=4, float32_warmup_relus=threshold))
+        assert calls == expected

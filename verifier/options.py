@@ -44,11 +44,19 @@ class AlphaOptions:
     # estimates (no rounding slack: they only steer the optimization) and bound with the best slopes and
     # multipliers once, rigorously, at the end
     float32_iterations: bool = True
+    # with intermediate slopes, on float64 networks of at least float32_warmup_relus ReLU neurons (where an
+    # iteration in float64 costs seconds): the first float32_warmup iterations on float32 estimates, the
+    # rest rigorously in float64 from their best slopes (which keeps the intersection of every neuron's
+    # bounds across those iterations)
+    float32_warmup: int = 15
+    float32_warmup_relus: int = 8192
     optimize_intermediate: bool = True  # also optimize the slopes of the intermediate bounds
     intermediate_slopes: Literal["auto", "per_row", "shared"] = "auto"
     per_row_budget: int = 2**24  # "auto": per-row slopes while B * elements stays below this
 
     def __post_init__(self) -> None:
+        if self.float32_warmup < 0 or self.float32_warmup_relus < 0:
+            raise ValueError("AlphaOptions: float32_warmup and float32_warmup_relus must be at least 0")
         if self.iterations < 0 or self.lr <= 0 or self.lr_beta <= 0 or not 0 < self.lr_decay <= 1:
             raise ValueError("AlphaOptions: iterations >= 0, lr > 0, lr_beta > 0, 0 < lr_decay <= 1")
         if self.intermediate_slopes not in ("auto", "per_row", "shared"):

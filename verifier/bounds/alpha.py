@@ -13,6 +13,7 @@ The same loop optimizes beta-CROWN's split multipliers (see ``beta.py``).
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import torch
 
@@ -47,6 +48,15 @@ def alpha_crown(
     ``Slopes.repeat``); the result carries the best slopes found.  ``known`` and
     ``reuse_known`` are as in ``crown``.
     """
+    warmup = options.float32_warmup
+    if (options.optimize_intermediate and options.float32_iterations and net.dtype == torch.float64
+            and 0 < warmup < options.iterations
+            and sum(net.nodes[r].size for r in net.relu_indices) >= options.float32_warmup_relus):
+        first = optimize(net, domains, C, d, replace(options, iterations=warmup), known, slopes, None, deadline,
+                         reuse_known, low=True)
+        rest = optimize(net, domains, C, d, replace(options, iterations=options.iterations - warmup), known,
+                        first.slopes, None, deadline, reuse_known)
+        return replace(rest, lower=torch.maximum(first.lower, rest.lower))
     return optimize(net, domains, C, d, options, known, slopes, None, deadline, reuse_known)
 
 
@@ -61,9 +71,11 @@ def optimize(
     betas: Betas | None | bool,
     deadline: Deadline | None,
     reuse_known: int = 0,
+    low: bool | None = None,
 ) -> BoundResult:
     """The shared optimization loop; ``betas`` is ``None`` for alpha-CROWN, else the
-    warm-start multipliers (``True``: start from zero)."""
+    warm-start multipliers (``True``: start from zero).  ``low``: iterate on float32 estimates and bound
+    rigorously once at the end (default: on float64 networks without intermediate slopes)."""
     check_domains(net, domains)
     check_known(net, known, domains.batch, reuse_known)
     check_no_tf32(domains.lower.device)
@@ -77,7 +89,8 @@ def optimize(
     # not with intermediate slopes: the float64 iterations intersect every neuron's bounds across the
     # iterations, which one final evaluation of the best slopes does not (mnistfc 256x4 root: 178 unstable
     # ReLUs instead of 169)
-    low = net.dtype == torch.float64 and options.float32_iterations and not options.optimize_intermediate
+    if low is None:
+        low = net.dtype == torch.float64 and options.float32_iterations and not options.optimize_intermediate
     run = _Iterations(net, domains, C, d, base, known, reuse_known, low)
     per_row = options.optimize_intermediate and _use_per_row(net, domains.batch, options)
     init = initial_slopes(run.net, run.base, C.shape[1], per_row)

@@ -1,8 +1,9 @@
 """Helpers for one search: forked processes that run the same search loop on subdomains handed to them.
 
 The process that runs ``search`` (the coordinator) forks ``workers - 1`` helpers once its search has run
-for a while with more than one subdomain open.  A fork shares the network, the objective and the rule as
-they are, so nothing but subdomains and outcomes crosses the pipes.  Protocol, per helper:
+``bab.parallel_after`` seconds with more than one subdomain open (or starts them as Ray tasks:
+``bab/ray_helpers.py``).  A fork shares the network, the objective and the rule as they are, so nothing
+but subdomains and outcomes crosses the pipes.  Protocol, per helper:
 
 * coordinator -> helper: ``("work", batch)``: search these; ``("give",)``: send back about half of your open
   subdomains.  When the search ends the coordinator kills its helpers (they hold nothing to clean up); a

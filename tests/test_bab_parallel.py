@@ -149,7 +149,7 @@ def test_a_helper_that_dies_leaves_the_search_undecided() -> None:
 
 
 def test_rules_that_account_for_their_subdomains_get_no_helpers() -> None:
-    """A rule with ``admit``/``drain`` (the refinement's budgets) keeps every subdomain in one process,
+    """A rule with ``admit``/``drain`` (the refinement's budgets) or a recorder keeps every subdomain in one process,
     whatever its ``parallel`` flag says: a helper's subdomains would escape its accounting (the
     refinement once reported bounds that sampled points violate)."""
     from dataclasses import replace
@@ -171,3 +171,4 @@ def test_rules_that_account_for_their_subdomains_get_no_helpers() -> None:
     assert helpers(shared) is not None
     assert helpers(replace(shared, admit=lambda b: b)) is None
     assert helpers(replace(shared, drain=lambda b: None)) is None
+    assert helpers(replace(shared, recorder=object())) is None  # a proof tree is recorded in one process

@@ -121,8 +121,7 @@ def input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts: 
 
     strong = opts.input.strong_branching != "none"
     batch = max(1, opts.input.batch_size // (2 * net.n_inputs)) if strong else opts.input.batch_size
-    return Rule(branch=branch, bound=tight, batch_size=batch, settle=settle, recorder=recorder,
-                parallel=recorder is None)
+    return Rule(branch=branch, bound=tight, batch_size=batch, settle=settle, recorder=recorder, parallel=True)
 
 
 def contract_children(obj: CaseObjective, children: SubproblemBatch, linear: tuple[torch.Tensor, torch.Tensor]

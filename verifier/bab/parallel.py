@@ -29,8 +29,9 @@ import os
 import pickle
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, Pipe, wait
+from typing import Any
 
 import torch
 
@@ -40,7 +41,7 @@ from verifier.result import Counterexample, Status
 log = logging.getLogger(__name__)
 
 # a helper's search: (subdomains, its channel, its generator) -> (status, counterexample, its BabStats)
-SearchFn = Callable[["object", "Channel", torch.Generator], tuple[Status, Counterexample | None, object]]
+SearchFn = Callable[[Any, "Channel", torch.Generator], tuple[Status, Counterexample | None, Any]]
 
 
 def available_cores() -> int:
@@ -145,7 +146,9 @@ class Helpers:
                 if h.busy and not h.asked:
                     _send(h, ("give",))
                     h.asked = True
-        timeout = (None if math.isinf(self.deadline.remaining()) else self.deadline.remaining()) if block else 0.0
+        timeout = 0.0
+        if block:  # until a message or the deadline (None: no deadline)
+            timeout = None if math.isinf(self.deadline.at) else self.deadline.remaining()
         ready = wait([h.conn for h in self.helpers if h.busy], timeout=timeout) if self.busy else []
         cex = None
         for h in list(self.helpers):
@@ -274,7 +277,3 @@ def _die_with_parent(parent: int) -> None:
     if os.getppid() != parent:  # the coordinator is already gone
         os._exit(0)
 
-
-def helper_options(opts):
-    """The options of a helper's search: no helpers of its own."""
-    return replace(opts, workers=1, ray="")

@@ -251,7 +251,7 @@ def prove_rows(
     stats = BabStats()
     rule = relu_rule(sub, rows, lambda x: None, opts, alpha_opts, deadline, stats, rec)
     tracker = _RowTracker(sub, rows, C, budget, rec)
-    rule = replace(rule, parallel=False, bound=tracker.counting(rule.bound), settle=tracker.settle, admit=tracker.admit,
+    rule = replace(rule, bound=tracker.counting(rule.bound), settle=tracker.settle, admit=tracker.admit,
                    drain=tracker.drop, priority=lambda batch: -margins(rows, batch.bound), attack=False,
                    name="refine")
     search(sub, rows, start, rule, lambda x: None, opts, deadline, torch.Generator(device=C.device), stats)

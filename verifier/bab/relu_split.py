@@ -265,7 +265,7 @@ def relu_rule(
         return open_.select(~leaf), cex, bool(undecided.any())
 
     return Rule(branch=branch, bound=bound, batch_size=opts.relu.batch_size, settle=settle, recorder=recorder,
-                parallel=recorder is None)
+                parallel=True)
 
 
 def check_primals(net: Network, obj: CaseObjective, batch: SubproblemBatch, validate_fn: ValidateFn

@@ -17,7 +17,7 @@ import torch
 
 from verifier.attack import attack_case
 from verifier.bab.options import BabOptions
-from verifier.bab.parallel import Channel, Helpers, available_cores, helper_options, parallel_allowed
+from verifier.bab.parallel import Channel, Helpers, available_cores, parallel_allowed
 from verifier.bab.subproblems import Store, SubproblemBatch
 from verifier.deadline import Deadline
 from verifier.forward import forward
@@ -91,7 +91,8 @@ class Rule:
     # the proof tree of the case (``verifier.certificate.record``): the rule names the children it makes
     # and records its bounds; the loop audits every subdomain it drops against the records
     recorder: CaseRecorder | None = None
-    # its subdomains may be searched by helper processes running the same rule (``bab/parallel.py``)
+    # its subdomains may be searched by helper processes running the same rule (``bab/parallel.py``);
+    # never where it admits, drains or records (it accounts for its subdomains in one process)
     parallel: bool = False
 
 
@@ -127,11 +128,10 @@ def _helpers(net: Network, obj: CaseObjective, rule: Rule, validate_fn: Validate
     workers = opts.workers if opts.ray else opts.workers or available_cores()  # with Ray, 0: its CPUs
     if workers == 1 or (not opts.ray and not parallel_allowed(workers)):
         return None
-    mine = helper_options(opts)
 
     def helper_search(batch: SubproblemBatch, ch: Channel, g: torch.Generator):
-        st = BabStats()
-        status, cex = search(net, obj, batch, rule, validate_fn, mine, deadline, g, st, ch)
+        st = BabStats()  # with a channel, the helper's search starts no helpers of its own
+        status, cex = search(net, obj, batch, rule, validate_fn, opts, deadline, g, st, ch)
         return status, cex, st
 
     return Helpers(helper_search, workers, deadline, gen.initial_seed() + 7919, ray=opts.ray)

@@ -1,6 +1,7 @@
 """Forward linear bounds (``bounds/forward_linear.py``): sound on random networks of every supported
 family, dtype and box width (sampled points, box faces crowded), never looser than the interval bounds,
-and as CROWN's intermediate bounds (``crown(..., forward=True)``) sound for the spec rows too."""
+and as CROWN's intermediate bounds (``crown(..., forward="on")``) sound for the spec rows too; as CROWN's
+filter (``forward="filter"``) sound and no looser than CROWN's own bounds."""
 
 from __future__ import annotations
 
@@ -69,7 +70,7 @@ def test_forward_bounds_contain_every_sampled_point(family: str, dtype: torch.dt
             assert bool((fwd.lower[k] >= iv.lower[k]).all() and (fwd.upper[k] <= iv.upper[k]).all())
         C = torch.randn(4, 3, net.n_outputs, generator=gen, dtype=torch.float64).to(dtype)
         d = torch.randn(4, 3, generator=gen, dtype=torch.float64).to(dtype)
-        res = crown(net, Domains(lo, hi), C, d, forward=True)
+        res = crown(net, Domains(lo, hi), C, d, forward="on")
         check_bounds(net, None, res, C, d, xs, rtol=0.0)
 
 
@@ -102,3 +103,53 @@ def test_intersected_with_known_bounds_and_unsupported_nets_decline():
     assert not supports(pool_net(gen, "max"))
     assert forward_intermediate(pool_net(gen, "max"), Domains(-torch.ones(1, 72, dtype=torch.float64),
                                                               torch.ones(1, 72, dtype=torch.float64))) is None
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("width", [2.0, 0.05])
+def test_forward_filter_keeps_crowns_bounds_with_fewer_backward_rows(family: str, dtype: torch.dtype, width: float,
+                                                                      monkeypatch):
+    """CROWN whose backward passes are spent only on what forward bounds leave unstable: its bounds hold
+    at every sampled point, no layer has more unstable neurons than with CROWN (the spec bounds may still
+    differ either way: CROWN's adaptive lower slopes change with the bounds below), and the first layer
+    (affine in the input) gets no backward pass at all and CROWN's bounds up to rounding."""
+    import sys
+
+    crown_module = sys.modules["verifier.bounds.crown"]
+    original = crown_module.backward_lower
+    rows: list[int] = []
+
+    def counting(*args, **kwargs):
+        rows.append(int(args[2].shape[1]))
+        return original(*args, **kwargs)
+
+    for seed in range(3):
+        gen = torch.Generator().manual_seed(seed)
+        net = FAMILIES[family](gen).to(dtype=dtype)
+        lo, hi = random_box(gen, net.n_inputs, 4, torch.float64, width=width)
+        box = Domains(lo.to(dtype), hi.to(dtype))
+        C = torch.randn(4, 3, net.n_outputs, generator=gen, dtype=torch.float64).to(dtype)
+        d = torch.randn(4, 3, generator=gen, dtype=torch.float64).to(dtype)
+        plain = crown(net, box, C, d)
+        rows.clear()
+        monkeypatch.setattr(crown_module, "backward_lower", counting)
+        filt = crown(net, box, C, d, forward="filter")
+        monkeypatch.setattr(crown_module, "backward_lower", original)
+        xs = sample_box(gen, box.lower.double(), box.upper.double(), 300)
+        check_bounds(net, None, filt, C, d, xs, rtol=0.0)
+        # the first layer is affine in the input: forward bounds are CROWN's up to rounding
+        scale = 1e-9 if dtype == torch.float64 else 1e-4
+        for a, b in ((filt.intermediate.lower[0], plain.intermediate.lower[0]),
+                     (plain.intermediate.upper[0], filt.intermediate.upper[0])):
+            assert bool((a >= b - scale * (1 + b.abs())).all()), (family, seed)
+        # a neuron that forward bounds prove stable keeps their (looser) bound on its far side, which its
+        # relaxation does not use: compare what the relaxations use, the unstable neurons
+        def unstable(res) -> list[int]:
+            return [int(((lw < 0) & (up > 0)).sum()) for lw, up in zip(res.intermediate.lower, res.intermediate.upper)]
+
+        assert all(a <= b for a, b in zip(unstable(filt), unstable(plain))), (family, seed)
+        iv = ibp(net, box).intermediate
+        assert sum(rows) <= 2 * sum(int(((lw < 0) & (up > 0)).sum(1).max()) for lw, up in zip(iv.lower, iv.upper))
+        if isinstance(net.nodes[net.nodes[net.relu_indices[0]].inputs[0]].op, Dense):
+            assert len(rows) < len(net.relu_indices), "the affine first layer needs no backward pass"

@@ -60,3 +60,19 @@ def test_reading_a_config_imports_no_engine():
             "print(sorted(m for m in ('torch', 'highspy', 'z3', 'onnx') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_input_splitting_picks_its_intermediate_bounds_and_scoring_by_the_networks_shape() -> None:
+    """auto: forward linear bounds alone on few inputs (TLL's 2), CROWN filtered by them up to 16 inputs
+    (cifar_biasfield), plain CROWN on small or wide-input networks; strong branching by full CROWN
+    estimates except under the filter, where each candidate would cost full backward passes."""
+    from verifier.bab.options import InputSplitOptions
+
+    opts = InputSplitOptions()
+    assert opts.forward_mode(2, 4000) == "on"
+    assert opts.forward_mode(16, 45056) == "filter"
+    assert opts.forward_mode(5, 300) == "off"  # ACAS Xu
+    assert opts.forward_mode(784, 1024) == "off"
+    assert InputSplitOptions(forward="off").forward_mode(2, 4000) == "off"
+    assert opts.branching_score("filter") == "none" and opts.branching_score("on") == "full"
+    assert InputSplitOptions(strong_branching="final").branching_score("filter") == "final"

@@ -111,3 +111,26 @@ def test_bounds_on_cuda_refuse_tf32_and_a_run_turns_it_off(monkeypatch) -> None:
     with runtime(Config(), dense_net(gen, (2, 3, 1))):
         check_no_tf32(torch.device("cuda"))
     assert torch.backends.cudnn.allow_tf32 is True
+
+
+def test_threads_one_for_small_networks_the_runs_cores_for_heavy_ones(monkeypatch) -> None:
+    """One thread where a forward pass is small (per-operation overhead dominates); the run's cores
+    (``bab.workers``, else the machine's) on a conv net whose forward pass takes millions of
+    multiply-adds even with few weights (cifar_biasfield's shape: 32x32 feature maps)."""
+    from tests.nets import Builder
+    from verifier.runtime import choose_threads, forward_macs
+
+    monkeypatch.setattr("os.cpu_count", lambda: 6)
+    gen = torch.Generator().manual_seed(0)
+    small = dense_net(gen, sizes=(5, 50, 50, 5))
+    assert forward_macs(small) == 5 * 50 + 50 * 50 + 50 * 5
+    assert choose_threads(small, Config()) == 1
+    b = Builder((16, 64, 64), gen)
+    b.conv(64, k=3, padding=(1, 1, 1, 1))
+    b.relu()
+    heavy = b.build(dtype=torch.float32)
+    weights = sum(t.numel() for n in heavy.nodes for t in vars(n.op).values() if isinstance(t, torch.Tensor))
+    assert weights < 1_000_000 and forward_macs(heavy) == 64 * 64 * 64 * 16 * 9
+    assert choose_threads(heavy, Config()) == 6
+    assert choose_threads(heavy, replace(Config(), bab=replace(Config().bab, workers=2))) == 2
+    assert choose_threads(heavy, replace(Config(), threads=3)) == 3

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from verifier.bounds import BoundResult, Domains, alpha_crown, crown, ibp
+from verifier.bounds import BoundResult, Domains, ForwardMode, alpha_crown, crown, ibp
 from verifier.config import Config
 from verifier.deadline import Deadline
 from verifier.network import Network
@@ -35,7 +35,7 @@ def incomplete_stages(
               ("crown", lambda known: crown(net, domains, C, d, known=known, forward=forward)),
               ("alpha", lambda known: alpha_crown(net, domains, C, d, config.alpha, known=known,
                                                   deadline=deadline))]
-    if forward or not root_alpha(net, config):  # forward bounds avoid alpha-CROWN's backward passes
+    if forward == "on" or not root_alpha(net, config):  # forward bounds avoid alpha-CROWN's backward passes
         stages = stages[:2]
     best: BoundResult | None = screened
     if screened is not None:
@@ -71,14 +71,15 @@ def root_alpha(net: Network, config: Config) -> bool:
     return opts.root_alpha or opts.bound == "alpha"
 
 
-def forward_bounds(net: Network, config: Config) -> bool:
-    """Whether the cases of ``net`` get their intermediate bounds from forward linear bounds (input
-    splitting on a network of few inputs and many ReLUs; ``bab.input.forward``)."""
+def forward_bounds(net: Network, config: Config) -> ForwardMode:
+    """Where the cases of ``net`` get their intermediate bounds (``crown``'s ``forward``: forward linear
+    bounds for input splitting on a network of few inputs and many ReLUs; ``bab.input.forward``)."""
     from verifier.bab.input_split import relu_count
     from verifier.bab.solve import choose_branching
 
-    return choose_branching(net, config.bab) == "input" and config.bab.input.use_forward(net.n_inputs,
-                                                                                          relu_count(net))
+    if choose_branching(net, config.bab) != "input":
+        return "off"
+    return config.bab.input.forward_mode(net.n_inputs, relu_count(net))
 
 
 def screen_cases(

@@ -15,9 +15,12 @@ from dataclasses import dataclass
 import torch
 
 from verifier.config import Config
-from verifier.network import Network
+from verifier.network import Conv, Dense, Network
 
-_SMALL_NET = 1_000_000  # weights below which one CPU thread is fastest (measured on ACAS Xu)
+_SMALL_NET = 1_000_000  # weights below which one CPU thread is fastest (measured on ACAS Xu) ...
+# ... unless one forward pass takes this many multiply-adds: each bound of a conv net on large feature maps
+# (cifar_biasfield: 11M) is then a few big operations, which torch's threads share well
+_SMALL_WORK = 4_000_000
 
 
 @dataclass(frozen=True, eq=False)
@@ -47,8 +50,22 @@ def runtime(config: Config, net: Network) -> Iterator[Runtime]:
 
 
 def choose_threads(net: Network, config: Config) -> int:
-    """CPU threads for torch: the configured number, or 1 for small networks, else all cores."""
+    """CPU threads for torch: the configured number, or 1 for small networks, else the run's cores
+    (``bab.workers``, or all the machine's)."""
     if config.threads > 0:
         return config.threads
     weights = sum(t.numel() for node in net.nodes for t in vars(node.op).values() if isinstance(t, torch.Tensor))
-    return 1 if weights < _SMALL_NET else max(1, os.cpu_count() or 1)
+    if weights < _SMALL_NET and forward_macs(net) < _SMALL_WORK:
+        return 1
+    return max(1, config.bab.workers or os.cpu_count() or 1)
+
+
+def forward_macs(net: Network) -> int:
+    """Multiply-adds of one forward pass of one input through the dense and convolutional layers."""
+    total = 0
+    for node in net.nodes:
+        if isinstance(node.op, Dense):
+            total += node.op.weight.numel()
+        elif isinstance(node.op, Conv):
+            total += node.size * node.op.weight[0].numel()
+    return total

@@ -29,7 +29,16 @@ from verifier.bab.probes import check_centres, unsafe_corners, validate_best
 from verifier.bab.relu_split import solve_relu
 from verifier.bab.search import BabStats, Rule, ValidateFn
 from verifier.bab.subproblems import SubproblemBatch, in_chunks
-from verifier.bounds import AlphaOptions, BoundResult, Domains, IntermediateBounds, alpha_crown, crown, float32_copy
+from verifier.bounds import (
+    AlphaOptions,
+    BoundResult,
+    Domains,
+    ForwardMode,
+    IntermediateBounds,
+    alpha_crown,
+    crown,
+    float32_copy,
+)
 from verifier.certificate.record import NO_RECORD, CaseRecorder
 from verifier.deadline import Deadline
 from verifier.network import Network
@@ -45,7 +54,8 @@ def input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts: 
     ``recorder`` (optional) records the proof tree."""
     C, d = obj.C.unsqueeze(0), obj.d.unsqueeze(0)
     record = recorder or NO_RECORD
-    fwd = opts.input.use_forward(net.n_inputs, relu_count(net))
+    fwd = opts.input.forward_mode(net.n_inputs, relu_count(net))
+    scoring = opts.input.branching_score(fwd)
     # corners of the boxes bounded since the last settle whose concrete outputs looked unsafe
     probes: list[tuple[Tensor, Tensor]] = []
 
@@ -95,9 +105,9 @@ def input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts: 
         return replace(children, bound=torch.maximum(children.bound, res.lower))
 
     def branch(parents: SubproblemBatch) -> SubproblemBatch:
-        if opts.input.strong_branching == "final":
+        if scoring == "final":
             return cheap(strong_input_split(parents, score, obj))
-        if opts.input.strong_branching == "full":
+        if scoring == "full":
             return strong_input_split(parents, estimate, obj, finish=cheap)
         return cheap(bisect_inputs(parents, input_split_dims(net, obj, parents)))
 
@@ -119,7 +129,7 @@ def input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts: 
 
     gate = _LeafGate(opts.input.exact_share)
 
-    strong = opts.input.strong_branching != "none"
+    strong = scoring != "none"
     batch = max(1, opts.input.batch_size // (2 * net.n_inputs)) if strong else opts.input.batch_size
     return Rule(branch=branch, bound=tight, batch_size=batch, settle=settle, recorder=recorder, parallel=True)
 
@@ -135,7 +145,7 @@ def contract_children(obj: CaseObjective, children: SubproblemBatch, linear: tup
 
 
 def _estimates(net: Network, obj: CaseObjective, chunk: int, probes: list[tuple[Tensor, Tensor]],
-               forward: bool = False) -> Callable[[SubproblemBatch], SubproblemBatch]:
+               forward: ForwardMode = "off") -> Callable[[SubproblemBatch], SubproblemBatch]:
     """Strong branching's ranking of candidate splits: CROWN and contraction without rounding slack, on a
     float32 copy of a float64 network, in chunks of similar children as ``cheap``; nothing is dropped on
     these bounds (the chosen children are bounded again).  The corners that the candidates' linear bounds

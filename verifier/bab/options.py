@@ -33,8 +33,11 @@ class InputSplitOptions:
     batch_size: int = 2048  # parents popped per round
     bound: Literal["crown", "alpha"] = "crown"  # alpha: CROWN, then alpha-CROWN on the children left open
     # bound both halves for every dimension and keep the best split, scoring with full CROWN ("full"), with
-    # CROWN on the spec rows only ("final"), or not at all ("none": gradient times width)
-    strong_branching: Literal["full", "final", "none"] = "full"
+    # CROWN on the spec rows only ("final"), or not at all ("none": gradient times width); auto: "full",
+    # but "none" where the intermediate bounds are CROWN's filtered by forward bounds (forward "filter"),
+    # whose every candidate would cost seconds of backward passes (cifar_biasfield: "final" and "none"
+    # took the same splits)
+    strong_branching: Literal["auto", "full", "final", "none"] = "auto"
     contract: bool = True  # shrink each box by its rows' linear bounds (bab/contract.py)
     bound_chunk: int = 512  # children bounded per CROWN call
     all_combinations: bool = False  # bound every row combination, not only the midpoints
@@ -48,22 +51,36 @@ class InputSplitOptions:
     # cost less than its slope optimization)
     root_alpha: bool = False
     # intermediate bounds by forward linear bounds (bounds/forward_linear.py) instead of CROWN's backward
-    # passes; auto: on networks of at most forward_max_inputs inputs and at least forward_min_relus ReLUs
-    forward: Literal["auto", "on", "off"] = "auto"
+    # passes ("on"), or CROWN's with backward passes only for what forward bounds leave unstable
+    # ("filter"); auto: on networks of at most forward_max_inputs inputs and at least forward_min_relus
+    # ReLUs, "on" up to forward_on_max_inputs inputs, else "filter" (forward bounds are affine in every
+    # input and lose more with each: on cifar_biasfield's 16 inputs and 7 conv layers the root margin was
+    # -48646 with them, -5.05 with CROWN's; on tllverifybench's 2 inputs they decide more)
+    forward: Literal["auto", "on", "off", "filter"] = "auto"
     forward_max_inputs: int = 16
     forward_min_relus: int = 1000
+    forward_on_max_inputs: int = 4
 
     def __post_init__(self) -> None:
         check_choices(self)
         if self.max_dim < 0 or self.batch_size < 1 or self.bound_chunk < 1:
             raise ValueError("max_dim must be at least 0, batch_size and bound_chunk at least 1")
 
-    def use_forward(self, n_inputs: int, relus: int) -> bool:
-        """Whether input splitting on a network of ``n_inputs`` inputs and ``relus`` ReLU neurons takes
-        its intermediate bounds from forward linear bounds."""
+    def branching_score(self, forward: Literal["off", "on", "filter"]) -> Literal["full", "final", "none"]:
+        """How input splitting scores its candidate splits where its intermediate bounds come from
+        ``forward``."""
+        if self.strong_branching != "auto":
+            return self.strong_branching
+        return "none" if forward == "filter" else "full"
+
+    def forward_mode(self, n_inputs: int, relus: int) -> Literal["off", "on", "filter"]:
+        """Where input splitting on a network of ``n_inputs`` inputs and ``relus`` ReLU neurons takes
+        its intermediate bounds from (``crown``'s ``forward``)."""
         if self.forward != "auto":
-            return self.forward == "on"
-        return n_inputs <= self.forward_max_inputs and relus >= self.forward_min_relus
+            return self.forward
+        if n_inputs > self.forward_max_inputs or relus < self.forward_min_relus:
+            return "off"
+        return "on" if n_inputs <= self.forward_on_max_inputs else "filter"
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ The public bounds API: everything outside ``verifier.bounds`` imports from here,
 
 from verifier.bounds.alpha import AlphaOptions, alpha_crown
 from verifier.bounds.beta import beta_crown
-from verifier.bounds.crown import CrownState, crown, free_intercepts, linear_bound, relaxation_state
+from verifier.bounds.crown import CrownState, ForwardMode, crown, free_intercepts, linear_bound, relaxation_state
 from verifier.bounds.ibp import ibp, mark_empty
 from verifier.bounds.lagrangian import lagrangian_bound
 from verifier.bounds.prepare import float32_copy
@@ -20,7 +20,7 @@ from verifier.bounds.rounding import down, eta, gamma, magnitude, up
 from verifier.bounds.types import Betas, BoundResult, Domains, IntermediateBounds, Slopes
 
 __all__ = [
-    "AlphaOptions", "Betas", "BoundResult", "CrownState", "Domains", "IntermediateBounds", "Slopes", "alpha_crown",
-    "beta_crown", "crown", "down", "eta", "float32_copy", "free_intercepts", "gamma", "ibp", "lagrangian_bound",
-    "linear_bound", "magnitude", "mark_empty", "relaxation_state", "up",
+    "AlphaOptions", "Betas", "BoundResult", "CrownState", "Domains", "ForwardMode", "IntermediateBounds", "Slopes",
+    "alpha_crown", "beta_crown", "crown", "down", "eta", "float32_copy", "free_intercepts", "gamma", "ibp",
+    "lagrangian_bound", "linear_bound", "magnitude", "mark_empty", "relaxation_state", "up",
 ]

@@ -11,22 +11,26 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import torch
 
 from verifier.bounds.backward import Relaxations, backward_linear, backward_lower, concretize
-from verifier.bounds.forward_linear import forward_intermediate
+from verifier.bounds.forward_linear import ForwardTracker, forward_intermediate, supports
 from verifier.bounds.graph import relu_inputs
 from verifier.bounds.ibp import Interval, NodeBounds, intermediate_of, mark_empty, spec_interval, sweep
 from verifier.bounds.prepare import check_domains, check_known, check_no_tf32, spec_rows
 from verifier.bounds.relaxation import maxpool_relaxation, relu_relaxation
-from verifier.bounds.rounding import down
+from verifier.bounds.rounding import cast_down, cast_up, down
 from verifier.bounds.types import BoundResult, Domains, IntermediateBounds, Tensor
 from verifier.network import Dense, MaxPool, Network, Relu
 
 # rows_alpha(i, idx) -> lower slopes for the backward pass that bounds node i on rows idx (B, R):
 # {relu node r: (B, 2R or 1, n_r)} (the first R rows bound from below, the last R from above)
 RowSlopes = Callable[[int, Tensor], Mapping[int, Tensor]]
+# where CROWN's intermediate bounds come from: backward passes ("off"), forward linear bounds ("on"), or
+# backward passes only for what forward linear bounds leave unstable ("filter")
+ForwardMode = Literal["off", "on", "filter"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -47,7 +51,7 @@ def crown(
     reuse_known: int = 0,
     need_linear: bool = False,
     rigorous: bool = True,
-    forward: bool = False,
+    forward: ForwardMode = "off",
 ) -> BoundResult:
     """CROWN bounds of ``C f(x) - d`` ``(B, S)`` over each domain (``None`` C: the outputs),
     intersected with the interval bounds.  ``known`` pre-activation bounds (e.g. the
@@ -56,11 +60,14 @@ def crown(
     layer ``k``, layers ``0..k`` are unchanged, so branch-and-bound can pass ``k + 1``).
     ``need_linear`` also returns the rows' linear lower bounds in ``x`` (``BoundResult.linear``).
     ``rigorous=False``: estimates without rounding slack (``NodeBounds.rigorous``), to rank
-    choices only; nothing may be dropped on them.  ``forward``: the intermediate bounds by forward
+    choices only; nothing may be dropped on them.  ``forward="on"``: the intermediate bounds by forward
     linear bounds (``forward_linear``; cheaper on few inputs), only the spec rows by a backward pass
-    (where the network has nodes it does not handle, or splits, as without it)."""
+    (where the network has nodes it does not handle, or splits, as without it).  ``"filter"``:
+    CROWN's bounds, with the backward passes only for the neurons that forward linear bounds (relaxed
+    from the CROWN bounds of the layers below) leave unstable, and none for nodes before any ReLU (where
+    forward bounds are exact up to rounding)."""
     check_domains(net, domains)
-    if forward and domains.splits is None:
+    if forward == "on" and domains.splits is None:
         fwd = forward_intermediate(net, domains, known)
         if fwd is not None:
             known, reuse_known = fwd, len(net.relu_indices)
@@ -68,7 +75,8 @@ def crown(
     check_no_tf32(domains.lower.device)
     C, d = spec_rows(net, domains.batch, C, d)
     with torch.no_grad():
-        state = crown_sweep(net, domains, known, reuse_known=reuse_known, rigorous=rigorous)
+        state = crown_sweep(net, domains, known, reuse_known=reuse_known, rigorous=rigorous,
+                            forward_filter=forward == "filter")
         S = d.shape[1]
         A0, const = final_linear(net, state, C, d, need_upper=need_upper)
         bound = concretize(A0, const, (domains.lower, domains.upper), rigorous)
@@ -88,20 +96,33 @@ def crown_sweep(
     row_slopes: RowSlopes | None = None,
     reuse_known: int = 0,
     rigorous: bool = True,
+    forward_filter: bool = False,
 ) -> CrownState:
     """Bounds of every node, CROWN-tightened at the inputs of the nonlinear nodes
     (except the pre-activations of ReLU layers below ``reuse_known``, taken from ``known``);
-    ``rigorous=False`` only for estimates that nothing is dropped on (``NodeBounds.rigorous``)."""
+    ``rigorous=False`` only for estimates that nothing is dropped on (``NodeBounds.rigorous``);
+    ``forward_filter``: see ``crown``."""
     relax = Relaxations({}, {}, rigorous=rigorous)
     box = (domains.lower, domains.upper)
     maxpool_inputs = {n.inputs[0] for n in net.nodes if isinstance(n.op, MaxPool)}
     reused = {p for k, p in enumerate(relu_inputs(net)) if k < reuse_known} - maxpool_inputs
+    tracker = ForwardTracker(net, domains) if forward_filter and supports(net) and domains.splits is None else None
+    pre = relu_inputs(net)
 
     def refine(i: int, nodes: NodeBounds, current: Interval) -> Interval:
         if i in reused:
             return current
         _relax_upto(net, i + 1, nodes.bounds, relax)
         lo, hi = current[0].flatten(1), current[1].flatten(1)  # (B, n_i)
+        if tracker is not None and i not in maxpool_inputs:
+            # forward bounds from the (CROWN-tightened) bounds of the ReLU layers below: only what they
+            # leave unstable gets a backward pass; before any ReLU they are exact up to rounding
+            fl, fu = tracker.bounds_at(i, [nodes.bounds[p] for p in pre if p < i])
+            lo = torch.maximum(lo, cast_down(fl.flatten(1), lo.dtype))
+            hi = torch.minimum(hi, cast_up(fu.flatten(1), hi.dtype))
+            current = (lo.reshape(current[0].shape), hi.reshape(current[1].shape))
+            if tracker.affine_at(i):
+                return current
         wanted = torch.ones_like(lo, dtype=torch.bool) if i in maxpool_inputs else (lo < 0) & (hi > 0)
         R = int(wanted.sum(1).max()) if wanted.numel() else 0
         if R == 0:
@@ -119,6 +140,8 @@ def crown_sweep(
         valid = wanted.gather(1, idx)
         new_lo = torch.full_like(lo, float("-inf")).scatter(1, idx, torch.where(valid, bound[:, :R], -torch.inf))
         new_hi = torch.full_like(hi, float("inf")).scatter(1, idx, torch.where(valid, -bound[:, R:], torch.inf))
+        if tracker is not None:
+            new_lo, new_hi = torch.maximum(new_lo, lo), torch.minimum(new_hi, hi)
         return new_lo, new_hi
 
     nodes = sweep(net, domains, known, refine, rigorous, frozenset(reused) if known is not None else frozenset())

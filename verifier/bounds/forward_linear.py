@@ -63,53 +63,79 @@ def forward_intermediate(net: Network, domains: Domains, known: IntermediateBoun
 
     # interval bounds (with ``known``) as well: on wide boxes they are the tighter ones in deep layers
     interval = ibp(net, domains, known=known).intermediate
-    lo, hi = domains.lower.to(_F64), domains.upper.to(_F64)
-    B, n = lo.shape
-    xmag = torch.maximum(lo.abs(), hi.abs())  # (B, n)
-    relu_of = {r: k for k, r in enumerate(net.relu_indices)}
-    last_use = {j: i for i, node in enumerate(net.nodes) for j in node.inputs}
-    in_shape = net.nodes[0].shape
-    eye = torch.eye(n, dtype=_F64, device=lo.device).expand(B, n, n).reshape(B, n, *in_shape)
-    zero = lo.new_zeros(B, *in_shape)
-    state: dict[int, _Lin] = {0: _Lin(eye, zero, zero, eye, zero, zero)}
-    bounds: dict[int, tuple[Tensor, Tensor]] = {}  # per relu layer, float64
-    for i, node in enumerate(net.nodes):
-        if i == 0:
-            continue
-        if i > max(relu_of, default=0):
-            break
-        args = [state[j] for j in node.inputs]
-        op = node.op
-        if isinstance(op, Relu):
-            L, U = _concretize(args[0], lo, hi, xmag)
-            k = relu_of[i]
-            L = torch.maximum(L, interval.lower[k].to(_F64).reshape(L.shape))
-            U = torch.minimum(U, interval.upper[k].to(_F64).reshape(U.shape))
-            bounds[k] = (L, U)
-            state[i] = _relu(args[0], L, U, xmag)
-        elif isinstance(op, Reshape):
-            a = args[0]
-            state[i] = _Lin(a.Al.reshape(B, n, *node.shape), a.cl.reshape(B, *node.shape), a.el.reshape(B, *node.shape),
-                            a.Au.reshape(B, n, *node.shape), a.cu.reshape(B, *node.shape), a.eu.reshape(B, *node.shape))
-        elif isinstance(op, Gather):  # a selection: no arithmetic
-            a, g = args[0], (op, node.shape)
-            state[i] = _Lin(_pick(a.Al, 2, *g), _pick(a.cl, 1, *g), _pick(a.el, 1, *g), _pick(a.Au, 2, *g),
-                            _pick(a.cu, 1, *g), _pick(a.eu, 1, *g))
-        elif isinstance(op, Add):
-            state[i] = _add(args[0], args[1], xmag)
-        elif isinstance(op, Dense | Conv | Scale):
-            mag = None
-            if _errs(op):
-                L, U = _concretize(args[0], lo, hi, xmag)
-                mag = torch.maximum(L.abs(), U.abs())
-            state[i] = _affine(op, args[0], xmag, mag)
-        for j in node.inputs:  # free what no later node reads
-            if last_use.get(j) == i and j != 0:
-                state.pop(j, None)
+    tracker = ForwardTracker(net, domains)
+    pre = {r: net.nodes[r].inputs[0] for r in net.relu_indices}
+    bounds: list[tuple[Tensor, Tensor]] = []
+    for k, r in enumerate(net.relu_indices):
+        L, U = tracker.bounds_at(pre[r], bounds)
+        L = torch.maximum(L, interval.lower[k].to(_F64).reshape(L.shape))
+        U = torch.minimum(U, interval.upper[k].to(_F64).reshape(U.shape))
+        bounds.append((L, U))
     dtype = net.dtype
-    K = len(net.relu_indices)
-    return IntermediateBounds(tuple(cast_down(bounds[k][0].flatten(1), dtype) for k in range(K)),
-                              tuple(cast_up(bounds[k][1].flatten(1), dtype) for k in range(K)))
+    return IntermediateBounds(tuple(cast_down(L.flatten(1), dtype) for L, _ in bounds),
+                              tuple(cast_up(U.flatten(1), dtype) for _, U in bounds))
+
+
+class ForwardTracker:
+    """Forward linear bounds of one batch of boxes, advanced node by node on demand, each ReLU relaxed
+    from the pre-activation bounds its caller has by then (e.g. CROWN-tightened ones)."""
+
+    def __init__(self, net: Network, domains: Domains) -> None:
+        if not supports(net) or domains.splits is not None:
+            raise ValueError("forward linear bounds need supported nodes and no ReLU splits")
+        self.net = net
+        self.lo, self.hi = domains.lower.to(_F64), domains.upper.to(_F64)
+        B, n = self.lo.shape
+        self.xmag = torch.maximum(self.lo.abs(), self.hi.abs())  # (B, n)
+        self.last_use = {j: i for i, node in enumerate(net.nodes) for j in node.inputs}
+        in_shape = net.nodes[0].shape
+        eye = torch.eye(n, dtype=_F64, device=self.lo.device).expand(B, n, n).reshape(B, n, *in_shape)
+        zero = self.lo.new_zeros(B, *in_shape)
+        self.state: dict[int, _Lin] = {0: _Lin(eye, zero, zero, eye, zero, zero)}
+        self.done = 0  # nodes 0..done have their state
+        self.relus_passed: set[int] = set()  # ReLU nodes whose relaxation entered some state so far
+
+    def affine_at(self, i: int) -> bool:
+        """Whether node ``i``'s forward bounds (once computed) passed no ReLU: exact up to rounding."""
+        return not any(r < i for r in self.relus_passed)
+
+    def bounds_at(self, i: int, relu_bounds: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        """Rigorous float64 bounds ``(B, *shape)`` of node ``i``, advancing through the nodes before it;
+        ``relu_bounds[k]`` bounds the pre-activation of the ``k``-th ReLU layer (any shape that holds
+        its entries in order), for every ReLU layer before node ``i``."""
+        net = self.net
+        relu_of = {r: k for k, r in enumerate(net.relu_indices)}
+        B, n = self.lo.shape
+        for j in range(self.done + 1, i + 1):
+            node, op = net.nodes[j], net.nodes[j].op
+            args = [self.state[m] for m in node.inputs]
+            if isinstance(op, Relu):
+                pre_shape = args[0].cl.shape
+                L, U = (t.to(_F64).reshape(pre_shape) for t in relu_bounds[relu_of[j]])
+                self.state[j] = _relu(args[0], L, U, self.xmag)
+                self.relus_passed.add(j)
+            elif isinstance(op, Reshape):
+                a = args[0]
+                self.state[j] = _Lin(a.Al.reshape(B, n, *node.shape), a.cl.reshape(B, *node.shape),
+                                     a.el.reshape(B, *node.shape), a.Au.reshape(B, n, *node.shape),
+                                     a.cu.reshape(B, *node.shape), a.eu.reshape(B, *node.shape))
+            elif isinstance(op, Gather):  # a selection: no arithmetic
+                a, g = args[0], (op, node.shape)
+                self.state[j] = _Lin(_pick(a.Al, 2, *g), _pick(a.cl, 1, *g), _pick(a.el, 1, *g),
+                                     _pick(a.Au, 2, *g), _pick(a.cu, 1, *g), _pick(a.eu, 1, *g))
+            elif isinstance(op, Add):
+                self.state[j] = _add(args[0], args[1], self.xmag)
+            elif isinstance(op, Dense | Conv | Scale):
+                mag = None
+                if _errs(op):
+                    L, U = _concretize(args[0], self.lo, self.hi, self.xmag)
+                    mag = torch.maximum(L.abs(), U.abs())
+                self.state[j] = _affine(op, args[0], self.xmag, mag)
+            for m in node.inputs:  # free what no later node reads
+                if self.last_use.get(m) == j and m != 0:
+                    self.state.pop(m, None)
+            self.done = j
+        return _concretize(self.state[i], self.lo, self.hi, self.xmag)
 
 
 def _pick(t: Tensor, lead: int, op: Gather, shape: tuple[int, ...]) -> Tensor:

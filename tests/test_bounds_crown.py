@@ -152,3 +152,33 @@ def test_reuse_known_after_a_split_matches_recomputing() -> None:
     check_bounds(net, kids.splits, reused, C.repeat(2, 1, 1), d.repeat(2, 1), xs, 1e-9)
     with pytest.raises(ValueError, match="reuse_known needs known"):
         crown(net, kids, C.repeat(2, 1, 1), d.repeat(2, 1), reuse_known=1)
+
+
+def test_conv_adjoint_on_every_stride_padding_and_dilation() -> None:
+    """``<A, conv(x)> = <conv^T(A), x>`` for the backward pass's transposed convolution, whether it crops
+    symmetric padding inside ``conv_transpose2d`` or an asymmetric one after it."""
+    import itertools
+
+    import torch.nn.functional as F
+
+    from verifier.bounds.backward import _transpose_conv
+
+    gen = torch.Generator().manual_seed(0)
+    checked = 0
+    for H, k, s, pad, dil in itertools.product([5, 6, 8], [1, 2, 3, 4], [1, 2, 3],
+                                               [(0, 0, 0, 0), (1, 1, 1, 1), (2, 2, 2, 2), (1, 0, 1, 0), (0, 1, 2, 1)],
+                                               [1, 2]):
+        top, left, bottom, right = pad
+        if (H + top + bottom - dil * (k - 1) - 1) < 0 or (H + left + right - dil * (k - 1) - 1) < 0:
+            continue
+        x = torch.randn(1, 4, H, H, generator=gen, dtype=torch.float64)
+        w = torch.randn(6, 4, k, k, generator=gen, dtype=torch.float64)
+        y = F.conv2d(F.pad(x, (left, right, top, bottom)), w, None, (s, s), 0, (dil, dil))
+        A = torch.randn(1, 3, *y.shape[1:], generator=gen, dtype=torch.float64)
+        At = _transpose_conv(A, w, (4, H, H), (s, s), pad, (dil, dil), 1)
+        assert At.shape == (1, 3, 4, H, H)
+        lhs = (A[0] * y).flatten(1).sum(1)
+        rhs = (At[0] * x).flatten(1).sum(1)
+        torch.testing.assert_close(lhs, rhs, rtol=1e-10, atol=1e-10)
+        checked += 1
+    assert checked > 300

@@ -76,3 +76,12 @@ def test_input_splitting_picks_its_intermediate_bounds_and_scoring_by_the_networ
     assert InputSplitOptions(forward="off").forward_mode(2, 4000) == "off"
     assert opts.branching_score("filter") == "none" and opts.branching_score("on") == "full"
     assert InputSplitOptions(strong_branching="final").branching_score("filter") == "final"
+
+
+def test_unquoted_on_and_off_mean_the_choices_yaml_reads_as_booleans(tmp_path) -> None:
+    path = tmp_path / "c.yaml"
+    for text, want in (("on", "on"), ("off", "off"), ("'filter'", "filter")):
+        path.write_text(f"bab:\n  input:\n    forward: {text}\n")
+        assert load_config(path).bab.input.forward == want
+    path.write_text("bab:\n  input:\n    contract: off\n")
+    assert load_config(path).bab.input.contract is False  # a bool field stays a bool

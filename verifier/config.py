@@ -83,6 +83,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     """``value`` converted to the field type ``hint`` (bool, int, float, str, optional of these)."""
     args = typing.get_args(hint)
     if typing.get_origin(hint) is typing.Literal:
+        if isinstance(value, bool) and {"on", "off"} <= set(args):
+            value = "on" if value else "off"  # YAML 1.1 reads an unquoted on/off as a boolean
         if value not in args:
             raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
         return value

@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 
 import torch
 
@@ -28,7 +29,7 @@ from verifier.bab.options import BabOptions
 from verifier.bab.probes import check_centres, unsafe_corners, validate_best
 from verifier.bab.relu_split import solve_relu
 from verifier.bab.search import BabStats, Rule, ValidateFn
-from verifier.bab.subproblems import SubproblemBatch, in_chunks
+from verifier.bab.subproblems import SubproblemBatch, concat, in_chunks
 from verifier.bounds import (
     AlphaOptions,
     BoundResult,
@@ -69,12 +70,14 @@ def input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts: 
         # rows as its most unstable child needs)
         key = None if children.intermediate is None else children.intermediate.unstable_count(children.batch)
         children = record.branched(children)
-        return in_chunks(cheap_chunk, children, opts.input.bound_chunk, key)
+        chunk = partial(spec_rows_first, obj=obj, bound=bound_children, relu_layers=len(net.relu_indices),
+                        enabled=fwd == "filter")
+        return in_chunks(chunk, children, opts.input.bound_chunk, key)
 
-    def cheap_chunk(children: SubproblemBatch) -> SubproblemBatch:
+    def bound_children(children: SubproblemBatch, reuse: int = 0) -> SubproblemBatch:
         # a child's box lies in its parent's: the parent's intermediate bounds stay valid
         res = crown(net, children.domains, C, d, known=children.intermediate, need_linear=opts.input.contract,
-                    forward=fwd)
+                    forward=fwd, reuse_known=reuse)
         record.bounded(children.ident, obj, children.bound, res.lower, res.intermediate)
         children = keep_best(children, res)
         if res.linear is None:
@@ -132,6 +135,24 @@ def input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts: 
     strong = scoring != "none"
     batch = max(1, opts.input.batch_size // (2 * net.n_inputs)) if strong else opts.input.batch_size
     return Rule(branch=branch, bound=tight, batch_size=batch, settle=settle, recorder=recorder, parallel=True)
+
+
+def spec_rows_first(children: SubproblemBatch, obj: CaseObjective, bound: Callable[..., SubproblemBatch],
+                    relu_layers: int, enabled: bool = True) -> SubproblemBatch:
+    """``children`` bounded by ``bound(children)``; where ``enabled``, first on their parents' intermediate
+    bounds (valid on a child's box: only the spec rows get a backward pass), then, where that leaves a
+    polytope open, in full from the boxes as that first bound contracted them (what it cut off holds no
+    counterexample): for networks whose intermediate bounds cost full backward passes."""
+    if not enabled or children.intermediate is None:
+        return bound(children)
+    quick = bound(children, reuse=relu_layers)
+    open_ = torch.nonzero(~obj.ruled_out(quick.bound)).flatten()
+    if open_.numel() == 0:
+        return quick
+    if open_.numel() == quick.batch:
+        return bound(quick)
+    done = torch.nonzero(obj.ruled_out(quick.bound)).flatten()
+    return concat([quick.select(done), bound(quick.select(open_))])
 
 
 def contract_children(obj: CaseObjective, children: SubproblemBatch, linear: tuple[torch.Tensor, torch.Tensor]

@@ -355,6 +355,12 @@ def _transpose_conv(
         H + top + bottom - ((Ho - 1) * stride[0] + dilation[0] * (kh - 1) + 1),
         W + left + right - ((Wo - 1) * stride[1] + dilation[1] * (kw - 1) + 1),
     )
+    if top == bottom and left == right and all(0 <= e < max(s, d) for e, s, d in zip(extra, stride, dilation)):
+        # symmetric padding: conv_transpose2d crops it itself, into a contiguous result (a cropped view
+        # would be copied again by every later flatten)
+        x = F.conv_transpose2d(A.reshape(B * R, Co, Ho, Wo), weight, None, stride, (top, left), extra, groups,
+                               dilation)
+        return x.reshape(B, R, C, H, W)
     x = F.conv_transpose2d(A.reshape(B * R, Co, Ho, Wo), weight, None, stride, 0, extra, groups, dilation)
     return x[:, :, top:top + H, left:left + W].reshape(B, R, C, H, W)
 

@@ -43,6 +43,7 @@ ENGINES: dict[str, dict] = {
     "auto": {"engine": "auto"},
     "bab_input": {"engine": "bab", "bab": {"branching": "input"}},
     "bab_input_fwd": {"engine": "bab", "bab": {"branching": "input", "input": {"forward": "on"}}},
+    "bab_input_filter": {"engine": "bab", "bab": {"branching": "input", "input": {"forward": "filter"}}},
     "bab_fsb": {"engine": "bab", "bab": {"branching": "relu", "relu": {"branching": "fsb"}}},
     "bab_babsr": {"engine": "bab", "bab": {"branching": "relu", "relu": {"branching": "babsr"}}},
     "milp": {"engine": "milp"},

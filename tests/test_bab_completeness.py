@@ -295,3 +295,63 @@ def test_batch_size_follows_the_peak_memory(monkeypatch: pytest.MonkeyPatch) -> 
     assert search_mod._adapt_batch(128, 256, 128, None, 10.0, stats) == (256, None)
     at(None)
     assert search_mod._adapt_batch(128, 256, 128, 3.0, 10.0, stats) == (128, 3.0)
+
+
+def test_children_on_their_parents_bounds_first_keep_their_order() -> None:
+    """``spec_rows_first``: the quick bound (parents' intermediate bounds) for every child, the full one
+    only for those it leaves open, and the children come back in their order (``in_chunks`` puts chunks
+    back by position)."""
+    from verifier.bab.input_split import spec_rows_first
+    from verifier.bab.subproblems import SubproblemBatch
+    from verifier.bounds.types import IntermediateBounds
+    from verifier.objective import CaseObjective
+
+    obj = CaseObjective(torch.zeros(2), torch.ones(2), torch.eye(1, 2), torch.zeros(1),
+                        torch.ones(1, 1, dtype=torch.bool), torch.zeros(1, dtype=torch.bool))
+    B = 6
+    children = SubproblemBatch(lower=torch.arange(B, dtype=torch.float64)[:, None].repeat(1, 2),
+                               upper=torch.full((B, 2), 9.0), splits=None, bound=torch.full((B, 1), -1.0),
+                               depth=torch.arange(B),
+                               intermediate=IntermediateBounds((torch.zeros(B, 1),), (torch.ones(B, 1),)))
+    calls = []
+
+    def bound(batch: SubproblemBatch, reuse: int = 0) -> SubproblemBatch:
+        calls.append((reuse, batch.depth.tolist()))
+        if reuse:  # the quick bound proves the even children
+            return SubproblemBatch(lower=batch.lower, upper=batch.upper, splits=None, depth=batch.depth,
+                                   bound=torch.where(batch.depth[:, None] % 2 == 0, 1.0, -0.5).double(),
+                                   intermediate=batch.intermediate)
+        return SubproblemBatch(lower=batch.lower, upper=batch.upper, splits=None, depth=batch.depth,
+                               bound=torch.full((batch.batch, 1), 2.0, dtype=torch.float64),
+                               intermediate=batch.intermediate)
+
+    out = spec_rows_first(children, obj=obj, bound=bound, relu_layers=1)
+    assert calls == [(1, [0, 1, 2, 3, 4, 5]), (0, [1, 3, 5])]
+    assert out.depth.tolist() == list(range(B))
+    assert out.lower[:, 0].tolist() == list(range(B))
+    assert out.bound[:, 0].tolist() == [1.0, 2.0, 1.0, 2.0, 1.0, 2.0]
+    calls.clear()
+    off = spec_rows_first(children, obj=obj, bound=bound, relu_layers=1, enabled=False)
+    assert off.bound[:, 0].tolist() == [2.0] * B
+    assert calls == [(0, list(range(B)))]
+
+
+def test_chunk_size_keeps_the_backward_rows_within_the_budget() -> None:
+    """Per subdomain one row per unstable neuron of each recomputed layer (the most unstable subdomain's
+    count) plus the spec's, each of the largest node's size: as many subdomains as fit the budget, at
+    least one; reused layers cost no rows."""
+    from verifier.bab.subproblems import SubproblemBatch, chunk_size
+    from verifier.bounds.types import IntermediateBounds
+
+    B = 8
+    lower = (torch.full((B, 10), -1.0), torch.full((B, 4), -1.0))
+    upper = (torch.cat([torch.ones(B, 3), -torch.ones(B, 7)], 1), torch.ones(B, 4))  # 3 and 4 unstable
+    batch = SubproblemBatch(lower=torch.zeros(B, 2, dtype=torch.float64),
+                            upper=torch.ones(B, 2, dtype=torch.float64), splits=None, bound=torch.zeros(B, 1),
+                            depth=torch.zeros(B, dtype=torch.long),
+                            intermediate=IntermediateBounds(lower, upper))
+    per_domain = (3 + 4 + 1) * 100 * 8
+    assert chunk_size(batch, 0, 100, 3 * per_domain) == 3
+    assert chunk_size(batch, 0, 100, 0.5 * per_domain) == 1
+    assert chunk_size(batch, 1, 100, 3 * (4 + 1) * 100 * 8) == 3
+    assert chunk_size(batch, 2, 100, 1e12) == B

@@ -120,7 +120,7 @@ def test_threads_one_for_small_networks_the_runs_cores_for_heavy_ones(monkeypatc
     from tests.nets import Builder
     from verifier.runtime import choose_threads, forward_macs
 
-    monkeypatch.setattr("os.cpu_count", lambda: 6)
+    monkeypatch.setattr("verifier.runtime.available_cores", lambda: 6)
     gen = torch.Generator().manual_seed(0)
     small = dense_net(gen, sizes=(5, 50, 50, 5))
     assert forward_macs(small) == 5 * 50 + 50 * 50 + 50 * 5

@@ -8,12 +8,12 @@ interfere.  The run's random numbers come from ``rt.generator``, seeded from the
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
+from verifier.bab.parallel import available_cores
 from verifier.config import Config
 from verifier.network import Conv, Dense, Network
 
@@ -57,7 +57,7 @@ def choose_threads(net: Network, config: Config) -> int:
     weights = sum(t.numel() for node in net.nodes for t in vars(node.op).values() if isinstance(t, torch.Tensor))
     if weights < _SMALL_NET and forward_macs(net) < _SMALL_WORK:
         return 1
-    return max(1, config.bab.workers or os.cpu_count() or 1)
+    return max(1, config.bab.workers or available_cores())
 
 
 def forward_macs(net: Network) -> int:

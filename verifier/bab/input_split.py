@@ -29,7 +29,7 @@ from verifier.bab.options import BabOptions
 from verifier.bab.probes import check_centres, unsafe_corners, validate_best
 from verifier.bab.relu_split import solve_relu
 from verifier.bab.search import BabStats, Rule, ValidateFn
-from verifier.bab.subproblems import SubproblemBatch, concat, in_chunks
+from verifier.bab.subproblems import SubproblemBatch, chunk_size, concat, in_chunks, row_budget
 from verifier.bounds import (
     AlphaOptions,
     BoundResult,
@@ -70,9 +70,7 @@ def input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts: 
         # rows as its most unstable child needs)
         key = None if children.intermediate is None else children.intermediate.unstable_count(children.batch)
         children = record.branched(children)
-        chunk = partial(spec_rows_first, obj=obj, bound=bound_children, relu_layers=len(net.relu_indices),
-                        enabled=fwd == "filter")
-        return in_chunks(chunk, children, opts.input.bound_chunk, key)
+        return in_chunks(chunk, children, min(opts.input.bound_chunk, memory_chunk(children)), key)
 
     def bound_children(children: SubproblemBatch, reuse: int = 0) -> SubproblemBatch:
         # a child's box lies in its parent's: the parent's intermediate bounds stay valid
@@ -86,6 +84,14 @@ def input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts: 
         contracted = contract_children(obj, children, res.linear)
         record.contracted(children.ident, obj, children, contracted)
         return contracted
+
+    chunk = partial(spec_rows_first, obj=obj, bound=bound_children, relu_layers=len(net.relu_indices),
+                    enabled=fwd == "filter")
+    # no more children at once than the backward rows of their intermediate bounds leave in memory (on a
+    # conv net thousands of rows of thousands of values per child); forward bounds alone need none
+    largest, budget = max(n.size for n in net.nodes), row_budget(opts.max_memory)
+    memory_chunk = partial(chunk_size, reuse=len(net.relu_indices) if fwd == "on" else 0, largest=largest,
+                           budget=budget)
 
     def tight(children: SubproblemBatch) -> SubproblemBatch:
         gate.bounded = children.batch
@@ -146,13 +152,14 @@ def spec_rows_first(children: SubproblemBatch, obj: CaseObjective, bound: Callab
     if not enabled or children.intermediate is None:
         return bound(children)
     quick = bound(children, reuse=relu_layers)
-    open_ = torch.nonzero(~obj.ruled_out(quick.bound)).flatten()
-    if open_.numel() == 0:
+    proven = obj.ruled_out(quick.bound)
+    if bool(proven.all()):
         return quick
-    if open_.numel() == quick.batch:
+    if not bool(proven.any()):
         return bound(quick)
-    done = torch.nonzero(obj.ruled_out(quick.bound)).flatten()
-    return concat([quick.select(done), bound(quick.select(open_))])
+    done, open_ = torch.nonzero(proven).flatten(), torch.nonzero(~proven).flatten()
+    # in the children's order (``in_chunks`` puts chunks back by position)
+    return concat([quick.select(done), bound(quick.select(open_))]).select(torch.argsort(torch.cat([done, open_])))
 
 
 def contract_children(obj: CaseObjective, children: SubproblemBatch, linear: tuple[torch.Tensor, torch.Tensor]

@@ -9,9 +9,12 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from verifier.options import AttackOptions
+
+if TYPE_CHECKING:
+    from verifier.bounds import ForwardMode
 
 
 def check_choices(options: object) -> None:
@@ -66,14 +69,14 @@ class InputSplitOptions:
         if self.max_dim < 0 or self.batch_size < 1 or self.bound_chunk < 1:
             raise ValueError("max_dim must be at least 0, batch_size and bound_chunk at least 1")
 
-    def branching_score(self, forward: Literal["off", "on", "filter"]) -> Literal["full", "final", "none"]:
+    def branching_score(self, forward: ForwardMode) -> Literal["full", "final", "none"]:
         """How input splitting scores its candidate splits where its intermediate bounds come from
         ``forward``."""
         if self.strong_branching != "auto":
             return self.strong_branching
         return "none" if forward == "filter" else "full"
 
-    def forward_mode(self, n_inputs: int, relus: int) -> Literal["off", "on", "filter"]:
+    def forward_mode(self, n_inputs: int, relus: int) -> ForwardMode:
         """Where input splitting on a network of ``n_inputs`` inputs and ``relus`` ReLU neurons takes
         its intermediate bounds from (``crown``'s ``forward``)."""
         if self.forward != "auto":

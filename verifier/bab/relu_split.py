@@ -53,7 +53,7 @@ from verifier.bab.spec_rows import (
     open_polytopes,
     restrict,
 )
-from verifier.bab.subproblems import SubproblemBatch, concat, in_chunks
+from verifier.bab.subproblems import SubproblemBatch, chunk_size, concat, in_chunks, row_budget
 from verifier.bounds import (
     AlphaOptions,
     Betas,
@@ -67,7 +67,6 @@ from verifier.bounds import (
 )
 from verifier.certificate.record import NO_RECORD, CaseRecorder
 from verifier.deadline import Deadline
-from verifier.memory import physical_memory
 from verifier.network import Network
 from verifier.objective import CaseObjective
 from verifier.result import Counterexample, Status
@@ -75,9 +74,6 @@ from verifier.result import Counterexample, Status
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
 _MIN_GROUP = 64  # children bounded together at least (unless fewer are left), whatever layer they split
-# the backward rows of one bounding call may take this fraction of BabOptions.max_memory (the optimization
-# keeps several such tensors and their gradients alive at once)
-_ROWS_SHARE = 1 / 16
 
 
 def relu_start(net: Network, obj: CaseObjective, root: BoundResult, per_polytope: bool = True
@@ -163,21 +159,6 @@ def reuse_groups(layer: Tensor, todo: Tensor, min_size: int) -> list[tuple[Tenso
     return groups
 
 
-def chunk_size(batch: SubproblemBatch, reuse: int, largest: int, budget: float) -> int:
-    """How many of ``batch`` to bound at once so that the backward rows stay within ``budget`` bytes.
-
-    Recomputing the pre-activation bounds of ReLU layer ``k >= reuse`` passes one row per unstable
-    neuron back through nodes of up to ``largest`` values: after a split in an early layer of a
-    convolutional network that is thousands of rows of thousands of values per subdomain.
-    """
-    inter = batch.intermediate
-    if inter is None or batch.batch == 0:
-        return max(1, batch.batch)
-    rows = sum(int(u.sum(1).max()) for u in inter.unstable()[reuse:])
-    per_domain = (rows + 1) * largest * batch.lower.element_size()
-    return max(1, min(batch.batch, int(budget // per_domain)))
-
-
 def relu_rule(
     net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts: BabOptions, alpha_opts: AlphaOptions,
     deadline: Deadline, stats: BabStats, recorder: CaseRecorder | None = None,
@@ -188,7 +169,7 @@ def relu_rule(
     beta_opts = replace(alpha_opts, iterations=opts.relu.beta_iterations, intermediate_slopes="shared",
                         optimize_intermediate=opts.relu.beta_intermediate)
     largest = max((n.size for n in net.nodes), default=1)
-    row_budget = _ROWS_SHARE * opts.max_memory * physical_memory()
+    budget = row_budget(opts.max_memory)
 
     def branch(parents: SubproblemBatch) -> SubproblemBatch:
         # only a root can be a leaf: passed through to be settled, as if split in the last layer (its
@@ -224,7 +205,7 @@ def relu_rule(
         parts = [children.select(~todo)] if not bool(todo.all()) else []
         for group, reuse in reuse_groups(children.split_layer, todo, _MIN_GROUP):
             members = children.select(group)
-            step = chunk_size(members, reuse, largest, row_budget)
+            step = chunk_size(members, reuse, largest, budget)
             if step < members.batch:
                 stats.extra["bab_bound_chunks"] = stats.extra.get("bab_bound_chunks", 0) + 1
             # one chunk unless the backward rows would not fit in memory

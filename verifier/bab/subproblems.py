@@ -8,6 +8,9 @@ from dataclasses import dataclass, replace
 import torch
 
 from verifier.bounds import Betas, Domains, IntermediateBounds, Slopes
+from verifier.memory import physical_memory
+
+_ROWS_SHARE = 1 / 16  # of BabOptions.max_memory for the backward rows of one bounding call
 
 Tensor = torch.Tensor
 
@@ -167,3 +170,24 @@ class Store:
         if len(self._parts) > 1:
             self._parts, self._prio = [concat(self._parts)], [torch.cat(self._prio)]
         return self._parts[0], self._prio[0]
+
+
+def chunk_size(batch: SubproblemBatch, reuse: int, largest: int, budget: float) -> int:
+    """How many of ``batch`` to bound at once so that the backward rows stay within ``budget`` bytes.
+
+    Recomputing the pre-activation bounds of ReLU layer ``k >= reuse`` passes one row per unstable
+    neuron back through nodes of up to ``largest`` values: after a split in an early layer of a
+    convolutional network that is thousands of rows of thousands of values per subdomain.
+    """
+    inter = batch.intermediate
+    if inter is None or batch.batch == 0:
+        return max(1, batch.batch)
+    rows = sum(int(u.sum(1).max()) for u in inter.unstable()[reuse:])
+    per_domain = (rows + 1) * largest * batch.lower.element_size()
+    return max(1, min(batch.batch, int(budget // per_domain)))
+
+
+def row_budget(max_memory: float) -> float:
+    """Bytes the backward rows of one bounding call may take: a share of ``BabOptions.max_memory`` (the
+    optimization keeps several such tensors and their gradients alive at once)."""
+    return _ROWS_SHARE * max_memory * physical_memory()

@@ -105,9 +105,9 @@ def crown_sweep(
     relax = Relaxations({}, {}, rigorous=rigorous)
     box = (domains.lower, domains.upper)
     maxpool_inputs = {n.inputs[0] for n in net.nodes if isinstance(n.op, MaxPool)}
-    reused = {p for k, p in enumerate(relu_inputs(net)) if k < reuse_known} - maxpool_inputs
-    tracker = ForwardTracker(net, domains) if forward_filter and supports(net) and domains.splits is None else None
     pre = relu_inputs(net)
+    reused = set(pre[:reuse_known]) - maxpool_inputs
+    tracker = ForwardTracker(net, domains) if forward_filter and supports(net) and domains.splits is None else None
 
     def refine(i: int, nodes: NodeBounds, current: Interval) -> Interval:
         if i in reused:
@@ -117,7 +117,7 @@ def crown_sweep(
         if tracker is not None and i not in maxpool_inputs:
             # forward bounds from the (CROWN-tightened) bounds of the ReLU layers below: only what they
             # leave unstable gets a backward pass; before any ReLU they are exact up to rounding
-            fl, fu = tracker.bounds_at(i, [nodes.bounds[p] for p in pre if p < i])
+            fl, fu = tracker.bounds_at(i, [nodes.bounds[p] if p < i else None for p in pre])
             lo = torch.maximum(lo, cast_down(fl.flatten(1), lo.dtype))
             hi = torch.minimum(hi, cast_up(fu.flatten(1), hi.dtype))
             current = (lo.reshape(current[0].shape), hi.reshape(current[1].shape))

@@ -19,11 +19,13 @@ adaptive choice).  Nodes of other kinds are not handled (``None``: the caller fa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from verifier.bounds.graph import relu_inputs
 from verifier.bounds.rounding import cast_down, cast_up, down, gamma, up
 from verifier.bounds.types import Domains, IntermediateBounds
 from verifier.forward import gather_flat, pad_hw
@@ -64,10 +66,9 @@ def forward_intermediate(net: Network, domains: Domains, known: IntermediateBoun
     # interval bounds (with ``known``) as well: on wide boxes they are the tighter ones in deep layers
     interval = ibp(net, domains, known=known).intermediate
     tracker = ForwardTracker(net, domains)
-    pre = {r: net.nodes[r].inputs[0] for r in net.relu_indices}
     bounds: list[tuple[Tensor, Tensor]] = []
-    for k, r in enumerate(net.relu_indices):
-        L, U = tracker.bounds_at(pre[r], bounds)
+    for k, p in enumerate(relu_inputs(net)):
+        L, U = tracker.bounds_at(p, bounds)
         L = torch.maximum(L, interval.lower[k].to(_F64).reshape(L.shape))
         U = torch.minimum(U, interval.upper[k].to(_F64).reshape(U.shape))
         bounds.append((L, U))
@@ -93,18 +94,18 @@ class ForwardTracker:
         zero = self.lo.new_zeros(B, *in_shape)
         self.state: dict[int, _Lin] = {0: _Lin(eye, zero, zero, eye, zero, zero)}
         self.done = 0  # nodes 0..done have their state
+        self.relu_of = {r: k for k, r in enumerate(net.relu_indices)}
         self.relus_passed: set[int] = set()  # ReLU nodes whose relaxation entered some state so far
 
     def affine_at(self, i: int) -> bool:
         """Whether node ``i``'s forward bounds (once computed) passed no ReLU: exact up to rounding."""
         return not any(r < i for r in self.relus_passed)
 
-    def bounds_at(self, i: int, relu_bounds: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    def bounds_at(self, i: int, relu_bounds: Sequence[tuple[Tensor, Tensor] | None]) -> tuple[Tensor, Tensor]:
         """Rigorous float64 bounds ``(B, *shape)`` of node ``i``, advancing through the nodes before it;
         ``relu_bounds[k]`` bounds the pre-activation of the ``k``-th ReLU layer (any shape that holds
-        its entries in order), for every ReLU layer before node ``i``."""
-        net = self.net
-        relu_of = {r: k for k, r in enumerate(net.relu_indices)}
+        its entries in order), for every ReLU layer before node ``i`` (the others are not read)."""
+        net, relu_of = self.net, self.relu_of
         B, n = self.lo.shape
         for j in range(self.done + 1, i + 1):
             node, op = net.nodes[j], net.nodes[j].op

@@ -211,3 +211,27 @@ def test_main_in_process_leaves_the_garbage_collector_on(capsys: pytest.CaptureF
     models = Path(__file__).resolve().parents[1] / "models"
     assert main([str(models / "test_unsat.onnx"), str(models / "test_prop.vnnlib"), "--timeout", "60"]) == EXIT_OK
     assert capsys.readouterr().out.splitlines()[0] == "unsat" and gc.isenabled()
+
+
+def test_allocator_tuning_is_skipped_where_there_is_no_mallopt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """glibc's mallopt is called where it exists (both settings) and skipped where it does not."""
+    import ctypes
+
+    import verifier.cli as cli
+
+    calls = []
+
+    class _Libc:
+        def mallopt(self, *args):
+            calls.append(args)
+            return 1
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: _Libc())
+    cli._reuse_freed_memory()
+    assert calls == [(cli._M_MMAP_THRESHOLD, cli._KEEP_BELOW), (cli._M_TRIM_THRESHOLD, cli._KEEP_BELOW)]
+
+    def _missing(name):
+        raise OSError("no such library")
+
+    monkeypatch.setattr(ctypes, "CDLL", _missing)
+    cli._reuse_freed_memory()  # no error

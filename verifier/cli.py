@@ -7,6 +7,7 @@ so ``verify --help`` and usage errors are instant.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import logging
 import os
@@ -20,6 +21,9 @@ from verifier.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, VerifierErro
 log = logging.getLogger("verifier")
 
 _WATCHDOG_GRACE = 0.5  # seconds past the timeout before the CLI answers 'timeout' by force
+# glibc's mallopt parameters, and the block size below which freed memory is kept for reuse
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_KEEP_BELOW = 512 << 20
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         from vnnlib.spec import SpecError
 
         try:
+            _reuse_freed_memory()
             verify, load_config = _import_pipeline()
 
             for path, what in ((args.model, "model"), (args.spec, "spec")):
@@ -188,6 +193,20 @@ def _import_pipeline():
         gc.freeze()
         gc.enable()
     return verify, load_config
+
+
+def _reuse_freed_memory() -> None:
+    """Keep freed blocks below ``_KEEP_BELOW`` for reuse (glibc only; elsewhere nothing changes).  By
+    default glibc serves every block above 32 MB from fresh pages and gives them back on free, so each
+    big temporary tensor of a bound is faulted in anew: on wide networks the kernel's share of a run fell
+    from about a quarter to a twentieth (peak memory about 1.4x).  The ``verify`` process only: an API
+    caller's process keeps its allocator as it is."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, _KEEP_BELOW)
+    mallopt(_M_TRIM_THRESHOLD, _KEEP_BELOW)
 
 
 def _write_proof(path: str, proof) -> None:

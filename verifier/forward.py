@@ -23,6 +23,7 @@ from verifier.network import (
     Tensor,
     Transpose,
 )
+from verifier.sparse import is_sparse, times_weight_t
 
 
 def forward(net: Network, x: Tensor) -> Tensor:
@@ -46,6 +47,8 @@ def apply_node(node: Node, args: list[Tensor]) -> Tensor:
     """One node on batched arguments (the input node excluded)."""
     op = node.op
     if isinstance(op, Dense):
+        if is_sparse(op):
+            return times_weight_t(op, args[0]) + op.bias
         return torch.nn.functional.linear(args[0], op.weight, op.bias)
     if isinstance(op, Conv):
         return F.conv2d(pad_hw(args[0], op.padding, 0.0), op.weight, op.bias, op.stride, 0, op.dilation, op.groups)

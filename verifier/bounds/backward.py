@@ -39,6 +39,7 @@ from verifier.network import (
     Scale,
     Transpose,
 )
+from verifier.sparse import times_weight
 
 
 @dataclass(frozen=True, eq=False)
@@ -310,7 +311,7 @@ def linear_back(node: Node, ins: list[tuple[int, ...]], A: Tensor) -> tuple[list
     B, R = A.shape[:2]
     if isinstance(op, Dense):
         A = A.flatten(2)
-        return [A @ op.weight], A @ op.bias
+        return [times_weight(op, A)], A @ op.bias
     if isinstance(op, Conv):
         return [_conv_back(op, ins[0], A)], A.sum((-2, -1)) @ op.bias
     if isinstance(op, AvgPool):

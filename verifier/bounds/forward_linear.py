@@ -30,6 +30,7 @@ from verifier.bounds.rounding import cast_down, cast_up, down, gamma, up
 from verifier.bounds.types import Domains, IntermediateBounds
 from verifier.forward import gather_flat, pad_hw
 from verifier.network import Add, Conv, Dense, Gather, Input, Network, Relu, Reshape, Scale
+from verifier.sparse import times_weight_t
 
 Tensor = torch.Tensor
 _F64 = torch.float64
@@ -196,7 +197,7 @@ def _affine(op: Dense | Conv | Scale, a: _Lin, xmag: Tensor, mag: Tensor | None)
     constants carry error bounds)."""
     B, n = xmag.shape
     if isinstance(op, Dense):
-        W = op.weight.to(_F64)
+        W = op.weight  # multiplied by ``times_weight_t`` (sparse where mostly zeros), in float64
         lin = lambda x, w: x @ w.T  # noqa: E731  (B, ..., n_in_node) -> (B, ..., m)
         bias, K = op.bias.to(_F64), 2 * W.shape[1] + 1
     elif isinstance(op, Conv):
@@ -213,12 +214,14 @@ def _affine(op: Dense | Conv | Scale, a: _Lin, xmag: Tensor, mag: Tensor | None)
         W = op.scale.to(_F64)
         lin = lambda x, w: x * w  # noqa: E731
         bias, K = op.shift.to(_F64), 3
-    Wp, Wn = W.clamp(min=0), W.clamp(max=0)
     # one product with W+ and one with W- of everything that goes through the op, stacked on the rows axis:
     # the coefficients, the constants, the slacks, and the magnitudes v of the rows' and constants' terms
     v = _dot(a.Al.abs() + a.Au.abs(), xmag) + a.cl.abs() + a.cu.abs()
     X = torch.cat([a.Al, a.Au, torch.stack([a.cl, a.cu, a.el, a.eu, v], 1)], 1)  # (B, 2n + 5, *shape)
-    P, N = lin(X, Wp), lin(X, Wn)
+    if isinstance(op, Dense):
+        P, N = times_weight_t(op, X, "pos"), times_weight_t(op, X, "neg")
+    else:
+        P, N = lin(X, W.clamp(min=0)), lin(X, W.clamp(max=0))
     Pc, Nc = P[:, 2 * n :], N[:, 2 * n :]
     Al = P[:, :n] + N[:, n : 2 * n]
     Au = P[:, n : 2 * n] + N[:, :n]

@@ -21,6 +21,7 @@ from verifier.bounds.rounding import down, gamma, magnitude, up
 from verifier.bounds.types import BoundResult, Domains, IntermediateBounds, Tensor
 from verifier.forward import apply_node, pad_hw
 from verifier.network import Add, AvgPool, Conv, Dense, Input, Network, Node, Scale
+from verifier.sparse import is_sparse, times_weight_t
 
 Interval = tuple[Tensor, Tensor]
 # refine(i, the bounds of the nodes before i, interval of node i) -> tighter bounds of node i
@@ -141,6 +142,9 @@ def interval_node(node: Node, args: list[Interval]) -> Interval:
         # each weight meets the end of the input interval that minimizes (maximizes) the output, as
         # the ends are: a centre-radius form rounds the centre and the radius
         (lo, hi), = args
+        if isinstance(op, Dense) and is_sparse(op):
+            return (times_weight_t(op, lo, "pos") + times_weight_t(op, hi, "neg") + op.bias,
+                    times_weight_t(op, hi, "pos") + times_weight_t(op, lo, "neg") + op.bias)
         if isinstance(op, Dense):
             pos, neg = op.weight.clamp(min=0), op.weight.clamp(max=0)
             return (F.linear(lo, pos, op.bias) + F.linear(hi, neg), F.linear(hi, pos, op.bias) + F.linear(lo, neg))
@@ -170,7 +174,7 @@ def node_terms(node: Node, mags: list[Tensor]) -> Tensor | None:
         q = top[:, None] * rows[None] + bias[None]  # (B, m) or (B, C)
         return q if isinstance(op, Dense) else q[:, :, None, None].expand(-1, -1, *node.shape[1:])
     if isinstance(op, Dense):
-        return F.linear(mags[0], op.weight.abs(), op.bias.abs())
+        return times_weight_t(op, mags[0], "abs") + op.bias.abs()
     if isinstance(op, Conv):
         m = pad_hw(mags[0], op.padding)
         return F.conv2d(m, op.weight.abs(), op.bias.abs(), op.stride, 0, op.dilation, op.groups)

@@ -355,3 +355,5 @@ def test_chunk_size_keeps_the_backward_rows_within_the_budget() -> None:
     assert chunk_size(batch, 0, 100, 0.5 * per_domain) == 1
     assert chunk_size(batch, 1, 100, 3 * (4 + 1) * 100 * 8) == 3
     assert chunk_size(batch, 2, 100, 1e12) == B
+    # layers wider than max_width take forward bounds: no rows (here the first, of 10 neurons)
+    assert chunk_size(batch, 0, 100, 3 * (4 + 1) * 100 * 8, max_width=4) == 3

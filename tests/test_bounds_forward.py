@@ -153,3 +153,38 @@ def test_forward_filter_keeps_crowns_bounds_with_fewer_backward_rows(family: str
         assert sum(rows) <= 2 * sum(int(((lw < 0) & (up > 0)).sum(1).max()) for lw, up in zip(iv.lower, iv.upper))
         if isinstance(net.nodes[net.nodes[net.relu_indices[0]].inputs[0]].op, Dense):
             assert len(rows) < len(net.relu_indices), "the affine first layer needs no backward pass"
+
+
+def test_filter_restricted_to_narrow_layers_is_sound_and_between_forward_and_full_filter(monkeypatch):
+    """``filter_width``: backward passes only for the ReLU layers of at most that many neurons (the wider
+    ones keep forward bounds): sound at sampled points, no backward rows in the wide layers, and the
+    narrow layers' unstable counts no more than with forward bounds alone."""
+    import sys
+
+    crown_module = sys.modules["verifier.bounds.crown"]
+    original = crown_module.backward_lower
+    rows: list[int] = []
+
+    def counting(*args, **kwargs):
+        rows.append(int(args[2].shape[1]))
+        return original(*args, **kwargs)
+
+    for seed in range(3):
+        gen = torch.Generator().manual_seed(seed)
+        net = dense_net(gen, sizes=(2, 64, 32, 8, 4, 2))
+        lo, hi = random_box(gen, 2, 4, torch.float64, width=1.0)
+        box = Domains(lo, hi)
+        C = torch.randn(4, 3, 2, generator=gen, dtype=torch.float64)
+        d = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+        rows.clear()
+        monkeypatch.setattr(crown_module, "backward_lower", counting)
+        part = crown(net, box, C, d, forward="filter", filter_width=8)
+        monkeypatch.setattr(crown_module, "backward_lower", original)
+        xs = sample_box(gen, lo, hi, 300)
+        check_bounds(net, None, part, C, d, xs, rtol=0.0)
+        on = crown(net, box, C, d, forward="on")
+        for k in range(4):
+            unstable = [int(((r.intermediate.lower[k] < 0) & (r.intermediate.upper[k] > 0)).sum()) for r in (part, on)]
+            assert unstable[0] <= unstable[1], (seed, k)
+        # at most one backward pass per narrow layer (8 and 4 neurons), two rows per neuron
+        assert len(rows) <= 2 and all(r <= 2 * 8 for r in rows), rows

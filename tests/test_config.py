@@ -76,6 +76,15 @@ def test_input_splitting_picks_its_intermediate_bounds_and_scoring_by_the_networ
     assert InputSplitOptions(forward="off").forward_mode(2, 4000) == "off"
     assert opts.branching_score("filter") == "none" and opts.branching_score("on") == "full"
     assert InputSplitOptions(strong_branching="final").branching_score("filter") == "final"
+    # a network that narrows with depth (TLL N=64: 8192 neurons down to 4): backward passes on the layers of
+    # at most 1/32 of the widest, scored on the spec rows; uniform widths stay with forward bounds alone
+    tll = [8192, 4096, 2048, 1024, 512, 256, 128, 64, 32, 16, 8, 4]
+    assert opts.forward_choice(2, tll) == ("filter", 256)
+    assert opts.branching_score("filter", 256) == "final"
+    assert opts.forward_choice(2, [500, 500, 500]) == ("on", None)
+    assert opts.forward_choice(16, [16384, 8192, 4096]) == ("filter", None)
+    assert opts.forward_choice(5, [50] * 6) == ("off", None)
+    assert InputSplitOptions(narrow_share=0).forward_choice(2, tll) == ("on", None)
 
 
 def test_unquoted_on_and_off_mean_the_choices_yaml_reads_as_booleans(tmp_path) -> None:

@@ -55,8 +55,8 @@ def input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts: 
     ``recorder`` (optional) records the proof tree."""
     C, d = obj.C.unsqueeze(0), obj.d.unsqueeze(0)
     record = recorder or NO_RECORD
-    fwd = opts.input.forward_mode(net.n_inputs, relu_count(net))
-    scoring = opts.input.branching_score(fwd)
+    fwd, narrow = opts.input.forward_choice(net.n_inputs, [net.nodes[r].size for r in net.relu_indices])
+    scoring = opts.input.branching_score(fwd, narrow)
     # corners of the boxes bounded since the last settle whose concrete outputs looked unsafe
     probes: list[tuple[Tensor, Tensor]] = []
 
@@ -75,7 +75,7 @@ def input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts: 
     def bound_children(children: SubproblemBatch, reuse: int = 0) -> SubproblemBatch:
         # a child's box lies in its parent's: the parent's intermediate bounds stay valid
         res = crown(net, children.domains, C, d, known=children.intermediate, need_linear=opts.input.contract,
-                    forward=fwd, reuse_known=reuse)
+                    forward=fwd, filter_width=narrow, reuse_known=reuse)
         record.bounded(children.ident, obj, children.bound, res.lower, res.intermediate)
         children = keep_best(children, res)
         if res.linear is None:
@@ -91,7 +91,7 @@ def input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts: 
     # conv net thousands of rows of thousands of values per child); forward bounds alone need none
     largest, budget = max(n.size for n in net.nodes), row_budget(opts.max_memory)
     memory_chunk = partial(chunk_size, reuse=len(net.relu_indices) if fwd == "on" else 0, largest=largest,
-                           budget=budget)
+                           budget=budget, max_width=narrow)
 
     def tight(children: SubproblemBatch) -> SubproblemBatch:
         gate.bounded = children.batch
@@ -120,7 +120,7 @@ def input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts: 
             return strong_input_split(parents, estimate, obj, finish=cheap)
         return cheap(bisect_inputs(parents, input_split_dims(net, obj, parents)))
 
-    estimate = _estimates(net, obj, opts.input.bound_chunk, probes, fwd)
+    estimate = _estimates(net, obj, opts.input.bound_chunk, probes, fwd, narrow)
 
     def settle(open_: SubproblemBatch) -> tuple[SubproblemBatch, Counterexample | None, bool]:
         cex = validate_best(probes, validate_fn) or check_centres(net, obj, open_, validate_fn)
@@ -173,7 +173,8 @@ def contract_children(obj: CaseObjective, children: SubproblemBatch, linear: tup
 
 
 def _estimates(net: Network, obj: CaseObjective, chunk: int, probes: list[tuple[Tensor, Tensor]],
-               forward: ForwardMode = "off") -> Callable[[SubproblemBatch], SubproblemBatch]:
+               forward: ForwardMode = "off", filter_width: int | None = None
+               ) -> Callable[[SubproblemBatch], SubproblemBatch]:
     """Strong branching's ranking of candidate splits: CROWN and contraction without rounding slack, on a
     float32 copy of a float64 network, in chunks of similar children as ``cheap``; nothing is dropped on
     these bounds (the chosen children are bounded again).  The corners that the candidates' linear bounds
@@ -187,7 +188,7 @@ def _estimates(net: Network, obj: CaseObjective, chunk: int, probes: list[tuple[
     def one_chunk(children: SubproblemBatch) -> SubproblemBatch:
         dom = _cast(children.domains, dtype)
         res = crown(e_net, dom, C, d, known=_cast(children.intermediate, dtype), need_linear=True, rigorous=False,
-                    forward=forward)
+                    forward=forward, filter_width=filter_width)
         ranked = replace(children, lower=dom.lower, upper=dom.upper,
                          bound=torch.maximum(children.bound.to(dtype), res.lower), intermediate=None)
         probes.append(unsafe_corners(net, obj, replace(children, bound=ranked.bound.to(children.bound.dtype)),

@@ -172,17 +172,19 @@ class Store:
         return self._parts[0], self._prio[0]
 
 
-def chunk_size(batch: SubproblemBatch, reuse: int, largest: int, budget: float) -> int:
+def chunk_size(batch: SubproblemBatch, reuse: int, largest: int, budget: float, max_width: int | None = None
+               ) -> int:
     """How many of ``batch`` to bound at once so that the backward rows stay within ``budget`` bytes.
 
-    Recomputing the pre-activation bounds of ReLU layer ``k >= reuse`` passes one row per unstable
-    neuron back through nodes of up to ``largest`` values: after a split in an early layer of a
-    convolutional network that is thousands of rows of thousands of values per subdomain.
+    Recomputing the pre-activation bounds of ReLU layer ``k >= reuse`` (of at most ``max_width`` neurons,
+    where given: the others take forward bounds) passes one row per unstable neuron back through nodes of
+    up to ``largest`` values: after a split in an early layer of a convolutional network that is
+    thousands of rows of thousands of values per subdomain.
     """
     inter = batch.intermediate
     if inter is None or batch.batch == 0:
         return max(1, batch.batch)
-    rows = sum(int(u.sum(1).max()) for u in inter.unstable()[reuse:])
+    rows = sum(int(u.sum(1).max()) for u in inter.unstable()[reuse:] if max_width is None or u.shape[1] <= max_width)
     per_domain = (rows + 1) * largest * batch.lower.element_size()
     return max(1, min(batch.batch, int(budget // per_domain)))
 

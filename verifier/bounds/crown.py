@@ -52,6 +52,7 @@ def crown(
     need_linear: bool = False,
     rigorous: bool = True,
     forward: ForwardMode = "off",
+    filter_width: int | None = None,
 ) -> BoundResult:
     """CROWN bounds of ``C f(x) - d`` ``(B, S)`` over each domain (``None`` C: the outputs),
     intersected with the interval bounds.  ``known`` pre-activation bounds (e.g. the
@@ -65,7 +66,8 @@ def crown(
     (where the network has nodes it does not handle, or splits, as without it).  ``"filter"``:
     CROWN's bounds, with the backward passes only for the neurons that forward linear bounds (relaxed
     from the CROWN bounds of the layers below) leave unstable, and none for nodes before any ReLU (where
-    forward bounds are exact up to rounding)."""
+    forward bounds are exact up to rounding); with ``filter_width``, only in the ReLU layers of at most that
+    many neurons (the wider ones take the forward bounds)."""
     check_domains(net, domains)
     if forward == "on" and domains.splits is None:
         fwd = forward_intermediate(net, domains, known)
@@ -76,7 +78,7 @@ def crown(
     C, d = spec_rows(net, domains.batch, C, d)
     with torch.no_grad():
         state = crown_sweep(net, domains, known, reuse_known=reuse_known, rigorous=rigorous,
-                            forward_filter=forward == "filter")
+                            forward_filter=forward == "filter", filter_width=filter_width)
         S = d.shape[1]
         A0, const = final_linear(net, state, C, d, need_upper=need_upper)
         bound = concretize(A0, const, (domains.lower, domains.upper), rigorous)
@@ -97,6 +99,7 @@ def crown_sweep(
     reuse_known: int = 0,
     rigorous: bool = True,
     forward_filter: bool = False,
+    filter_width: int | None = None,
 ) -> CrownState:
     """Bounds of every node, CROWN-tightened at the inputs of the nonlinear nodes
     (except the pre-activations of ReLU layers below ``reuse_known``, taken from ``known``);
@@ -121,7 +124,7 @@ def crown_sweep(
             lo = torch.maximum(lo, cast_down(fl.flatten(1), lo.dtype))
             hi = torch.minimum(hi, cast_up(fu.flatten(1), hi.dtype))
             current = (lo.reshape(current[0].shape), hi.reshape(current[1].shape))
-            if tracker.affine_at(i):
+            if tracker.affine_at(i) or (filter_width is not None and lo.shape[1] > filter_width):
                 return current
         wanted = torch.ones_like(lo, dtype=torch.bool) if i in maxpool_inputs else (lo < 0) & (hi > 0)
         R = int(wanted.sum(1).max()) if wanted.numel() else 0

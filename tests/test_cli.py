@@ -78,6 +78,30 @@ def test_json_record_on_timeout(tmp_path):
     assert rec["counterexample"] is None
 
 
+def test_json_record_of_a_watchdog_timeout_keeps_the_statistics_so_far(tmp_path):
+    """A run that overstays its deadline is answered by the watchdog; its JSON record holds the statistics
+    the stages had reported by then (here a stand-in pipeline that reports one and hangs)."""
+    out = tmp_path / "r.json"
+    script = (
+        "import sys, time\n"
+        "import verifier.api\n"
+        "def hang(model, spec, timeout=None, config=None, stats=None):\n"
+        "    stats['load_time'] = 0.25\n"
+        "    time.sleep(30)\n"
+        "verifier.api.verify = hang\n"
+        "from verifier.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(MODELS / "test_sat.onnx"),
+                           str(MODELS / "test_prop.vnnlib"), "--timeout", "0.5", "--json", str(out)],
+                          capture_output=True, text=True, timeout=60)
+    import json
+
+    assert proc.stdout.splitlines()[0] == "timeout"
+    rec = json.loads(out.read_text())
+    assert rec["result"] == "timeout" and rec["stats"] == {"load_time": 0.25}
+
+
 def _write(path: Path, data: bytes | str) -> Path:
     path.write_bytes(data if isinstance(data, bytes) else data.encode())
     return path

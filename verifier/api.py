@@ -50,6 +50,7 @@ class Problem:
 def verify(
     model: str | os.PathLike | Network, spec: str | os.PathLike | Spec, timeout: float | None = None,
     config: Config | None = None, onnx_path: str | os.PathLike | None = None,
+    stats: dict | None = None,
 ) -> Result:
     """Decide whether some input of ``spec`` drives ``model`` into the unsafe region.
 
@@ -57,6 +58,8 @@ def verify(
     through onnxruntime on the ONNX file (``onnx_path``, or the model path, or an
     export of the ``Network`` into a temporary directory that lasts as long as the run).
     The run sets torch's threads and TF32 flags (``verifier.runtime``) and restores them.
+    ``stats``: a dict the run fills with its statistics as each stage ends (the result's ``stats``), for a
+    caller that stops waiting before the run returns (the CLI's watchdog).
     """
     start = time.monotonic()
     deadline = Deadline.after(timeout)
@@ -71,7 +74,8 @@ def verify(
         if isinstance(model, Network) and onnx_path is None:
             onnx_path = _export(model, Path(run.enter_context(tempfile.TemporaryDirectory(prefix="verifier-"))))
         problem = load_problem(model, spec, config, onnx_path)
-        stats: dict[str, float | int | str] = {"load_time": round(time.monotonic() - start, 4)}
+        stats = {} if stats is None else stats
+        stats["load_time"] = round(time.monotonic() - start, 4)
         proofs = _proof_log(problem, config)
         with runtime(config, problem.net) as rt:
             status, cex = run_pipeline(problem, config, deadline, stats, rt.generator, proofs)

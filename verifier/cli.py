@@ -111,7 +111,8 @@ def _overrides(args: argparse.Namespace) -> dict:
     return o
 
 
-def _start_watchdog(reporter: _Reporter, args: argparse.Namespace, start: float) -> None:
+def _start_watchdog(reporter: _Reporter, args: argparse.Namespace, start: float, stats: dict) -> None:
+    """Answer ``timeout`` (with the statistics the run has reported so far) when the run overstays."""
     timeout = args.timeout
     if timeout is None:
         return
@@ -122,7 +123,8 @@ def _start_watchdog(reporter: _Reporter, args: argparse.Namespace, start: float)
             if args.json:
                 from verifier.result import Result, Status
 
-                timed_out = Result(Status.TIMEOUT, time=time.monotonic() - start, message="deadline passed")
+                timed_out = Result(Status.TIMEOUT, time=time.monotonic() - start, stats=dict(stats),
+                                   message="deadline passed")
                 _write_json(args.json, _record(timed_out, args))
             os._exit(EXIT_OK)
 
@@ -138,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.INFO if args.verbose else logging.ERROR if args.quiet else logging.WARNING
     logging.basicConfig(level=level, format="verify: %(message)s", stream=sys.stderr, force=True)
     reporter = _Reporter(args.out)
-    _start_watchdog(reporter, args, start)
+    live: dict = {}  # the run's statistics so far (``verify``'s ``stats``)
+    _start_watchdog(reporter, args, start, live)
     try:
         from vnnlib.spec import SpecError
 
@@ -151,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                     raise _bad_input(f"{what} file not found: {path}")
             config = load_config(args.config, _overrides(args))
             remaining = None if args.timeout is None else args.timeout - (time.monotonic() - start)
-            result = verify(args.model, args.spec, timeout=remaining, config=config)
+            result = verify(args.model, args.spec, timeout=remaining, config=config, stats=live)
         except SpecError as exc:
             raise _bad_input(f"spec: {exc}") from None
     except VerifierError as exc:

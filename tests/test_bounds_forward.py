@@ -5,6 +5,8 @@ filter (``forward="filter"``) sound and no looser than CROWN's own bounds."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -37,6 +39,21 @@ def _selection_net(gen: torch.Generator) -> Network:
     b.relu()
     b.dense(2)
     return b.build(dtype=torch.float64)
+
+
+@pytest.fixture
+def backward_rows(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The row count of every backward pass that ``crown`` makes for intermediate bounds, as they happen."""
+    crown_module = sys.modules["verifier.bounds.crown"]
+    original = crown_module.backward_lower
+    rows: list[int] = []
+
+    def counting(*args, **kwargs):
+        rows.append(int(args[2].shape[1]))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(crown_module, "backward_lower", counting)
+    return rows
 
 
 FAMILIES = {
@@ -109,21 +126,11 @@ def test_intersected_with_known_bounds_and_unsupported_nets_decline():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("width", [2.0, 0.05])
 def test_forward_filter_keeps_crowns_bounds_with_fewer_backward_rows(family: str, dtype: torch.dtype, width: float,
-                                                                      monkeypatch):
+                                                                      backward_rows: list[int]):
     """CROWN whose backward passes are spent only on what forward bounds leave unstable: its bounds hold
     at every sampled point, no layer has more unstable neurons than with CROWN (the spec bounds may still
     differ either way: CROWN's adaptive lower slopes change with the bounds below), and the first layer
     (affine in the input) gets no backward pass at all and CROWN's bounds up to rounding."""
-    import sys
-
-    crown_module = sys.modules["verifier.bounds.crown"]
-    original = crown_module.backward_lower
-    rows: list[int] = []
-
-    def counting(*args, **kwargs):
-        rows.append(int(args[2].shape[1]))
-        return original(*args, **kwargs)
-
     for seed in range(3):
         gen = torch.Generator().manual_seed(seed)
         net = FAMILIES[family](gen).to(dtype=dtype)
@@ -132,10 +139,9 @@ def test_forward_filter_keeps_crowns_bounds_with_fewer_backward_rows(family: str
         C = torch.randn(4, 3, net.n_outputs, generator=gen, dtype=torch.float64).to(dtype)
         d = torch.randn(4, 3, generator=gen, dtype=torch.float64).to(dtype)
         plain = crown(net, box, C, d)
-        rows.clear()
-        monkeypatch.setattr(crown_module, "backward_lower", counting)
+        backward_rows.clear()
         filt = crown(net, box, C, d, forward="filter")
-        monkeypatch.setattr(crown_module, "backward_lower", original)
+        rows = list(backward_rows)
         xs = sample_box(gen, box.lower.double(), box.upper.double(), 300)
         check_bounds(net, None, filt, C, d, xs, rtol=0.0)
         # the first layer is affine in the input: forward bounds are CROWN's up to rounding
@@ -155,20 +161,10 @@ def test_forward_filter_keeps_crowns_bounds_with_fewer_backward_rows(family: str
             assert len(rows) < len(net.relu_indices), "the affine first layer needs no backward pass"
 
 
-def test_filter_restricted_to_narrow_layers_is_sound_and_between_forward_and_full_filter(monkeypatch):
+def test_filter_restricted_to_narrow_layers_is_sound_and_between_forward_and_full_filter(backward_rows: list[int]):
     """``filter_width``: backward passes only for the ReLU layers of at most that many neurons (the wider
     ones keep forward bounds): sound at sampled points, no backward rows in the wide layers, and the
     narrow layers' unstable counts no more than with forward bounds alone."""
-    import sys
-
-    crown_module = sys.modules["verifier.bounds.crown"]
-    original = crown_module.backward_lower
-    rows: list[int] = []
-
-    def counting(*args, **kwargs):
-        rows.append(int(args[2].shape[1]))
-        return original(*args, **kwargs)
-
     for seed in range(3):
         gen = torch.Generator().manual_seed(seed)
         net = dense_net(gen, sizes=(2, 64, 32, 8, 4, 2))
@@ -176,10 +172,9 @@ def test_filter_restricted_to_narrow_layers_is_sound_and_between_forward_and_ful
         box = Domains(lo, hi)
         C = torch.randn(4, 3, 2, generator=gen, dtype=torch.float64)
         d = torch.randn(4, 3, generator=gen, dtype=torch.float64)
-        rows.clear()
-        monkeypatch.setattr(crown_module, "backward_lower", counting)
+        backward_rows.clear()
         part = crown(net, box, C, d, forward="filter", filter_width=8)
-        monkeypatch.setattr(crown_module, "backward_lower", original)
+        rows = list(backward_rows)
         xs = sample_box(gen, lo, hi, 300)
         check_bounds(net, None, part, C, d, xs, rtol=0.0)
         on = crown(net, box, C, d, forward="on")

@@ -63,11 +63,6 @@ def _csr(op: Dense, part: Part, transposed: bool, like: Tensor) -> Tensor:
     return csr
 
 
-def nnz(op: Dense) -> int:
-    """The weight's entries that a product computes with: its non-zeros where sparse, else all."""
-    return int(torch.count_nonzero(op.weight)) if is_sparse(op) else op.weight.numel()
-
-
 def times_weight_t(op: Dense, x: Tensor, part: Part = "w") -> Tensor:
     """``x @ P.T`` for ``P`` the ``part`` of ``op``'s weight (``x`` ``(..., n)`` -> ``(..., m)``), in
     ``x``'s dtype; differentiable in ``x``."""

@@ -30,12 +30,12 @@ def incomplete_stages(
     (``screened``: the case's IBP and CROWN bound from ``screen_cases``, whose stages are then skipped)."""
     domains = Domains(obj.lower.unsqueeze(0), obj.upper.unsqueeze(0))
     C, d = obj.C.unsqueeze(0), obj.d.unsqueeze(0)  # (1, S, n_out), (1, S)
-    forward, width = forward_bounds(net, config)
+    forward = forward_bounds(net, config)
     stages = [("ibp", lambda known: ibp(net, domains, C, d)),
-              ("crown", lambda known: crown(net, domains, C, d, known=known, forward=forward, filter_width=width)),
+              ("crown", lambda known: crown(net, domains, C, d, known=known, forward=forward)),
               ("alpha", lambda known: alpha_crown(net, domains, C, d, config.alpha, known=known,
                                                   deadline=deadline))]
-    if forward == "on" or width is not None or not root_alpha(net, config):  # forward bounds spare alpha-CROWN
+    if forward == "on" or not root_alpha(net, config):  # forward bounds avoid alpha-CROWN's backward passes
         stages = stages[:2]
     best: BoundResult | None = screened
     if screened is not None:
@@ -71,15 +71,15 @@ def root_alpha(net: Network, config: Config) -> bool:
     return opts.root_alpha or opts.bound == "alpha"
 
 
-def forward_bounds(net: Network, config: Config) -> tuple[ForwardMode, int | None]:
-    """Where the cases of ``net`` get their intermediate bounds, as input splitting's children will
-    (``crown``'s ``forward`` and ``filter_width``: forward linear bounds for input splitting on a network
-    of few inputs and many ReLUs; ``bab.input.forward``, ``bab.input.narrow_share``)."""
+def forward_bounds(net: Network, config: Config) -> ForwardMode:
+    """Where the cases of ``net`` get their intermediate bounds (``crown``'s ``forward``: forward linear
+    bounds for input splitting on a network of few inputs and many ReLUs; ``bab.input.forward``)."""
+    from verifier.bab.input_split import relu_count
     from verifier.bab.solve import choose_branching
 
     if choose_branching(net, config.bab) != "input":
-        return "off", None
-    return config.bab.input.forward_choice(net.n_inputs, [net.nodes[r].size for r in net.relu_indices])
+        return "off"
+    return config.bab.input.forward_mode(net.n_inputs, relu_count(net))
 
 
 def screen_cases(
@@ -109,9 +109,8 @@ def screen_cases(
             open_ = _screened(objs[0], res, part, proven, keep_proven)
             if open_.numel() and config.stop_after != "ibp":
                 t = time.monotonic()
-                forward, width = forward_bounds(net, config)
                 sub = crown(net, domains.select(open_), C[open_], d[open_], known=res.intermediate.select(open_),
-                            forward=forward, filter_width=width)
+                            forward=forward_bounds(net, config))
                 stats["crown_time"] = round(stats.get("crown_time", 0.0) + time.monotonic() - t, 4)
                 lower = torch.maximum(sub.lower, res.lower[open_])
                 res = BoundResult(lower, None, sub.intermediate, sub.slopes, sub.betas)

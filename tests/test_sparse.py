@@ -47,6 +47,16 @@ def test_only_big_mostly_zero_weights_are_sparse():
     assert not sparse.is_sparse(Dense(_sparse_weight(gen, 300, 400, 9), torch.zeros(300)))
 
 
+def test_a_weight_is_never_rounded_into_a_narrower_dtype():
+    gen = torch.Generator().manual_seed(4)
+    for w in (_sparse_weight(gen, 300, 400, 3), torch.randn(30, 40, generator=gen, dtype=torch.float64)):
+        op = Dense(w, torch.zeros(w.shape[0], dtype=torch.float64))
+        with pytest.raises(ValueError, match="rounded"):
+            sparse.times_weight_t(op, torch.zeros(2, w.shape[1], dtype=torch.float32))
+        with pytest.raises(ValueError, match="rounded"):
+            sparse.times_weight(op, torch.zeros(2, w.shape[0], dtype=torch.float32))
+
+
 def test_products_are_differentiable():
     gen = torch.Generator().manual_seed(2)
     w = _sparse_weight(gen, 300, 400, 3)

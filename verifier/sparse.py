@@ -42,6 +42,15 @@ def is_sparse(op: Dense) -> bool:
     return _entry(op)["sparse"]
 
 
+def _weight_as(op: Dense, like: Tensor) -> Tensor:
+    """``op``'s weight in ``like``'s dtype and device; only a cast that is exact (the same dtype, or
+    float32 into float64): a rounded weight would need its error bound, which these products do not add."""
+    w = op.weight
+    if w.dtype != like.dtype and not (w.dtype == torch.float32 and like.dtype == torch.float64):
+        raise ValueError(f"a {w.dtype} weight multiplied in {like.dtype} would be rounded")
+    return w.to(device=like.device, dtype=like.dtype)
+
+
 def _dense_part(w: Tensor, part: Part) -> Tensor:
     if part == "pos":
         return w.clamp(min=0)
@@ -55,7 +64,7 @@ def _csr(op: Dense, part: Part, transposed: bool, like: Tensor) -> Tensor:
     key = (part, transposed, like.dtype, like.device)
     csr = entry.get(key)
     if csr is None:
-        w = _dense_part(op.weight.to(device=like.device, dtype=like.dtype), part)
+        w = _dense_part(_weight_as(op, like), part)
         with warnings.catch_warnings():  # torch calls its CSR support "beta"
             warnings.simplefilter("ignore")
             csr = (w.T if transposed else w).contiguous().to_sparse_csr()
@@ -67,7 +76,7 @@ def times_weight_t(op: Dense, x: Tensor, part: Part = "w") -> Tensor:
     """``x @ P.T`` for ``P`` the ``part`` of ``op``'s weight (``x`` ``(..., n)`` -> ``(..., m)``), in
     ``x``'s dtype; differentiable in ``x``."""
     if not is_sparse(op):
-        return x @ _dense_part(op.weight.to(x.dtype), part).T
+        return x @ _dense_part(_weight_as(op, x), part).T
     lead, n = x.shape[:-1], x.shape[-1]
     y = _csr(op, part, False, x) @ x.reshape(-1, n).T  # (m, N)
     return y.T.reshape(*lead, -1)
@@ -77,7 +86,7 @@ def times_weight(op: Dense, A: Tensor, part: Part = "w") -> Tensor:
     """``A @ P`` for ``P`` the ``part`` of ``op``'s weight (``A`` ``(..., m)`` -> ``(..., n)``), in
     ``A``'s dtype; differentiable in ``A``."""
     if not is_sparse(op):
-        return A @ _dense_part(op.weight.to(A.dtype), part)
+        return A @ _dense_part(_weight_as(op, A), part)
     lead, m = A.shape[:-1], A.shape[-1]
     y = _csr(op, part, True, A) @ A.reshape(-1, m).T  # (n, N)
     return y.T.reshape(*lead, -1)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.nets import FAMILIES, check_bounds, consistent, dense_net, relu_pre, sample_box
-from verifier.bab.branching import babsr_scores, fast_bound, split_relus
+from verifier.bab.branching import babsr_scores, children_state, fast_bound, fsb_choice, split_relus
 from verifier.bab.options import BabOptions, ReluSplitOptions
 from verifier.bab.relu_split import (
     decide_leaves,
@@ -22,12 +22,12 @@ from verifier.bab.relu_split import (
 from verifier.bab.search import BabStats, still_open
 from verifier.bab.solve import solve_case
 from verifier.bab.spec_rows import combine_rows, mix_lower, mix_rows, needed_rows, one_polytope_each
-from verifier.bounds import AlphaOptions, Domains, alpha_crown, crown
+from verifier.bounds import AlphaOptions, Domains, alpha_crown, beta_crown, crown, relaxation_state
 from verifier.bounds.types import BoundResult
 from verifier.deadline import Deadline
 from verifier.exact.milp import milp_verify
 from verifier.forward import forward
-from verifier.network import Network
+from verifier.network import MaxPool, Network
 from verifier.objective import CaseObjective, case_objective
 from verifier.result import Counterexample, Status
 from vnnlib.spec import Case, Polytope, Spec
@@ -206,6 +206,67 @@ def test_babsr_scores_mark_exactly_the_splittable_neurons(family: str) -> None:
     assert (scores[splittable] >= 0).all()
     x = primal_inputs(net, rows, batch)
     assert ((x >= batch.lower) & (x <= batch.upper)).all()
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_children_on_their_parents_relaxations_bound_as_a_fresh_sweep(family: str) -> None:
+    """The children's state patched from their parents' (``children_state``) gives the bound that a fresh
+    ``relaxation_state`` of the children gives (up to the parents' larger rounding terms), never above it
+    by more than that, and sound at sampled points; FSB picks the same neurons with either."""
+    net, rows, batch, gen = _split_batch(family, seed=40 + sorted(FAMILIES).index(family), depth=2)
+    batch = batch.select(~rows.ruled_out(batch.bound))
+    if batch.batch == 0:
+        pytest.skip("proven before any open subdomain was left")
+    state = relaxation_state(net, batch.domains, batch.intermediate)
+    scores = babsr_scores(net, rows, batch, state)
+    top = scores.topk(min(3, scores.shape[1]), dim=1)
+    keep = top.values.T.reshape(-1) > -torch.inf  # splittable candidates only
+    parent = torch.arange(batch.batch).repeat(top.indices.shape[1])[keep]
+    flat = top.indices.T.reshape(-1)[keep]
+    if flat.numel() == 0:
+        pytest.skip("no splittable neuron")
+    children = split_relus(batch.select(parent), flat)
+    patched = fast_bound(net, rows, children, children_state(net, state, parent, flat))
+    fresh = fast_bound(net, rows, children)
+    both = patched.isfinite() & fresh.isfinite()
+    assert torch.equal(patched.isfinite(), fresh.isfinite())
+    assert (patched[both] <= fresh[both] + 1e-12 * (1 + fresh[both].abs())).all()
+    assert torch.allclose(patched[both], fresh[both], rtol=1e-9, atol=1e-9)
+    xs = sample_box(gen, children.lower, children.upper, 300)
+    check_bounds(net, children.splits, BoundResult(patched, None, children.intermediate),
+                 rows.C[None].expand(children.batch, -1, -1), rows.d[None].expand(children.batch, -1), xs, 1e-9)
+    chosen = fsb_choice(net, rows, batch, scores, 3, state)
+    again = fsb_choice(net, rows, batch, scores, 3)
+    assert torch.equal(chosen[0], again[0])
+    assert torch.allclose(chosen[1], again[1], rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_subdomains_on_the_roots_interval_bounds_bound_as_their_own(family: str) -> None:
+    """Interval bounds of the root box (``reference``) standing in for each subdomain's own give its
+    relaxation state: bounds no higher than with the subdomain's own interval arithmetic (up to its
+    rounding), close to them, and sound at sampled points; beta-CROWN with it as well."""
+    net, rows, batch, gen = _split_batch(family, seed=60 + sorted(FAMILIES).index(family), depth=2)
+    root = relu_start(net, rows, _root(net, rows, alpha=False), per_polytope=False)[1]
+    reference = relaxation_state(net, Domains(rows.lower[None], rows.upper[None]), root.intermediate).nodes
+    assert reference.empty.shape == (1,)
+    C, d = rows.C[None].expand(batch.batch, -1, -1), rows.d[None].expand(batch.batch, -1)
+    own = fast_bound(net, rows, batch)
+    with_ref = fast_bound(net, rows, batch, relaxation_state(net, batch.domains, batch.intermediate, reference))
+    both = own.isfinite() & with_ref.isfinite()
+    assert torch.equal(own.isfinite(), with_ref.isfinite())
+    assert (with_ref[both] <= own[both] + 1e-12 * (1 + own[both].abs())).all()
+    if not any(isinstance(n.op, MaxPool) for n in net.nodes):  # a MaxPool's input bounds are the root's
+        assert torch.allclose(with_ref[both], own[both], rtol=1e-9, atol=1e-9)
+    xs = sample_box(gen, batch.lower, batch.upper, 300)
+    check_bounds(net, batch.splits, BoundResult(with_ref, None, batch.intermediate), C, d, xs, 1e-9)
+    res = beta_crown(net, batch.domains, C, d, AlphaOptions(iterations=3), known=batch.intermediate,
+                     reuse_known=len(net.relu_indices), reference=reference)
+    check_bounds(net, batch.splits, res, C, d, xs, 1e-9)
+    # where layers are recomputed, their interval bounds come from the domain's own (the reference is unused)
+    again = [beta_crown(net, batch.domains, C, d, AlphaOptions(iterations=3), known=batch.intermediate,
+                        reuse_known=1, reference=r) for r in (reference, None)]
+    assert torch.equal(again[0].lower, again[1].lower)
 
 
 def test_split_relus_children_are_consistent_with_parents() -> None:

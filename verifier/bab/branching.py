@@ -13,7 +13,7 @@ import torch
 
 from verifier.bab.spec_rows import batch_bound, needed_rows, restrict
 from verifier.bab.subproblems import SubproblemBatch
-from verifier.bounds import IntermediateBounds, free_intercepts, mark_empty, relaxation_state
+from verifier.bounds import CrownState, IntermediateBounds, free_intercepts, mark_empty, relaxation_state, split_state
 from verifier.forward import forward
 from verifier.network import Network
 from verifier.objective import CaseObjective
@@ -184,16 +184,18 @@ def _worst_rows(obj: CaseObjective, bound: Tensor) -> Tensor:
     return (rows & (rank == q)).to(bound.dtype)
 
 
-def babsr_scores(net: Network, obj: CaseObjective, parents: SubproblemBatch) -> Tensor:
+def babsr_scores(net: Network, obj: CaseObjective, parents: SubproblemBatch, state: CrownState | None = None
+                 ) -> Tensor:
     """Per domain, the score of every ReLU over all layers ``(B, sum n_k)``; ``-inf`` where not splittable.
 
     For each row of the worst polytope, the intercepts of a neuron's upper relaxation
     lower that row's bound by ``-a_j * intercept_j`` (read off as the gradient of the
     bound with respect to the intercepts); the score is the largest share of a row's
     gap ``-lb`` owed to the neuron, so that every row of the polytope gets candidates.
-    The triangle height breaks ties.
+    The triangle height breaks ties.  ``state``: the parents' ``relaxation_state`` if already computed.
     """
-    state = relaxation_state(net, parents.domains, parents.intermediate)
+    if state is None:
+        state = relaxation_state(net, parents.domains, parents.intermediate)
     relus = net.relu_indices
     rows = needed_rows(obj, parents.bound)  # the worst polytope is open, so its rows are among them
     sub, C, d = restrict(obj, parents, rows)
@@ -217,10 +219,13 @@ def babsr_scores(net: Network, obj: CaseObjective, parents: SubproblemBatch) -> 
     return torch.where(tie >= 0, score, torch.full_like(score, -torch.inf))
 
 
-def fast_bound(net: Network, obj: CaseObjective, batch: SubproblemBatch) -> Tensor:
+def fast_bound(net: Network, obj: CaseObjective, batch: SubproblemBatch, state: CrownState | None = None
+               ) -> Tensor:
     """The batch's bound ``(B, S)`` with its needed rows recomputed by one backward pass with its own
-    slopes, multipliers and pre-activation bounds (all ``+inf`` where the splits are infeasible)."""
-    state = relaxation_state(net, batch.domains, batch.intermediate)
+    slopes, multipliers and pre-activation bounds (all ``+inf`` where the splits are infeasible);
+    ``state``: the batch's relaxation state if known (default: ``relaxation_state``)."""
+    if state is None:
+        state = relaxation_state(net, batch.domains, batch.intermediate)
     rows = needed_rows(obj, batch.bound)
     sub, C, d = restrict(obj, batch, rows)
     with torch.no_grad():
@@ -228,18 +233,30 @@ def fast_bound(net: Network, obj: CaseObjective, batch: SubproblemBatch) -> Tens
     return mark_empty(lower, None, state.nodes.empty)[0]
 
 
-def fsb_choice(net: Network, obj: CaseObjective, parents: SubproblemBatch, scores: Tensor, k: int
-               ) -> tuple[Tensor, Tensor]:
+def children_state(net: Network, state: CrownState, parent: Tensor, flat: Tensor) -> CrownState:
+    """The relaxation state of ``split_relus(parents.select(parent), flat)``'s children from the parents'
+    ``state`` (``split_state``: active halves, then inactive ones)."""
+    n = parent.shape[0]
+    active = torch.arange(2 * n, device=flat.device) < n
+    return split_state(net, state, parent.repeat(2), flat.repeat(2), active)
+
+
+def fsb_choice(net: Network, obj: CaseObjective, parents: SubproblemBatch, scores: Tensor, k: int,
+               state: CrownState | None = None) -> tuple[Tensor, Tensor]:
     """Per parent, the neuron ``(B,)`` (flat index) among its top-``k`` by ``scores`` whose children bound
     best, and those children's ``fast_bound`` ``(2 B, S)`` (active halves, then inactive ones).
 
-    All ``2 k B`` candidate children are bounded at once by ``fast_bound``.
+    All ``2 k B`` candidate children are bounded at once by ``fast_bound``; with the parents'
+    relaxation ``state``, on the parents' state with the split neuron changed (``children_state``).
     """
     B = parents.batch
     k = min(k, scores.shape[1])
     top = scores.topk(k, dim=1)  # (B, k)
-    tiled = parents.select(torch.arange(B, device=scores.device).repeat(k))  # copy j*B+b = parent b
-    lower = fast_bound(net, obj, split_relus(tiled, top.indices.T.reshape(-1)))  # (2 k B, S)
+    tile = torch.arange(B, device=scores.device).repeat(k)  # copy j*B+b = parent b
+    flat = top.indices.T.reshape(-1)
+    children = split_relus(parents.select(tile), flat)
+    child_state = None if state is None else children_state(net, state, tile, flat)
+    lower = fast_bound(net, obj, children, child_state)  # (2 k B, S)
     lower = lower.reshape(2, k, B, -1)  # (2, k, B, S)
     m = obj.polytope_margins(lower).amin(dim=-1)  # (2, k, B)
     # the worse child decides; ties (both proven, or equally open) go to the better sum

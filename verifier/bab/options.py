@@ -115,6 +115,9 @@ class ReluSplitOptions:
     beta_iterations: int = 20  # beta-CROWN iterations per batch of children
     beta_intermediate: bool = False  # also optimize the intermediate layers' slopes
     per_polytope: bool = True  # one search per polytope left open by the root bound
+    # children's intermediate bounds: "recompute" the layers after the split by CROWN (intersected with the
+    # parent's), or keep the parent's ("fixed": only the split neuron's bounds change)
+    intermediate: Literal["recompute", "fixed"] = "recompute"
 
     def __post_init__(self) -> None:
         check_choices(self)

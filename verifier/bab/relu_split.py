@@ -38,7 +38,7 @@ from dataclasses import replace
 
 import torch
 
-from verifier.bab.branching import babsr_scores, fast_bound, fsb_choice, split_relus, target_rows
+from verifier.bab.branching import babsr_scores, children_state, fast_bound, fsb_choice, split_relus, target_rows
 from verifier.bab.leaves import decide_leaves
 from verifier.bab.options import BabOptions
 from verifier.bab.probes import check_points
@@ -59,6 +59,8 @@ from verifier.bounds import (
     Betas,
     BoundResult,
     Domains,
+    IntermediateBounds,
+    NodeBounds,
     Slopes,
     beta_crown,
     ibp,
@@ -128,13 +130,15 @@ def is_leaf(batch: SubproblemBatch) -> Tensor:
     return batch.intermediate.unstable_count(batch.batch) == 0
 
 
-def primal_inputs(net: Network, obj: CaseObjective, batch: SubproblemBatch) -> Tensor:
+def primal_inputs(net: Network, obj: CaseObjective, batch: SubproblemBatch, reference: NodeBounds | None = None
+                  ) -> Tensor:
     """Per domain, the box corner ``(B, n_in)`` minimizing the linear lower bound of the row to improve.
 
     The bound is ``c + A x`` minimized over the box, so ``x_i`` is the lower end where
-    ``A_i >= 0``; ``A`` is the gradient of the bound with respect to both box ends.
+    ``A_i >= 0``; ``A`` is the gradient of the bound with respect to both box ends.  ``reference``: as in
+    ``relaxation_state``.
     """
-    state = relaxation_state(net, batch.domains, batch.intermediate)
+    state = relaxation_state(net, batch.domains, batch.intermediate, reference)
     rows = needed_rows(obj, batch.bound)
     sub, C, d = restrict(obj, batch, rows)
     weight = rows.gather(target_rows(obj, batch.bound)) * rows.valid  # (B, K)
@@ -162,10 +166,17 @@ def reuse_groups(layer: Tensor, todo: Tensor, min_size: int) -> list[tuple[Tenso
 def relu_rule(
     net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts: BabOptions, alpha_opts: AlphaOptions,
     deadline: Deadline, stats: BabStats, recorder: CaseRecorder | None = None,
+    root: IntermediateBounds | None = None,
 ) -> Rule:
     """The ReLU-split rule: BaBSR or FSB branching, beta-CROWN bounds, exact leaves; ``recorder``
-    (optional) records the proof tree."""
+    (optional) records the proof tree.  ``root``: pre-activation bounds (batch 1) on ``obj``'s box that
+    contain every subdomain's: the interval bounds they give every node (``relaxation_state``) stand in
+    for each subdomain's own interval arithmetic (not with a recorder: a certificate's checker
+    recomputes them per subdomain)."""
     record = recorder or NO_RECORD
+    reference = None
+    if root is not None and recorder is None:
+        reference = relaxation_state(net, Domains(obj.lower[None], obj.upper[None]), root).nodes
     beta_opts = replace(alpha_opts, iterations=opts.relu.beta_iterations, intermediate_slopes="shared",
                         optimize_intermediate=opts.relu.beta_intermediate)
     largest = max((n.size for n in net.nodes), default=1)
@@ -180,14 +191,20 @@ def relu_rule(
         split = parents.select(~leaf)
         if split.batch == 0:
             return passed
-        scores = babsr_scores(net, obj, split)
+        # the parents' relaxations, shared by the scores and the children's one-pass bounds (children on
+        # their parents' relaxations with the split neuron's changed; a certificate's replay recomputes them)
+        state = relaxation_state(net, split.domains, split.intermediate, reference)
+        shared = state if recorder is None else None
+        scores = babsr_scores(net, obj, split, state)
         if opts.relu.branching == "fsb" and opts.relu.fsb_candidates > 1:
-            flat, lower = fsb_choice(net, obj, split, scores, opts.relu.fsb_candidates)
+            flat, lower = fsb_choice(net, obj, split, scores, opts.relu.fsb_candidates, shared)
             children = record.branched(split_relus(split, flat), flat.repeat(2))
         else:
             flat = scores.argmax(dim=1)
             children = record.branched(split_relus(split, flat), flat.repeat(2))
-            lower = fast_bound(net, obj, children)
+            parent = torch.arange(split.batch, device=flat.device)
+            lower = fast_bound(net, obj, children,
+                               None if shared is None else children_state(net, shared, parent, flat))
         record.bounded(children.ident, obj, children.bound, lower,
                        children.intermediate if children.slopes is None else children.slopes, children.betas,
                        children.splits)
@@ -203,7 +220,10 @@ def relu_rule(
         if children.slopes is None or children.betas is None:
             todo = torch.ones_like(todo)
         parts = [children.select(~todo)] if not bool(todo.all()) else []
-        for group, reuse in reuse_groups(children.split_layer, todo, _MIN_GROUP):
+        split_layer = children.split_layer
+        if opts.relu.intermediate == "fixed":
+            split_layer = torch.full_like(split_layer, len(net.relu_indices) - 1)
+        for group, reuse in reuse_groups(split_layer, todo, _MIN_GROUP):
             members = children.select(group)
             step = chunk_size(members, reuse, largest, budget)
             if step < members.batch:
@@ -216,7 +236,8 @@ def relu_rule(
         rows = needed_rows(obj, children.bound)
         sub, C, d = restrict(obj, children, rows)
         res = beta_crown(net, children.domains, C, d, beta_opts, known=children.intermediate,
-                         slopes=sub.slopes, betas=sub.betas, deadline=deadline, reuse_known=reuse)
+                         slopes=sub.slopes, betas=sub.betas, deadline=deadline, reuse_known=reuse,
+                         reference=reference)
         S = obj.n_rows
         # rows not bounded keep their state; without any (a root from CROWN), any valid start will do
         old_final = children.slopes.final if children.slopes is not None else tuple(
@@ -234,7 +255,7 @@ def relu_rule(
         return out
 
     def settle(open_: SubproblemBatch) -> tuple[SubproblemBatch, Counterexample | None, bool]:
-        cex = check_primals(net, obj, open_, validate_fn)
+        cex = check_primals(net, obj, open_, validate_fn, reference)
         if cex is not None:
             return open_, cex, False
         leaf = is_leaf(open_)
@@ -249,10 +270,16 @@ def relu_rule(
                 parallel=True)
 
 
-def check_primals(net: Network, obj: CaseObjective, batch: SubproblemBatch, validate_fn: ValidateFn
-                  ) -> Counterexample | None:
+def check_primals(net: Network, obj: CaseObjective, batch: SubproblemBatch, validate_fn: ValidateFn,
+                  reference: NodeBounds | None = None) -> Counterexample | None:
     """Validate the primal corners (``primal_inputs``) whose concrete outputs already look unsafe."""
-    return None if batch.batch == 0 else check_points(net, obj, primal_inputs(net, obj, batch), validate_fn)
+    return None if batch.batch == 0 else check_points(net, obj, primal_inputs(net, obj, batch, reference),
+                                                      validate_fn)
+
+
+def first_of(bounds: IntermediateBounds) -> IntermediateBounds:
+    """The first domain's bounds of a batch (batch 1)."""
+    return IntermediateBounds(tuple(t[:1] for t in bounds.lower), tuple(t[:1] for t in bounds.upper))
 
 
 def named_start(recorder: CaseRecorder, rows: CaseObjective, start: SubproblemBatch, node: int = 0
@@ -276,7 +303,8 @@ def solve_relu(
     if recorder is not None:
         mark = recorder.mark()
         start = named_start(recorder, rows, start, node)
-    rule = relu_rule(net, rows, validate_fn, opts, alpha_opts, deadline, stats, recorder)
+    rule = relu_rule(net, rows, validate_fn, opts, alpha_opts, deadline, stats, recorder,
+                     first_of(start.intermediate))
     status, cex = search(net, rows, start, rule, validate_fn, opts, deadline, gen, stats)
     if recorder is not None:
         if status is Status.UNSAT:

@@ -12,15 +12,24 @@ The public bounds API: everything outside ``verifier.bounds`` imports from here,
 
 from verifier.bounds.alpha import AlphaOptions, alpha_crown
 from verifier.bounds.beta import beta_crown
-from verifier.bounds.crown import CrownState, ForwardMode, crown, free_intercepts, linear_bound, relaxation_state
-from verifier.bounds.ibp import ibp, mark_empty
+from verifier.bounds.crown import (
+    CrownState,
+    ForwardMode,
+    crown,
+    free_intercepts,
+    linear_bound,
+    relaxation_state,
+    split_state,
+)
+from verifier.bounds.ibp import NodeBounds, ibp, mark_empty
 from verifier.bounds.lagrangian import lagrangian_bound
 from verifier.bounds.prepare import float32_copy
 from verifier.bounds.rounding import down, eta, gamma, magnitude, up
 from verifier.bounds.types import Betas, BoundResult, Domains, IntermediateBounds, Slopes
 
 __all__ = [
-    "AlphaOptions", "Betas", "BoundResult", "CrownState", "Domains", "ForwardMode", "IntermediateBounds", "Slopes",
+    "AlphaOptions", "Betas", "BoundResult", "CrownState", "Domains", "ForwardMode", "IntermediateBounds", "NodeBounds",
+    "Slopes",
     "alpha_crown", "beta_crown", "crown", "down", "eta", "float32_copy", "free_intercepts", "gamma", "ibp",
-    "lagrangian_bound", "linear_bound", "magnitude", "mark_empty", "relaxation_state", "up",
+    "lagrangian_bound", "linear_bound", "magnitude", "mark_empty", "relaxation_state", "split_state", "up",
 ]

@@ -20,7 +20,7 @@ import torch
 from verifier.bounds.adam import Adam
 from verifier.bounds.crown import CrownState, crown_sweep, linear_bound
 from verifier.bounds.graph import bounded_nodes
-from verifier.bounds.ibp import intermediate_of, mark_empty
+from verifier.bounds.ibp import NodeBounds, intermediate_of, mark_empty
 from verifier.bounds.prepare import check_domains, check_known, check_no_tf32, float32_copy, spec_rows
 from verifier.bounds.rounding import cast_down, cast_up
 from verifier.bounds.types import Betas, BoundResult, Domains, IntermediateBounds, Slopes, Tensor
@@ -72,10 +72,12 @@ def optimize(
     deadline: Deadline | None,
     reuse_known: int = 0,
     low: bool | None = None,
+    reference: NodeBounds | None = None,
 ) -> BoundResult:
     """The shared optimization loop; ``betas`` is ``None`` for alpha-CROWN, else the
     warm-start multipliers (``True``: start from zero).  ``low``: iterate on float32 estimates and bound
-    rigorously once at the end (default: on float64 networks without intermediate slopes)."""
+    rigorously once at the end (default: on float64 networks without intermediate slopes);
+    ``reference``: node bounds that contain the domains' (``ibp.sweep``)."""
     check_domains(net, domains)
     check_known(net, known, domains.batch, reuse_known)
     check_no_tf32(domains.lower.device)
@@ -83,7 +85,7 @@ def optimize(
     deadline = deadline or Deadline()
     relus = net.relu_indices
     with torch.no_grad():
-        base = crown_sweep(net, domains, known, reuse_known=reuse_known)
+        base = crown_sweep(net, domains, known, reuse_known=reuse_known, reference=reference)
         # iteration "-1": CROWN itself, so the result is never looser than CROWN's
         floor = _final(net, domains, base, C, d, list(initial_slopes(net, base, C.shape[1], False).final), [], relus)
     # not with intermediate slopes: the float64 iterations intersect every neuron's bounds across the

@@ -15,6 +15,7 @@ through the intersected pre-activation bounds only.
 from __future__ import annotations
 
 from verifier.bounds.alpha import AlphaOptions, optimize
+from verifier.bounds.ibp import NodeBounds
 from verifier.bounds.types import Betas, BoundResult, Domains, IntermediateBounds, Slopes, Tensor
 from verifier.deadline import Deadline
 from verifier.network import Network
@@ -33,13 +34,15 @@ def beta_crown(
     betas: Betas | None = None,
     deadline: Deadline | None = None,
     reuse_known: int = 0,
+    reference: NodeBounds | None = None,
 ) -> BoundResult:
     """beta-CROWN bounds of ``C f(x) - d`` ``(B, S)``: alpha-CROWN plus optimized split
     multipliers (``result.betas``, one per spec row and neuron; zero where unsplit).
 
     ``slopes`` and ``betas`` warm-start the optimization (e.g. the parent's, selected
-    and repeated for its children).  ``known`` and ``reuse_known`` are as in ``crown``.
+    and repeated for its children).  ``known`` and ``reuse_known`` are as in ``crown``; ``reference``:
+    node bounds that contain the domains' (``ibp.sweep``).
     Without split states this is alpha-CROWN.
     """
     return optimize(net, domains, C, d, options, known, slopes, True if betas is None else betas, deadline,
-                    reuse_known)
+                    reuse_known, reference=reference)

@@ -10,7 +10,7 @@ are folded into the output layer.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Literal
 
 import torch
@@ -20,7 +20,7 @@ from verifier.bounds.forward_linear import ForwardTracker, forward_intermediate,
 from verifier.bounds.graph import relu_inputs
 from verifier.bounds.ibp import Interval, NodeBounds, intermediate_of, mark_empty, spec_interval, sweep
 from verifier.bounds.prepare import check_domains, check_known, check_no_tf32, spec_rows
-from verifier.bounds.relaxation import maxpool_relaxation, relu_relaxation
+from verifier.bounds.relaxation import MaxPoolRelaxation, ReluRelaxation, maxpool_relaxation, relu_relaxation
 from verifier.bounds.rounding import cast_down, cast_up, down
 from verifier.bounds.types import BoundResult, Domains, IntermediateBounds, Tensor
 from verifier.network import Dense, MaxPool, Network, Relu
@@ -100,11 +100,12 @@ def crown_sweep(
     rigorous: bool = True,
     forward_filter: bool = False,
     filter_width: int | None = None,
+    reference: NodeBounds | None = None,
 ) -> CrownState:
     """Bounds of every node, CROWN-tightened at the inputs of the nonlinear nodes
     (except the pre-activations of ReLU layers below ``reuse_known``, taken from ``known``);
     ``rigorous=False`` only for estimates that nothing is dropped on (``NodeBounds.rigorous``);
-    ``forward_filter``: see ``crown``."""
+    ``forward_filter``: see ``crown``; ``reference``: see ``ibp.sweep``."""
     relax = Relaxations({}, {}, rigorous=rigorous)
     box = (domains.lower, domains.upper)
     maxpool_inputs = {n.inputs[0] for n in net.nodes if isinstance(n.op, MaxPool)}
@@ -147,7 +148,8 @@ def crown_sweep(
             new_lo, new_hi = torch.maximum(new_lo, lo), torch.minimum(new_hi, hi)
         return new_lo, new_hi
 
-    nodes = sweep(net, domains, known, refine, rigorous, frozenset(reused) if known is not None else frozenset())
+    nodes = sweep(net, domains, known, refine, rigorous, frozenset(reused) if known is not None else frozenset(),
+                  reference if rigorous else None)
     _relax_upto(net, len(net.nodes), nodes.bounds, relax)
     return CrownState(nodes, replace(relax, mags=nodes.mags, arith=nodes.arith, errs=nodes.errs))
 
@@ -202,11 +204,67 @@ def final_linear(
     return A0, const
 
 
-def relaxation_state(net: Network, domains: Domains, known: IntermediateBounds) -> CrownState:
+def relaxation_state(net: Network, domains: Domains, known: IntermediateBounds,
+                     reference: NodeBounds | None = None) -> CrownState:
     """Node bounds and relaxations of every node from ``known`` bounds of every ReLU layer's
-    pre-activation, without any backward pass (rigorous)."""
+    pre-activation, without any backward pass (rigorous); ``reference``: node bounds that contain the
+    domains' (``ibp.sweep``), taken for every other node instead of interval arithmetic."""
     with torch.no_grad():
-        return crown_sweep(net, domains, known, reuse_known=len(net.relu_indices))
+        return crown_sweep(net, domains, known, reuse_known=len(net.relu_indices), reference=reference)
+
+
+def split_state(net: Network, state: CrownState, parent: Tensor, flat: Tensor, active: Tensor) -> CrownState:
+    """The state of children of the domains in ``state``: child ``m`` is domain ``parent[m]`` with the ReLU at
+    ``flat[m]`` (index over all ReLU layers, an unstable neuron of that domain) fixed active where
+    ``active[m]``, else inactive.
+
+    Every bound, magnitude and relaxation is the parent's, which holds on the child's part of the parent;
+    only the split neuron's pre-activation bounds and relaxation change (identity or zero).  Its rounding
+    terms stay the parent's, which bound the child's (a smaller interval, no intercept).  So no interval
+    sweep is needed; the bound is what ``relaxation_state`` of the children gives, up to the rounding
+    slack of the nodes that interval sweep would have tightened.
+    """
+    B = state.nodes.empty.shape[0]
+
+    def take(t: Tensor | None) -> Tensor | None:
+        return t if t is None or t.shape[0] != B else t.index_select(0, parent)
+
+    relus, pre = net.relu_indices, relu_inputs(net)
+    sizes = torch.tensor([net.nodes[r].size for r in relus], device=flat.device)
+    offsets = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)])
+    layer = torch.searchsorted(offsets[1:], flat, right=True)
+    bounds = [(take(lo), take(hi)) for lo, hi in state.nodes.bounds]
+    relu = {r: ReluRelaxation(*(take(getattr(x, f.name)) for f in fields(ReluRelaxation)))
+            for r, x in state.relax.relu.items()}
+    for k, r in enumerate(relus):
+        rows = (layer == k).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            continue
+        cols, on = flat[rows] - offsets[k], active[rows]
+        x = relu[r]
+        lo, hi = x.lower.clone(), x.upper.clone()
+        lo[rows, cols] = torch.where(on, lo[rows, cols].clamp(min=0), lo[rows, cols])
+        hi[rows, cols] = torch.where(on, hi[rows, cols], hi[rows, cols].clamp(max=0))
+        one = on.to(lo.dtype)
+        patched = {}
+        for name, value in (("active", one), ("default_slope", one), ("upper_slope", one),
+                            ("upper_bias", torch.zeros_like(one))):
+            t = getattr(x, name).clone()
+            t[rows, cols] = value
+            patched[name] = t
+        unstable = x.unstable.clone()
+        unstable[rows, cols] = False
+        relu[r] = replace(x, lower=lo, upper=hi, unstable=unstable, **patched)
+        shape = bounds[pre[k]][0].shape
+        bounds[pre[k]] = (lo.reshape(shape), hi.reshape(shape))
+    mags = [take(t) for t in state.nodes.mags]
+    arith = [take(t) for t in state.nodes.arith]
+    errs = [take(t) for t in state.nodes.errs]
+    nodes = NodeBounds(bounds, take(state.nodes.empty), mags, arith, errs, state.nodes.rigorous)
+    maxpool = {i: MaxPoolRelaxation(*(take(getattr(x, f.name)) if f.name != "padded_hw" else x.padded_hw
+                                      for f in fields(MaxPoolRelaxation)))
+               for i, x in state.relax.maxpool.items()}
+    return CrownState(nodes, replace(state.relax, relu=relu, maxpool=maxpool, mags=mags, arith=arith, errs=errs))
 
 
 def linear_bound(

@@ -70,6 +70,7 @@ def sweep(
     refine: Refine | None = None,
     rigorous: bool = True,
     as_known: frozenset[int] = frozenset(),
+    reference: NodeBounds | None = None,
 ) -> NodeBounds:
     """Propagate intervals node by node, widened by their rounding error (``rounding_terms``); at each
     node feeding a nonlinearity, intersect with the known bounds, ``refine`` (if given) and the split
@@ -81,29 +82,31 @@ def sweep(
     proven bounds that exclude each other); such a domain is marked empty and its bounds replaced
     by their hull, so that later arithmetic on it stays finite.  With ``rigorous=False`` (estimates)
     there is no rounding slack and nothing is marked empty.
+
+    ``reference``: the (rigorous) node bounds of a box and pre-activation bounds that contain every
+    domain's (e.g. branch and bound's root, batch 1).  Where every node feeding a nonlinearity is
+    ``as_known`` (so no interval below is needed per domain), every other node but the input takes the
+    reference's interval, magnitudes and rounding terms (valid on any part of that box) instead of
+    interval arithmetic; otherwise it is ignored (an interval computed per domain after a split can be
+    far tighter than the reference's).
     """
     B = domains.batch
     need = set(bounded_nodes(net))
     layers_of = relu_layers_of(net)
     nodes = NodeBounds([], torch.zeros(B, dtype=torch.bool, device=domains.lower.device), rigorous=rigorous)
     empty = nodes.empty
+    if known is None or not need <= as_known:
+        reference = None
     for i, node in enumerate(net.nodes):
-        q = e = None
-        if not isinstance(node.op, Input) and rigorous:
-            q = node_terms(node, [nodes.mags[j] for j in node.inputs])
-            e = node_error(node, [nodes.mags[j] for j in node.inputs])
-        if isinstance(node.op, Input):
-            lo, hi = domains.lower.reshape(B, *node.shape), domains.upper.reshape(B, *node.shape)
-        elif i in as_known and known is not None:
-            k = layers_of[i][0]
-            lo = known.lower[k].expand(B, -1).reshape(B, *node.shape)
-            hi = known.upper[k].expand(B, -1).reshape(B, *node.shape)
+        ref = reference is not None and not isinstance(node.op, Input)
+        if ref:
+            q, e = _expand(reference.arith[i], B), _expand(reference.errs[i], B)
+            if i in as_known:
+                lo, hi = _known_interval(node, known, layers_of[i][0], B)
+            else:
+                lo, hi = (_expand(t, B) for t in reference.bounds[i])  # its rounding included
         else:
-            lo, hi = interval_node(node, [nodes.bounds[j] for j in node.inputs])
-            if q is not None:
-                g = gamma(forward_terms(node, [net.nodes[j].shape for j in node.inputs]), lo.dtype)
-                width = g * q if e is None else g * q + e
-                lo, hi = down(lo - width), up(hi + width)
+            lo, hi, q, e = _interval(net, i, nodes, domains, known if i in as_known else None, layers_of, rigorous)
         nodes.bounds.append((lo, hi))
         nodes.arith.append(q)
         nodes.errs.append(e)
@@ -125,8 +128,40 @@ def sweep(
                 empty = empty | (lo > hi).any(1)
             lo, hi = torch.minimum(lo, hi).reshape(shape), torch.maximum(lo, hi).reshape(shape)
             nodes.bounds[i] = (lo, hi)
-        nodes.mags.append(magnitude(lo, hi))
+        nodes.mags.append(_expand(reference.mags[i], B) if ref and i not in need else magnitude(lo, hi))
     return replace(nodes, empty=empty)
+
+
+def _interval(net: Network, i: int, nodes: NodeBounds, domains: Domains, known: IntermediateBounds | None,
+              layers_of: dict[int, list[int]], rigorous: bool
+              ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """Node ``i``'s interval (the box for the input, ``known`` where given, else interval arithmetic
+    widened by its rounding), its rounding terms and its constants' error (``rigorous`` only)."""
+    node, B = net.nodes[i], domains.batch
+    if isinstance(node.op, Input):
+        return domains.lower.reshape(B, *node.shape), domains.upper.reshape(B, *node.shape), None, None
+    q = e = None
+    if rigorous:
+        q = node_terms(node, [nodes.mags[j] for j in node.inputs])
+        e = node_error(node, [nodes.mags[j] for j in node.inputs])
+    if known is not None:
+        return (*_known_interval(node, known, layers_of[i][0], B), q, e)
+    lo, hi = interval_node(node, [nodes.bounds[j] for j in node.inputs])
+    if q is not None:
+        g = gamma(forward_terms(node, [net.nodes[j].shape for j in node.inputs]), lo.dtype)
+        width = g * q if e is None else g * q + e
+        lo, hi = down(lo - width), up(hi + width)
+    return lo, hi, q, e
+
+
+def _known_interval(node: Node, known: IntermediateBounds, k: int, B: int) -> Interval:
+    """ReLU layer ``k``'s known pre-activation bounds, shaped as ``node``."""
+    return known.lower[k].expand(B, -1).reshape(B, *node.shape), known.upper[k].expand(B, -1).reshape(B, *node.shape)
+
+
+def _expand(t: Tensor | None, B: int) -> Tensor | None:
+    """A reference's tensor (batch 1 or ``B``) as a batch of ``B`` (a view)."""
+    return None if t is None else t.expand(B, *t.shape[1:])
 
 
 def apply_split(lo: Tensor, hi: Tensor, split: Tensor) -> Interval:

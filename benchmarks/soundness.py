@@ -46,6 +46,7 @@ ENGINES: dict[str, dict] = {
     "bab_input_filter": {"engine": "bab", "bab": {"branching": "input", "input": {"forward": "filter"}}},
     "bab_fsb": {"engine": "bab", "bab": {"branching": "relu", "relu": {"branching": "fsb"}}},
     "bab_babsr": {"engine": "bab", "bab": {"branching": "relu", "relu": {"branching": "babsr"}}},
+    "bab_fixed": {"engine": "bab", "bab": {"branching": "relu", "relu": {"intermediate": "fixed"}}},
     "milp": {"engine": "milp"},
     "smt": {"engine": "smt"},
 }

@@ -34,6 +34,7 @@ def test_two_configs_do_not_interfere():
     ("attack: 3\n", "expected a mapping"),
     ("a: [unclosed\n", "not valid YAML"),
     ("bab:\n  relu:\n    branching: fbs\n", "bab.relu.branching: 'fbs' is not one of 'babsr', 'fsb'"),
+    ("bab:\n  relu:\n    intermediate: fix\n", "bab.relu.intermediate: 'fix' is not one of 'recompute', 'fixed'"),
     ("bab:\n  input:\n    strong_branching: ful\n", "bab.input.strong_branching: 'ful' is not one of"),
     ("bab:\n  branching: inputs\n", "bab.branching: 'inputs' is not one of"),
     ("bab:\n  relu_branching: fsb\n", "bab: unknown key(s) relu_branching"),

@@ -235,7 +235,7 @@ def prove_rows(
     case's recorder, the layer): the search is recorded as a derived lemma group (a proven row's leaves
     all bound it above 0; an unproven row's bound is the lowest of its leaves, those let go included).
     """
-    from verifier.bab.relu_split import first_of, named_start, relu_rule, relu_start
+    from verifier.bab.relu_split import named_start, relu_rule, relu_start
 
     P = C.shape[0]
     rows = _row_objective(obj, C)
@@ -249,7 +249,7 @@ def prove_rows(
     if rec is not None:
         start = named_start(rec, rows, start)
     stats = BabStats()
-    rule = relu_rule(sub, rows, lambda x: None, opts, alpha_opts, deadline, stats, rec, first_of(start.intermediate))
+    rule = relu_rule(sub, rows, lambda x: None, opts, alpha_opts, deadline, stats, rec, start.intermediate)
     tracker = _RowTracker(sub, rows, C, budget, rec)
     rule = replace(rule, bound=tracker.counting(rule.bound), settle=tracker.settle, admit=tracker.admit,
                    drain=tracker.drop, priority=lambda batch: -margins(rows, batch.bound), attack=False,

@@ -169,14 +169,15 @@ def relu_rule(
     root: IntermediateBounds | None = None,
 ) -> Rule:
     """The ReLU-split rule: BaBSR or FSB branching, beta-CROWN bounds, exact leaves; ``recorder``
-    (optional) records the proof tree.  ``root``: pre-activation bounds (batch 1) on ``obj``'s box that
-    contain every subdomain's: the interval bounds they give every node (``relaxation_state``) stand in
-    for each subdomain's own interval arithmetic (not with a recorder: a certificate's checker
-    recomputes them per subdomain)."""
+    (optional) records the proof tree.  ``root``: pre-activation bounds on ``obj``'s box that contain
+    every subdomain's (its first domain is taken, e.g. of the start): the interval bounds they give every
+    node (``relaxation_state``) stand in for each subdomain's own interval arithmetic (not with a
+    recorder: a certificate's checker recomputes them per subdomain)."""
     record = recorder or NO_RECORD
     reference = None
     if root is not None and recorder is None:
-        reference = relaxation_state(net, Domains(obj.lower[None], obj.upper[None]), root).nodes
+        first = root.select(torch.zeros(1, dtype=torch.long, device=obj.lower.device))
+        reference = relaxation_state(net, Domains(obj.lower[None], obj.upper[None]), first).nodes
     beta_opts = replace(alpha_opts, iterations=opts.relu.beta_iterations, intermediate_slopes="shared",
                         optimize_intermediate=opts.relu.beta_intermediate)
     largest = max((n.size for n in net.nodes), default=1)
@@ -277,11 +278,6 @@ def check_primals(net: Network, obj: CaseObjective, batch: SubproblemBatch, vali
                                                       validate_fn)
 
 
-def first_of(bounds: IntermediateBounds) -> IntermediateBounds:
-    """The first domain's bounds of a batch (batch 1)."""
-    return IntermediateBounds(tuple(t[:1] for t in bounds.lower), tuple(t[:1] for t in bounds.upper))
-
-
 def named_start(recorder: CaseRecorder, rows: CaseObjective, start: SubproblemBatch, node: int = 0
                 ) -> SubproblemBatch:
     """``relu_start``'s roots named as node ``node`` of the proof tree; copies of it (one per open polytope)
@@ -303,8 +299,7 @@ def solve_relu(
     if recorder is not None:
         mark = recorder.mark()
         start = named_start(recorder, rows, start, node)
-    rule = relu_rule(net, rows, validate_fn, opts, alpha_opts, deadline, stats, recorder,
-                     first_of(start.intermediate))
+    rule = relu_rule(net, rows, validate_fn, opts, alpha_opts, deadline, stats, recorder, start.intermediate)
     status, cex = search(net, rows, start, rule, validate_fn, opts, deadline, gen, stats)
     if recorder is not None:
         if status is Status.UNSAT:

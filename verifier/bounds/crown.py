@@ -18,9 +18,9 @@ import torch
 from verifier.bounds.backward import Relaxations, backward_linear, backward_lower, concretize
 from verifier.bounds.forward_linear import ForwardTracker, forward_intermediate, supports
 from verifier.bounds.graph import relu_inputs
-from verifier.bounds.ibp import Interval, NodeBounds, intermediate_of, mark_empty, spec_interval, sweep
+from verifier.bounds.ibp import Interval, NodeBounds, apply_split, intermediate_of, mark_empty, spec_interval, sweep
 from verifier.bounds.prepare import check_domains, check_known, check_no_tf32, spec_rows
-from verifier.bounds.relaxation import MaxPoolRelaxation, ReluRelaxation, maxpool_relaxation, relu_relaxation
+from verifier.bounds.relaxation import maxpool_relaxation, relu_relaxation
 from verifier.bounds.rounding import cast_down, cast_up, down
 from verifier.bounds.types import BoundResult, Domains, IntermediateBounds, Tensor
 from verifier.network import Dense, MaxPool, Network, Relu
@@ -219,51 +219,47 @@ def split_state(net: Network, state: CrownState, parent: Tensor, flat: Tensor, a
     ``active[m]``, else inactive.
 
     Every bound, magnitude and relaxation is the parent's, which holds on the child's part of the parent;
-    only the split neuron's pre-activation bounds and relaxation change (identity or zero).  Its rounding
-    terms stay the parent's, which bound the child's (a smaller interval, no intercept).  So no interval
-    sweep is needed; the bound is what ``relaxation_state`` of the children gives, up to the rounding
-    slack of the nodes that interval sweep would have tightened.
+    only the split neuron's pre-activation bounds (``apply_split``) and relaxation (``relu_relaxation`` of
+    them: identity or zero) change.  Its rounding terms stay the parent's, which bound the child's (a
+    smaller interval, no intercept).  So no interval sweep is needed; the bound is what
+    ``relaxation_state`` of the children gives, up to the rounding slack of the nodes that interval sweep
+    would have tightened.
     """
     B = state.nodes.empty.shape[0]
 
-    def take(t: Tensor | None) -> Tensor | None:
-        return t if t is None or t.shape[0] != B else t.index_select(0, parent)
+    def take(t: object) -> object:
+        return t.index_select(0, parent) if isinstance(t, Tensor) and t.shape[0] == B else t
+
+    def take_fields(x: object) -> object:
+        return replace(x, **{f.name: take(getattr(x, f.name)) for f in fields(x)})
 
     relus, pre = net.relu_indices, relu_inputs(net)
     sizes = torch.tensor([net.nodes[r].size for r in relus], device=flat.device)
     offsets = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)])
     layer = torch.searchsorted(offsets[1:], flat, right=True)
     bounds = [(take(lo), take(hi)) for lo, hi in state.nodes.bounds]
-    relu = {r: ReluRelaxation(*(take(getattr(x, f.name)) for f in fields(ReluRelaxation)))
-            for r, x in state.relax.relu.items()}
+    relu = {r: take_fields(x) for r, x in state.relax.relu.items()}
     for k, r in enumerate(relus):
         rows = (layer == k).nonzero().squeeze(1)
         if rows.numel() == 0:
             continue
-        cols, on = flat[rows] - offsets[k], active[rows]
-        x = relu[r]
-        lo, hi = x.lower.clone(), x.upper.clone()
-        lo[rows, cols] = torch.where(on, lo[rows, cols].clamp(min=0), lo[rows, cols])
-        hi[rows, cols] = torch.where(on, hi[rows, cols], hi[rows, cols].clamp(max=0))
-        one = on.to(lo.dtype)
+        cols, x = flat[rows] - offsets[k], relu[r]
+        sign = torch.where(active[rows], 1, -1)
+        lo_s, hi_s = apply_split(x.lower[rows, cols], x.upper[rows, cols], sign)
+        col = relu_relaxation(lo_s.unsqueeze(1), hi_s.unsqueeze(1))
         patched = {}
-        for name, value in (("active", one), ("default_slope", one), ("upper_slope", one),
-                            ("upper_bias", torch.zeros_like(one))):
+        for name in ("lower", "upper", "active", "unstable", "default_slope", "upper_slope", "upper_bias"):
             t = getattr(x, name).clone()
-            t[rows, cols] = value
+            t[rows, cols] = getattr(col, name).squeeze(1)
             patched[name] = t
-        unstable = x.unstable.clone()
-        unstable[rows, cols] = False
-        relu[r] = replace(x, lower=lo, upper=hi, unstable=unstable, **patched)
+        relu[r] = replace(x, **patched)
         shape = bounds[pre[k]][0].shape
-        bounds[pre[k]] = (lo.reshape(shape), hi.reshape(shape))
+        bounds[pre[k]] = (patched["lower"].reshape(shape), patched["upper"].reshape(shape))
     mags = [take(t) for t in state.nodes.mags]
     arith = [take(t) for t in state.nodes.arith]
     errs = [take(t) for t in state.nodes.errs]
     nodes = NodeBounds(bounds, take(state.nodes.empty), mags, arith, errs, state.nodes.rigorous)
-    maxpool = {i: MaxPoolRelaxation(*(take(getattr(x, f.name)) if f.name != "padded_hw" else x.padded_hw
-                                      for f in fields(MaxPoolRelaxation)))
-               for i, x in state.relax.maxpool.items()}
+    maxpool = {i: take_fields(x) for i, x in state.relax.maxpool.items()}
     return CrownState(nodes, replace(state.relax, relu=relu, maxpool=maxpool, mags=mags, arith=arith, errs=errs))
 
 

@@ -18,6 +18,7 @@ from math import prod
 import torch
 import torch.nn.functional as F
 
+from verifier.bounds.patches import Patches, at_windows, conv_back, conv_patch_size, to_dense
 from verifier.bounds.relaxation import MaxPoolRelaxation, ReluRelaxation
 from verifier.bounds.rounding import down, eta, gamma, magnitude, unit
 from verifier.bounds.types import Tensor
@@ -63,15 +64,17 @@ def backward_lower(
     relax: Relaxations,
     lower_slopes: Mapping[int, Tensor] | None = None,
     split_terms: Mapping[int, Tensor] | None = None,
+    patches: Patches | None = None,
 ) -> Tensor:
     """Rigorous lower bound ``(B, R)`` of ``sum <A_i, x_i> + const`` over the input box ``(B, n_in)``.
 
     ``start[i]`` is ``(B, R, *shape_i)``.  ``lower_slopes[r]`` ``(B, R or 1, n_r)`` are the
     ReLU lower-line slopes of Relu node ``r`` (CROWN's choice when absent);
     ``split_terms[r]`` ``(B, R, n_r)`` is added to the coefficients of ``r``'s
-    pre-activation (beta-CROWN's split multipliers).
+    pre-activation (beta-CROWN's split multipliers).  ``patches``: rows given as patches
+    (``patches.py``) instead of ``start`` (then empty).
     """
-    A0, const = backward_linear(net, start, const, relax, lower_slopes, split_terms)
+    A0, const = backward_linear(net, start, const, relax, lower_slopes, split_terms, patches=patches)
     return concretize(A0, const, box, relax.rigorous)
 
 
@@ -83,6 +86,7 @@ def backward_linear(
     lower_slopes: Mapping[int, Tensor] | None = None,
     split_terms: Mapping[int, Tensor] | None = None,
     given: Mapping[int, Tensor] | None = None,
+    patches: Patches | None = None,
 ) -> tuple[Tensor | None, Tensor]:
     """The linear lower bound ``A0 x + c`` (``A0`` ``(B, R, n_in)``, ``c`` ``(B, R)``) of
     ``sum <A_i, x_i> + const`` that holds on the box the relaxations were built for
@@ -91,6 +95,9 @@ def backward_linear(
     ``given[r]`` ``(B, R, n_r)`` replaces the relaxation of Relu node ``r``: any coefficients ``nu``
     are passed to its pre-activation, with the exact ``min`` over its bounds of
     ``A relu(z) - nu z`` as constant (the Lagrangian form; e.g. ``nu`` from an LP's duals).
+
+    ``patches``: rows given as patches (``patches.py``, then ``start`` is empty), passed on as patches
+    through convolutions and ReLUs while that is cheaper, then as full maps.
 
     The bound holds in real arithmetic for the coefficients ``A0`` as computed: every rounding of
     the pass is bounded by a term of ``rounding.py`` and subtracted from ``c``.
@@ -101,6 +108,9 @@ def backward_linear(
     given = given or {}
     rigor = relax.rigorous
     slack = _Slack(net, relax, const)
+    if patches is not None:
+        j, A_j, const = _patch_walk(net, patches, const, relax, lower_slopes, slack, set(split_terms) | set(given))
+        acc[j] = A_j
     for i in range(max(acc), 0, -1):
         A = acc.pop(i, None)
         if A is None:
@@ -138,6 +148,49 @@ def backward_linear(
                 acc[j] = g
     A0 = acc.get(0)
     return (None if A0 is None else A0.flatten(2)), (slack.lower(const) if rigor else const)
+
+
+def _patch_walk(
+    net: Network, p: Patches, const: Tensor, relax: Relaxations, lower_slopes: Mapping[int, Tensor],
+    slack: _Slack, skip: set[int],
+) -> tuple[int, Tensor, Tensor]:
+    """``backward_linear``'s steps on patch rows through convolutions and ReLUs (not those in ``skip``),
+    while a patch stays smaller than its map; returns the node reached, the rows there as full maps and the
+    constant.  The products and sums per coefficient are the dense steps' (``linear_back``, ``_relu_back``),
+    and so are the rounding terms added; ``_dot``'s float64 form reads only a row's largest coefficient, so it
+    takes patches as they are (a rigorous float32 pass goes dense at once)."""
+    rigor = relax.rigorous
+    while True:
+        j = p.node
+        node = net.nodes[j]
+        A = p.coef
+        if rigor and A.dtype != torch.float64:
+            return j, to_dense(p, node.shape), const
+        if isinstance(node.op, Relu) and j not in skip:
+            rel, shape = relax.relu[j], node.shape
+            lower = at_windows(p, rel.lower_slope(lower_slopes.get(j)), shape)
+            neg = A.clamp(max=0)
+            A_in = torch.addcmul(A * lower, neg, at_windows(p, rel.upper_slope.unsqueeze(1), shape) - lower)
+            c = (neg * at_windows(p, rel.upper_bias.unsqueeze(1), shape)).flatten(2).sum(-1)
+            if rigor:
+                slack.relu(j, A, A_in, None)
+            p = Patches(node.inputs[0], A_in, p.top, p.left)
+        elif isinstance(node.op, Conv) and _patch_pays(node.op, A.shape[-2:], net.nodes[node.inputs[0]].shape):
+            c = A.sum((-2, -1)) @ node.op.bias
+            if rigor:
+                slack.linear(j, A)
+            p = conv_back(p, node.op, node.inputs[0], net.nodes[node.inputs[0]].shape)
+        else:
+            return j, to_dense(p, node.shape), const
+        const = const + c
+        if rigor:
+            slack.add(unit(const.dtype) * const.detach().abs())
+
+
+def _patch_pays(op: Conv, size: tuple[int, int], in_shape: tuple[int, ...]) -> bool:
+    """Whether a convolution's input patch for an output patch of ``size`` is smaller than its input map."""
+    ph, pw = conv_patch_size(op, size)
+    return len(in_shape) == 3 and ph * pw < in_shape[1] * in_shape[2]
 
 
 class _Slack:

@@ -19,6 +19,7 @@ from verifier.bounds.backward import Relaxations, backward_linear, backward_lowe
 from verifier.bounds.forward_linear import ForwardTracker, forward_intermediate, supports
 from verifier.bounds.graph import relu_inputs
 from verifier.bounds.ibp import Interval, NodeBounds, apply_split, intermediate_of, mark_empty, spec_interval, sweep
+from verifier.bounds.patches import unit_patches
 from verifier.bounds.prepare import check_domains, check_known, check_no_tf32, spec_rows
 from verifier.bounds.relaxation import maxpool_relaxation, relu_relaxation
 from verifier.bounds.rounding import cast_down, cast_up, down
@@ -105,13 +106,16 @@ def crown_sweep(
     """Bounds of every node, CROWN-tightened at the inputs of the nonlinear nodes
     (except the pre-activations of ReLU layers below ``reuse_known``, taken from ``known``);
     ``rigorous=False`` only for estimates that nothing is dropped on (``NodeBounds.rigorous``);
-    ``forward_filter``: see ``crown``; ``reference``: see ``ibp.sweep``."""
+    ``forward_filter``: see ``crown``; ``reference``: see ``ibp.sweep``.  A convolution's neurons' rows
+    run over their receptive fields (``patches.py``; the same bounds as over full maps, up to rounding)."""
     relax = Relaxations({}, {}, rigorous=rigorous)
     box = (domains.lower, domains.upper)
     maxpool_inputs = {n.inputs[0] for n in net.nodes if isinstance(n.op, MaxPool)}
     pre = relu_inputs(net)
     reused = set(pre[:reuse_known]) - maxpool_inputs
     tracker = ForwardTracker(net, domains) if forward_filter and supports(net) and domains.splits is None else None
+    # patch rows' rounding terms are bounded by a row's largest coefficient, which is the float64 form
+    use_patches = not rigorous or net.dtype == torch.float64
 
     def refine(i: int, nodes: NodeBounds, current: Interval) -> Interval:
         if i in reused:
@@ -132,10 +136,15 @@ def crown_sweep(
         if R == 0:
             return current
         idx = torch.sort(wanted.to(torch.int8), stable=True, dim=1, descending=True).indices[:, :R]  # (B, R)
-        start, const = _unit_rows(net, i, idx)
+        patches = unit_patches(net, i, idx) if use_patches else None
+        if patches is None:
+            start, const = _unit_rows(net, i, idx)
+        else:
+            start, const = {}, torch.zeros(*patches.coef.shape[:2], dtype=net.dtype, device=net.device)
         slopes = row_slopes(i, idx) if row_slopes is not None else None
         bound = backward_lower(net, start, const, box,
-                               replace(relax, mags=nodes.mags, arith=nodes.arith, errs=nodes.errs), slopes)  # (B, 2R)
+                               replace(relax, mags=nodes.mags, arith=nodes.arith, errs=nodes.errs), slopes,
+                               patches=patches)  # (B, 2R)
         if isinstance(net.nodes[i].op, Dense) and rigorous and nodes.errs[i] is not None:
             # the rows of a Dense node start from its weight as stored: add what its constants may be off by
             e = nodes.errs[i].flatten(1).gather(1, idx)  # (B, R)

@@ -109,6 +109,24 @@ def conv_net(gen: torch.Generator, dtype: torch.dtype = torch.float64) -> Networ
     return b.build(dtype=dtype)
 
 
+def conv_chain_net(gen: torch.Generator, dtype: torch.dtype = torch.float64) -> Network:
+    """Five convolutions on a 12x12 map (strides 1 and 2, asymmetric padding, dilation, groups) whose
+    receptive fields stay smaller than the maps for a few layers back, then a dense layer."""
+    b = Builder((2, 12, 12), gen)
+    b.conv(4, k=3, stride=1, padding=(1, 1, 1, 1))
+    b.relu()
+    b.conv(6, k=3, stride=2, padding=(0, 1, 1, 0))
+    b.relu()
+    b.conv(6, k=3, stride=1, padding=(2, 2, 2, 2), dilation=2)
+    b.relu()
+    b.conv(8, k=3, stride=2, padding=(1, 1, 1, 1), groups=2)
+    b.relu()
+    b.conv(8, k=2, stride=1, padding=(0, 0, 0, 0))
+    b.relu()
+    b.dense(3)
+    return b.build(dtype=dtype)
+
+
 def residual_net(gen: torch.Generator, dtype: torch.dtype = torch.float64) -> Network:
     """Dense layers with two residual Adds (one skipping over a ReLU block)."""
     b = Builder((3,), gen)

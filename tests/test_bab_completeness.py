@@ -225,7 +225,8 @@ def test_input_splitting_with_crown_filtered_by_forward_bounds_matches_exact(
 ) -> None:
     """Input splitting whose CROWN bounds spend backward passes only where forward bounds leave neurons
     unstable, children bounded on their parents' intermediate bounds first (``forward="filter"``), with
-    gradient-times-width branching: every verdict the exact one (or undecided)."""
+    branching on the parents' linear bounds (``"linear"``, its default there): every verdict the exact one
+    (or undecided)."""
     wrong, decided = [], 0
     for p in cases:
         got, _ = bab_verdict(p, "input", models[p.seed], input=InputSplitOptions(forward="filter"))

@@ -75,7 +75,7 @@ def test_input_splitting_picks_its_intermediate_bounds_and_scoring_by_the_networ
     assert opts.forward_mode(5, 300) == "off"  # ACAS Xu
     assert opts.forward_mode(784, 1024) == "off"
     assert InputSplitOptions(forward="off").forward_mode(2, 4000) == "off"
-    assert opts.branching_score("filter") == "none" and opts.branching_score("on") == "full"
+    assert opts.branching_score("filter") == "linear" and opts.branching_score("on") == "full"
     assert InputSplitOptions(strong_branching="final").branching_score("filter") == "final"
     # a network that narrows with depth (TLL N=64: 8192 neurons down to 4): backward passes on the layers of
     # at most 1/32 of the widest, scored on the spec rows; uniform widths stay with forward bounds alone

@@ -67,6 +67,19 @@ def input_split_dims(net: Network, obj: CaseObjective, parents: SubproblemBatch)
     return torch.where(flat, width.argmax(dim=1), dims)
 
 
+def linear_split_dims(obj: CaseObjective, parents: SubproblemBatch, coefficients: Tensor) -> Tensor:
+    """The input dimension ``(B,)`` along which each parent's linear lower bound of the row to improve
+    (``coefficients`` ``(B, S, n)``, the rows' linear bounds in ``x`` on the parent's box) loses most to the
+    box's width, ``|a_i| w_i``: bisecting it lifts the better half's bound by that much with the same
+    relaxation (alpha-beta-CROWN's "sb" input split scores alike)."""
+    width = parents.upper - parents.lower  # (B, n)
+    a = (coefficients * target_rows(obj, parents.bound).unsqueeze(2)).sum(1).abs()
+    score = torch.where(splittable(relative_width(width, obj.upper - obj.lower)), a * width,
+                        torch.full_like(width, -1.0))
+    flat = score.amax(dim=1) <= 0
+    return torch.where(flat, width.argmax(dim=1), score.argmax(dim=1))
+
+
 def bisect_inputs(parents: SubproblemBatch, dims: Tensor) -> SubproblemBatch:
     """Children halving each parent's box along ``dims`` ``(B,)``."""
     b = torch.arange(parents.batch, device=parents.lower.device)

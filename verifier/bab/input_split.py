@@ -22,7 +22,7 @@ from functools import partial
 
 import torch
 
-from verifier.bab.branching import bisect_inputs, input_split_dims, strong_input_split
+from verifier.bab.branching import bisect_inputs, input_split_dims, linear_split_dims, strong_input_split
 from verifier.bab.contract import contract
 from verifier.bab.leaves import decide_leaves
 from verifier.bab.options import BabOptions
@@ -118,7 +118,8 @@ def input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts: 
             return cheap(strong_input_split(parents, score, obj))
         if scoring == "full":
             return strong_input_split(parents, estimate, obj, finish=cheap)
-        return cheap(bisect_inputs(parents, input_split_dims(net, obj, parents)))
+        dims = _linear_dims if scoring == "linear" else input_split_dims
+        return cheap(bisect_inputs(parents, dims(net, obj, parents)))
 
     estimate = _estimates(net, obj, opts.input.bound_chunk, probes, fwd, narrow)
 
@@ -138,9 +139,19 @@ def input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts: 
 
     gate = _LeafGate(opts.input.exact_share)
 
-    strong = scoring != "none"
+    strong = scoring in ("full", "final")
     batch = max(1, opts.input.batch_size // (2 * net.n_inputs)) if strong else opts.input.batch_size
     return Rule(branch=branch, bound=tight, batch_size=batch, settle=settle, recorder=recorder, parallel=True)
+
+
+def _linear_dims(net: Network, obj: CaseObjective, parents: SubproblemBatch) -> Tensor:
+    """``linear_split_dims`` from the parents' linear bounds on their own intermediate bounds (one backward
+    pass of the spec rows); ``input_split_dims`` where those are not known."""
+    if parents.intermediate is None:
+        return input_split_dims(net, obj, parents)
+    res = crown(net, parents.domains, obj.C.unsqueeze(0), obj.d.unsqueeze(0), known=parents.intermediate,
+                reuse_known=len(net.relu_indices), need_linear=True)
+    return linear_split_dims(obj, parents, res.linear[0])
 
 
 def spec_rows_first(children: SubproblemBatch, obj: CaseObjective, bound: Callable[..., SubproblemBatch],

@@ -18,7 +18,7 @@ from math import prod
 import torch
 import torch.nn.functional as F
 
-from verifier.bounds.patches import Patches, at_windows, conv_back, conv_patch_size, to_dense
+from verifier.bounds.patches import Patches, conv_back, conv_patch_size, relu_back, to_dense
 from verifier.bounds.relaxation import MaxPoolRelaxation, ReluRelaxation
 from verifier.bounds.rounding import down, eta, gamma, magnitude, unit
 from verifier.bounds.types import Tensor
@@ -167,14 +167,11 @@ def _patch_walk(
         if rigor and A.dtype != torch.float64:
             return j, to_dense(p, node.shape), const
         if isinstance(node.op, Relu) and j not in skip:
-            rel, shape = relax.relu[j], node.shape
-            lower = at_windows(p, rel.lower_slope(lower_slopes.get(j)), shape)
-            neg = A.clamp(max=0)
-            A_in = torch.addcmul(A * lower, neg, at_windows(p, rel.upper_slope.unsqueeze(1), shape) - lower)
-            c = (neg * at_windows(p, rel.upper_bias.unsqueeze(1), shape)).flatten(2).sum(-1)
+            rel = relax.relu[j]
+            p, c = relu_back(p, rel.lower_slope(lower_slopes.get(j)), rel.upper_slope, rel.upper_bias,
+                             node.inputs[0], node.shape)
             if rigor:
-                slack.relu(j, A, A_in, None)
-            p = Patches(node.inputs[0], A_in, p.top, p.left)
+                slack.relu(j, A, p.coef, None)
         elif isinstance(node.op, Conv) and _patch_pays(node.op, A.shape[-2:], net.nodes[node.inputs[0]].shape):
             c = A.sum((-2, -1)) @ node.op.bias
             if rigor:

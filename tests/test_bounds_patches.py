@@ -108,6 +108,12 @@ def _sweep_both(monkeypatch: pytest.MonkeyPatch, net, dom: Domains, **kw):
     return with_patches, full_maps, len(calls)
 
 
+def _assert_same_bounds(a, b) -> None:
+    for (la, ua), (lb, ub) in zip(a.nodes.bounds, b.nodes.bounds, strict=True):
+        torch.testing.assert_close(la, lb, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(ua, ub, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("rigorous", [True, False])
 @pytest.mark.parametrize("name, family", list(_nets()))
 def test_crown_bounds_with_patches_are_those_over_full_maps(
@@ -119,9 +125,7 @@ def test_crown_bounds_with_patches_are_those_over_full_maps(
         lo, hi = random_box(gen, net.n_inputs, 3, width=0.5)
         a, b, calls = _sweep_both(monkeypatch, net, Domains(lo, hi), rigorous=rigorous)
         assert name != "conv_chain" or calls > 0
-        for (la, ua), (lb, ub) in zip(a.nodes.bounds, b.nodes.bounds, strict=True):
-            torch.testing.assert_close(la, lb, rtol=1e-12, atol=1e-12)
-            torch.testing.assert_close(ua, ub, rtol=1e-12, atol=1e-12)
+        _assert_same_bounds(a, b)
 
 
 def test_patches_with_row_slopes(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -136,9 +140,7 @@ def test_patches_with_row_slopes(monkeypatch: pytest.MonkeyPatch) -> None:
                 for r in net.relu_indices if r < i}
 
     a, b, _ = _sweep_both(monkeypatch, net, Domains(lo, hi), row_slopes=row_slopes)
-    for (la, ua), (lb, ub) in zip(a.nodes.bounds, b.nodes.bounds, strict=True):
-        torch.testing.assert_close(la, lb, rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(ua, ub, rtol=1e-12, atol=1e-12)
+    _assert_same_bounds(a, b)
 
 
 def test_gradients_of_row_slopes_through_patches(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,14 +6,15 @@ A row is kept as a patch: coefficients ``(B, R, C, ph, pw)`` on a window of the
 node's ``(C, H, W)`` map whose top-left corner is ``(top, left)`` (it may lie
 partly outside the map; entries outside are zero).  Rows come in ``R / Q``
 groups of ``Q`` that share their windows (a neuron's lower and upper row), so
-corners are ``(B, Q)`` and what is read at the windows is read once per group.  All rows share
-the patch size, so the transposed convolution of a patch is one batched call,
-its result a patch of the convolution's input at ``(top * s - pad, left * s - pad)``.
-A ReLU's relaxation is read at each row's window.  Where a patch would cover
-the whole map, or the next node is neither a convolution nor a ReLU, the rows
-are scattered into full maps and the dense pass goes on (``backward.py``).
-The arithmetic per coefficient is the dense pass's: the same products and sums
-(only the zeros outside the window are not computed), so its rounding terms hold.
+corners are ``(B, Q)`` and what is read at the windows is read once per group.
+All rows share the patch size, so the transposed convolution of a patch is one
+batched call, its result a patch of the convolution's input at
+``(top * s - pad, left * s - pad)``.  A ReLU's relaxation is read at each row's
+window.  Where a patch would cover the whole map, or the next node is neither a
+convolution nor a ReLU, the rows are scattered into full maps and the dense pass
+goes on (``backward.py``).  Each coefficient and constant is a sum of the dense
+pass's products (without the zero ones, in another order), so the dense pass's
+rounding terms bound it.
 """
 
 from __future__ import annotations

@@ -146,11 +146,12 @@ def input_rule(net: Network, obj: CaseObjective, validate_fn: ValidateFn, opts: 
 
 def _linear_dims(net: Network, obj: CaseObjective, parents: SubproblemBatch) -> Tensor:
     """``linear_split_dims`` from the parents' linear bounds on their own intermediate bounds (one backward
-    pass of the spec rows); ``input_split_dims`` where those are not known."""
+    pass of the spec rows, without rounding slack: only the coefficients are read, to rank dimensions);
+    ``input_split_dims`` where those are not known."""
     if parents.intermediate is None:
         return input_split_dims(net, obj, parents)
     res = crown(net, parents.domains, obj.C.unsqueeze(0), obj.d.unsqueeze(0), known=parents.intermediate,
-                reuse_known=len(net.relu_indices), need_linear=True)
+                reuse_known=len(net.relu_indices), need_linear=True, rigorous=False)
     return linear_split_dims(obj, parents, res.linear[0])
 
 

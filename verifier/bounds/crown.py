@@ -114,8 +114,6 @@ def crown_sweep(
     pre = relu_inputs(net)
     reused = set(pre[:reuse_known]) - maxpool_inputs
     tracker = ForwardTracker(net, domains) if forward_filter and supports(net) and domains.splits is None else None
-    # patch rows' rounding terms are bounded by a row's largest coefficient, which is the float64 form
-    use_patches = not rigorous or net.dtype == torch.float64
 
     def refine(i: int, nodes: NodeBounds, current: Interval) -> Interval:
         if i in reused:
@@ -136,7 +134,7 @@ def crown_sweep(
         if R == 0:
             return current
         idx = torch.sort(wanted.to(torch.int8), stable=True, dim=1, descending=True).indices[:, :R]  # (B, R)
-        patches = unit_patches(net, i, idx) if use_patches else None
+        patches = unit_patches(net, i, idx)
         if patches is None:
             start, const = _unit_rows(net, i, idx)
         else:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from verifier.bounds.relaxation import relu_rows
 from verifier.bounds.types import Tensor
 from verifier.network import Conv, Network
 
@@ -60,11 +61,8 @@ def unit_patches(net: Network, i: int, idx: Tensor) -> Patches | None:
     """Rows ``+e_j`` then ``-e_j`` for the neurons ``idx`` ``(B, R)`` of Conv node ``i`` as 1x1 patches, or
     None where patches do not pay (not a convolution, or its kernel covers its input map)."""
     node = net.nodes[i]
-    if not isinstance(node.op, Conv) or len(node.shape) != 3:
-        return None
-    first = conv_patch_size(node.op, (1, 1))
-    _, Hi, Wi = net.nodes[node.inputs[0]].shape
-    if first[0] * first[1] >= Hi * Wi:
+    if not isinstance(node.op, Conv) or len(node.shape) != 3 or not patch_pays(
+            node.op, (1, 1), net.nodes[node.inputs[0]].shape):
         return None
     C, H, W = node.shape
     B, R = idx.shape
@@ -75,11 +73,13 @@ def unit_patches(net: Network, i: int, idx: Tensor) -> Patches | None:
     return Patches(i, coef.reshape(B, 2 * R, C, 1, 1), pos // W, pos % W)
 
 
-def conv_patch_size(op: Conv, size: tuple[int, int]) -> tuple[int, int]:
-    """The size of the input patch a convolution's output patch of ``size`` reads."""
+def patch_pays(op: Conv, size: tuple[int, ...], in_shape: tuple[int, ...]) -> bool:
+    """Whether the input patch that a convolution's output patch of ``size`` reads is smaller than the
+    convolution's ``(C, H, W)`` input map."""
     kh, kw = op.weight.shape[-2:]
-    return ((size[0] - 1) * op.stride[0] + op.dilation[0] * (kh - 1) + 1,
-            (size[1] - 1) * op.stride[1] + op.dilation[1] * (kw - 1) + 1)
+    ph = (size[0] - 1) * op.stride[0] + op.dilation[0] * (kh - 1) + 1
+    pw = (size[1] - 1) * op.stride[1] + op.dilation[1] * (kw - 1) + 1
+    return len(in_shape) == 3 and ph * pw < in_shape[1] * in_shape[2]
 
 
 def conv_back(p: Patches, op: Conv, input_node: int, in_shape: tuple[int, ...]) -> Patches:
@@ -93,13 +93,14 @@ def conv_back(p: Patches, op: Conv, input_node: int, in_shape: tuple[int, ...]) 
     return Patches(input_node, (out.grouped() * inside).reshape(out.coef.shape), out.top, out.left)
 
 
-def at_windows(p: Patches, values: Tensor, shape: tuple[int, ...]) -> Tensor:
+def at_windows(p: Patches, values: Tensor, shape: tuple[int, ...], flat: Tensor | None = None) -> Tensor:
     """``values`` ``(B, R or 1, n)`` (flat over the node's ``(C, H, W)`` map) read at each row's window:
-    ``(B, R / Q or 1, Q, C, ph, pw)``, to multiply ``p.grouped()``."""
+    ``(B, R / Q or 1, Q, C, ph, pw)``, to multiply ``p.grouped()``; ``flat``: ``p.window_index(shape)[0]``
+    if already computed."""
     B, R, C, ph, pw = p.coef.shape
     Q = p.top.shape[1]
     k = R // Q if values.shape[1] == R else 1
-    flat, _ = p.window_index(shape)
+    flat = p.window_index(shape)[0] if flat is None else flat
     src = values.reshape(B, k, -1, C, shape[1] * shape[2]).expand(B, k, Q, C, -1)
     index = flat.reshape(B, 1, Q, 1, ph * pw).expand(B, k, Q, C, ph * pw)
     return src.gather(4, index).reshape(B, k, Q, C, ph, pw)
@@ -109,11 +110,10 @@ def relu_back(p: Patches, lower_slope: Tensor, upper_slope: Tensor, upper_bias: 
               shape: tuple[int, ...]) -> tuple[Patches, Tensor]:
     """``backward.py``'s ReLU step on patches: the rows on the ReLU's input and the constant ``(B, R)``;
     ``lower_slope`` ``(B, R or 1, n)``, ``upper_slope`` and ``upper_bias`` ``(B, n)``."""
-    A = p.grouped()
-    lower = at_windows(p, lower_slope, shape)
-    neg = A.clamp(max=0)
-    A_in = torch.addcmul(A * lower, neg, at_windows(p, upper_slope.unsqueeze(1), shape) - lower)
-    c = (neg * at_windows(p, upper_bias.unsqueeze(1), shape)).flatten(3).sum(-1)
+    flat = p.window_index(shape)[0]
+    A_in, neg = relu_rows(p.grouped(), at_windows(p, lower_slope, shape, flat),
+                          at_windows(p, upper_slope.unsqueeze(1), shape, flat))
+    c = (neg * at_windows(p, upper_bias.unsqueeze(1), shape, flat)).flatten(3).sum(-1)
     return Patches(input_node, A_in.reshape(p.coef.shape), p.top, p.left), c.reshape(c.shape[0], -1)
 
 

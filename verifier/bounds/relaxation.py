@@ -46,6 +46,17 @@ class ReluRelaxation:
         return torch.where(self.unstable.unsqueeze(1), alpha, self.active.unsqueeze(1))
 
 
+def relu_rows(A: Tensor, lower: Tensor, upper_slope: Tensor) -> tuple[Tensor, Tensor]:
+    """Coefficients ``A`` on a ReLU's outputs passed to its input: the lower line's slope where ``A >= 0``,
+    the upper line's where ``A < 0``; also ``min(A, 0)``, which multiplies the upper line's intercept.
+    ``lower`` and ``upper_slope`` broadcast against ``A``."""
+    # plain products and sums (a broadcasting torch.where is several times slower on CPU), written as
+    # A * lower + neg * (upper - lower): fewer passes over the rows, which dominate CROWN's time on small
+    # networks (measured 1.3-2x on ACAS Xu)
+    neg = A.clamp(max=0)
+    return torch.addcmul(A * lower, neg, upper_slope - lower), neg
+
+
 def relu_upper_line(lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
     """Slope and intercept of the chord ``u / (u - l) (x - l)``, guarded against ``u = l``."""
     width = (upper - lower).clamp(min=torch.finfo(lower.dtype).tiny)

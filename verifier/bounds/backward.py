@@ -18,6 +18,7 @@ from math import prod
 import torch
 import torch.nn.functional as F
 
+from verifier.bounds.conv_matrix import matrix_pays, transposed_product
 from verifier.bounds.patches import Patches, conv_back, patch_pays, relu_back, to_dense
 from verifier.bounds.relaxation import MaxPoolRelaxation, ReluRelaxation, relu_rows
 from verifier.bounds.rounding import down, eta, gamma, magnitude, unit
@@ -404,6 +405,8 @@ def _transpose_conv(
 
 
 def _conv_back(op: Conv, in_shape: tuple[int, ...], A: Tensor) -> Tensor:
+    if matrix_pays(op, in_shape, A.shape[2:], A.dtype):
+        return transposed_product(op, in_shape, A)
     return _transpose_conv(A, op.weight, in_shape, op.stride, op.padding, op.dilation, op.groups)
 
 

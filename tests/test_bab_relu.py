@@ -239,6 +239,8 @@ def test_children_on_their_parents_relaxations_bound_as_a_fresh_sweep(family: st
     again = fsb_choice(net, rows, batch, scores, 3)
     assert torch.equal(chosen[0], again[0])
     assert torch.allclose(chosen[1], again[1], rtol=1e-9, atol=1e-9)
+    # the bounds FSB hands on (computed on the open rows only) are the chosen children's own
+    torch.testing.assert_close(again[1], fast_bound(net, rows, split_relus(batch, again[0])), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import torch
 
-from verifier.bab.spec_rows import batch_bound, needed_rows, restrict
+from verifier.bab.spec_rows import RowSubset, batch_bound, needed_rows, restrict
 from verifier.bab.subproblems import SubproblemBatch
 from verifier.bounds import CrownState, IntermediateBounds, free_intercepts, mark_empty, relaxation_state, split_state
 from verifier.forward import forward
@@ -259,18 +259,26 @@ def fsb_choice(net: Network, obj: CaseObjective, parents: SubproblemBatch, score
     """Per parent, the neuron ``(B,)`` (flat index) among its top-``k`` by ``scores`` whose children bound
     best, and those children's ``fast_bound`` ``(2 B, S)`` (active halves, then inactive ones).
 
-    All ``2 k B`` candidate children are bounded at once by ``fast_bound``; with the parents'
-    relaxation ``state``, on the parents' state with the split neuron changed (``children_state``).
+    All ``2 k B`` candidate children are bounded at once as ``fast_bound`` does, on the rows their
+    parents leave open (the per-row state is cut to those rows before it is copied ``2 k`` times); with
+    the parents' relaxation ``state``, on the parents' state with the split neuron changed
+    (``children_state``).
     """
     B = parents.batch
     k = min(k, scores.shape[1])
     top = scores.topk(k, dim=1)  # (B, k)
     tile = torch.arange(B, device=scores.device).repeat(k)  # copy j*B+b = parent b
     flat = top.indices.T.reshape(-1)
-    children = split_relus(parents.select(tile), flat)
-    child_state = None if state is None else children_state(net, state, tile, flat)
-    lower = fast_bound(net, obj, children, child_state)  # (2 k B, S)
-    lower = lower.reshape(2, k, B, -1)  # (2, k, B, S)
+    rows = needed_rows(obj, parents.bound)
+    sub, C, d = restrict(obj, parents, rows)
+    children = split_relus(sub.select(tile), flat)
+    child_state = (relaxation_state(net, children.domains, children.intermediate) if state is None
+                   else children_state(net, state, tile, flat))
+    both = tile.repeat(2)  # child m is a copy of parent both[m]
+    with torch.no_grad():
+        part = batch_bound(net, children, child_state, C[both], d[both])  # (2 k B, K)
+    lower = RowSubset(rows.idx[both], rows.valid[both]).scatter(parents.bound[both], part)
+    lower = mark_empty(lower, None, child_state.nodes.empty)[0].reshape(2, k, B, -1)  # (2, k, B, S)
     m = obj.polytope_margins(lower).amin(dim=-1)  # (2, k, B)
     # the worse child decides; ties (both proven, or equally open) go to the better sum
     score = torch.minimum(m[0], m[1]).clamp(max=0) * 1e3 + m[0].clamp(max=1) + m[1].clamp(max=1)

@@ -155,13 +155,14 @@ def test_reuse_groups() -> None:
 
 # --- branching and bounds -----------------------------------------------------------------------
 
-def _split_batch(family: str, seed: int, depth: int = 3):
+def _split_batch(family: str, seed: int, depth: int = 3, one_sided: float = 0.0):
     """A ReLU-split batch a few splits deep (BaBSR choices), its objective and the rule."""
     gen = torch.Generator().manual_seed(seed)
     net = FAMILIES[family](gen)
     spec, obj = _objective_with_shift(net, gen, (1, 2), 0.05)  # sat: some subdomains stay open
     rows, start = relu_start(net, obj, _root(net, obj), per_polytope=False)
-    rule = relu_rule(net, rows, _forward_check(net, spec), BabOptions(), AlphaOptions(), Deadline(), BabStats())
+    opts = BabOptions(relu=ReluSplitOptions(one_sided=one_sided))
+    rule = relu_rule(net, rows, _forward_check(net, spec), opts, AlphaOptions(), Deadline(), BabStats())
     batch = start
     for _ in range(depth):
         open_ = batch.select(~rows.ruled_out(batch.bound) & ~is_leaf(batch))
@@ -171,11 +172,13 @@ def _split_batch(family: str, seed: int, depth: int = 3):
     return net, rows, batch, gen
 
 
+@pytest.mark.parametrize("one_sided", [0.0, 2.0])
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_children_bounds_contain_samples(family: str) -> None:
+def test_children_bounds_contain_samples(family: str, one_sided: float) -> None:
     """Bounds after branching (FSB's one-pass bound) and beta-CROWN contain every sampled forward
-    pass that satisfies the child's splits, intermediate bounds included."""
-    net, rows, batch, gen = _split_batch(family, seed=10 + sorted(FAMILIES).index(family))
+    pass that satisfies the child's splits, intermediate bounds included (recomputed on both sides, or
+    on one side of the lopsided neurons)."""
+    net, rows, batch, gen = _split_batch(family, seed=10 + sorted(FAMILIES).index(family), one_sided=one_sided)
     assert batch.depth.max() >= 1
     xs = sample_box(gen, batch.lower, batch.upper, 300)
     finite = batch.bound.isfinite().all(1)
@@ -340,7 +343,7 @@ def test_search_with_a_replay_that_rejects_everything_is_never_unsat() -> None:
 
 @pytest.mark.parametrize("options", [
     dict(branching="fsb"), dict(branching="babsr"), dict(per_polytope=False),
-    dict(batch_size=2, beta_iterations=2),
+    dict(batch_size=2, beta_iterations=2), dict(one_sided=2.0),
 ])
 @pytest.mark.parametrize("seed", [0, 1, 3, 6])
 def test_search_verdict_matches_milp(seed: int, options: dict) -> None:

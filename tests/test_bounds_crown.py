@@ -3,14 +3,20 @@ operators as adjoints of the forward ones, known bounds and empty domains."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
 from tests.nets import FAMILIES, all_ops_net, check_bounds, dense_net, make_case, random_box, relu_pre, sample_box
 from verifier.bounds import Domains, IntermediateBounds, crown, ibp
 from verifier.bounds.backward import linear_back
+from verifier.bounds.crown import crown_sweep
+from verifier.bounds.ibp import intermediate_of
 from verifier.forward import apply_node, forward
 from verifier.network import Input, MaxPool, Relu
+
+CROWN = sys.modules["verifier.bounds.crown"]
 
 RTOL = {torch.float32: 1e-5, torch.float64: 1e-9}
 
@@ -182,3 +188,57 @@ def test_conv_adjoint_on_every_stride_padding_and_dilation() -> None:
         torch.testing.assert_close(lhs, rhs, rtol=1e-10, atol=1e-10)
         checked += 1
     assert checked > 300
+
+
+@pytest.mark.parametrize("family", ["dense", "residual", "all_ops"])
+def test_one_sided_rows_keep_the_known_larger_side(family: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``one_sided``, a neuron whose known bounds are lopsided keeps its known larger side and gets a
+    backward row for the other one only (fewer rows in all); the bounds stay sound, and with 0 they are the
+    two-sided ones."""
+    net, lo, hi, _, C, d, _ = make_case(family, torch.float64, False, seed=11, batch=3)
+    dom = Domains(lo, hi)
+    tight = intermediate_of(net, crown_sweep(net, dom).nodes.bounds)
+    # known bounds widened unevenly, so that many neurons are lopsided by them
+    gen = torch.Generator().manual_seed(3)
+    known = IntermediateBounds(
+        tuple(t - 3 * torch.rand(t.shape, generator=gen, dtype=t.dtype) * (1 + t.abs()) for t in tight.lower),
+        tuple(t + 0.1 * torch.rand(t.shape, generator=gen, dtype=t.dtype) for t in tight.upper))
+    rows: list[int] = []
+    real = CROWN.backward_lower
+
+    def counting(*a, **k):
+        out = real(*a, **k)
+        rows.append(out.shape[1])
+        return out
+
+    monkeypatch.setattr(CROWN, "backward_lower", counting)
+    both = intermediate_of(net, crown_sweep(net, dom, known).nodes.bounds)
+    two_sided_rows = sum(rows)
+    rows.clear()
+    same = intermediate_of(net, crown_sweep(net, dom, known, one_sided=0.0).nodes.bounds)
+    rows.clear()
+    one = intermediate_of(net, crown_sweep(net, dom, known, one_sided=2.0).nodes.bounds)
+    assert sum(rows) < two_sided_rows
+    for a, b in zip(both.lower + both.upper, same.lower + same.upper, strict=True):
+        assert torch.equal(a, b)
+    # the first ReLU layer (no relaxation below it): a computed side is the two-sided one, a skipped side
+    # lies between the known bound and the two-sided one (interval arithmetic may still tighten it)
+    kl, ku = known.lower[0], known.upper[0]
+    unstable = (kl < 0) & (ku > 0)
+    low_side = unstable & (-kl > 2.0 * ku)  # only the upper row
+    high_side = unstable & (ku > 2.0 * -kl)  # only the lower row
+    assert low_side.any()
+    assert torch.equal(one.upper[0][low_side], both.upper[0][low_side])
+    assert (one.lower[0][low_side] >= kl[low_side]).all()
+    assert (one.lower[0][low_side] <= both.lower[0][low_side]).all()
+    assert torch.equal(one.lower[0][high_side], both.lower[0][high_side])
+    assert (one.upper[0][high_side] <= ku[high_side]).all()
+    assert (one.upper[0][high_side] >= both.upper[0][high_side]).all()
+    rest = unstable & ~low_side & ~high_side
+    assert torch.equal(one.lower[0][rest], both.lower[0][rest]) and torch.equal(one.upper[0][rest], both.upper[0][rest])
+    # sound everywhere: sampled pre-activations lie inside
+    xs = sample_box(gen, lo, hi, 200)
+    pre, _ = relu_pre(net, xs.reshape(-1, xs.shape[-1]))
+    for k, p in enumerate(pre):
+        p = p.reshape(3, -1, p.shape[-1])
+        assert (p >= one.lower[k][:, None] - 1e-9).all() and (p <= one.upper[k][:, None] + 1e-9).all()

@@ -121,11 +121,16 @@ class ReluSplitOptions:
     # children's intermediate bounds: "recompute" the layers after the split by CROWN (intersected with the
     # parent's), or keep the parent's ("fixed": only the split neuron's bounds change)
     intermediate: Literal["recompute", "fixed"] = "recompute"
+    # recomputed intermediate bounds: a neuron whose parent's bounds [l, u] have one side more than this
+    # many times the other's gets a backward pass for its smaller side only (0: both sides; see
+    # ``crown_sweep``'s ``one_sided``)
+    one_sided: float = 0.0
 
     def __post_init__(self) -> None:
         check_choices(self)
-        if self.fsb_candidates < 1 or self.beta_iterations < 0 or self.batch_size < 1:
-            raise ValueError("fsb_candidates and batch_size must be at least 1 and beta_iterations at least 0")
+        if self.fsb_candidates < 1 or self.beta_iterations < 0 or self.batch_size < 1 or self.one_sided < 0:
+            raise ValueError("fsb_candidates and batch_size must be at least 1, beta_iterations and one_sided at "
+                             "least 0")
 
 
 @dataclass(frozen=True)

@@ -179,7 +179,7 @@ def relu_rule(
         first = root.select(torch.zeros(1, dtype=torch.long, device=obj.lower.device))
         reference = relaxation_state(net, Domains(obj.lower[None], obj.upper[None]), first).nodes
     beta_opts = replace(alpha_opts, iterations=opts.relu.beta_iterations, intermediate_slopes="shared",
-                        optimize_intermediate=opts.relu.beta_intermediate)
+                        optimize_intermediate=opts.relu.beta_intermediate, one_sided=opts.relu.one_sided)
     largest = max((n.size for n in net.nodes), default=1)
     budget = row_budget(opts.max_memory)
 

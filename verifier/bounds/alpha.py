@@ -85,7 +85,8 @@ def optimize(
     deadline = deadline or Deadline()
     relus = net.relu_indices
     with torch.no_grad():
-        base = crown_sweep(net, domains, known, reuse_known=reuse_known, reference=reference)
+        base = crown_sweep(net, domains, known, reuse_known=reuse_known, reference=reference,
+                           one_sided=options.one_sided)
         # iteration "-1": CROWN itself, so the result is never looser than CROWN's
         floor = _final(net, domains, base, C, d, list(initial_slopes(net, base, C.shape[1], False).final), [], relus)
     # not with intermediate slopes: the float64 iterations intersect every neuron's bounds across the

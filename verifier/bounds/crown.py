@@ -102,12 +102,20 @@ def crown_sweep(
     forward_filter: bool = False,
     filter_width: int | None = None,
     reference: NodeBounds | None = None,
+    one_sided: float = 0.0,
 ) -> CrownState:
     """Bounds of every node, CROWN-tightened at the inputs of the nonlinear nodes
     (except the pre-activations of ReLU layers below ``reuse_known``, taken from ``known``);
     ``rigorous=False`` only for estimates that nothing is dropped on (``NodeBounds.rigorous``);
     ``forward_filter``: see ``crown``; ``reference``: see ``ibp.sweep``.  A convolution's neurons' rows
-    run over their receptive fields (``patches.py``; the same bounds as over full maps, up to rounding)."""
+    run over their receptive fields (``patches.py``; the same bounds as over full maps, up to rounding).
+
+    ``one_sided`` (> 0, with ``known`` bounds and no ``row_slopes``): an unstable ReLU input whose known
+    bounds ``[l, u]`` are lopsided (``-l > one_sided * u`` or ``u > one_sided * -l``) gets a backward row
+    for its smaller side only and keeps the known bound of the other: the triangle relaxation's upper
+    line ``u (z - l) / (u - l)`` has its intercept ``-l u / (u - l)`` between ``min(u, -l) / 2`` and
+    ``min(u, -l)``, nearly insensitive to the larger side, and a lopsided neuron seldom turns stable on
+    its larger side.  A skipped side is looser, never wrong."""
     relax = Relaxations({}, {}, rigorous=rigorous)
     box = (domains.lower, domains.upper)
     maxpool_inputs = {n.inputs[0] for n in net.nodes if isinstance(n.op, MaxPool)}
@@ -133,24 +141,34 @@ def crown_sweep(
         R = int(wanted.sum(1).max()) if wanted.numel() else 0
         if R == 0:
             return current
-        idx = torch.sort(wanted.to(torch.int8), stable=True, dim=1, descending=True).indices[:, :R]  # (B, R)
+        idx = _first(wanted, R)  # (B, R)
         patches = unit_patches(net, i, idx)
+        lopsided = one_sided > 0 and known is not None and row_slopes is None and patches is None
+        if lopsided and i not in maxpool_inputs:
+            want_lo, want_hi = wanted & ~(-lo > one_sided * hi), wanted & ~(hi > one_sided * -lo)
+        else:
+            want_lo = want_hi = wanted
+        idx_lo = idx if want_lo is wanted else _first(want_lo, int(want_lo.sum(1).max()))  # (B, R_lo)
+        idx_hi = idx if want_hi is wanted else _first(want_hi, int(want_hi.sum(1).max()))  # (B, R_hi)
+        R_lo = idx_lo.shape[1]
         if patches is None:
-            start, const = _unit_rows(net, i, idx)
+            start, const = _unit_rows(net, i, idx_lo, idx_hi)
         else:
             start, const = {}, torch.zeros(*patches.coef.shape[:2], dtype=net.dtype, device=net.device)
         slopes = row_slopes(i, idx) if row_slopes is not None else None
         bound = backward_lower(net, start, const, box,
                                replace(relax, mags=nodes.mags, arith=nodes.arith, errs=nodes.errs), slopes,
-                               patches=patches)  # (B, 2R)
+                               patches=patches)  # (B, R_lo + R_hi)
         if isinstance(net.nodes[i].op, Dense) and rigorous and nodes.errs[i] is not None:
             # the rows of a Dense node start from its weight as stored: add what its constants may be off by
-            e = nodes.errs[i].flatten(1).gather(1, idx)  # (B, R)
-            bound = down(bound - torch.cat([e, e], 1))
+            e = nodes.errs[i].flatten(1)
+            bound = down(bound - torch.cat([e.gather(1, idx_lo), e.gather(1, idx_hi)], 1))
         # only the wanted entries: a padding row's bound would make a domain's bounds depend on its batch
-        valid = wanted.gather(1, idx)
-        new_lo = torch.full_like(lo, float("-inf")).scatter(1, idx, torch.where(valid, bound[:, :R], -torch.inf))
-        new_hi = torch.full_like(hi, float("inf")).scatter(1, idx, torch.where(valid, -bound[:, R:], torch.inf))
+        valid_lo, valid_hi = want_lo.gather(1, idx_lo), want_hi.gather(1, idx_hi)
+        new_lo = torch.full_like(lo, float("-inf")).scatter(
+            1, idx_lo, torch.where(valid_lo, bound[:, :R_lo], -torch.inf))
+        new_hi = torch.full_like(hi, float("inf")).scatter(
+            1, idx_hi, torch.where(valid_hi, -bound[:, R_lo:], torch.inf))
         if tracker is not None:
             new_lo, new_hi = torch.maximum(new_lo, lo), torch.minimum(new_hi, hi)
         return new_lo, new_hi
@@ -173,19 +191,29 @@ def _relax_upto(net: Network, end: int, bounds: list[Interval], relax: Relaxatio
             relax.maxpool[r] = maxpool_relaxation(node.op, lo, hi)
 
 
-def _unit_rows(net: Network, i: int, idx: Tensor) -> tuple[dict[int, Tensor], Tensor]:
-    """Rows ``+e_j`` then ``-e_j`` for the neurons ``idx`` ``(B, R)`` of node ``i``; a Dense
-    node's rows are taken straight from its weight (no one-hot matrix)."""
+def _first(mask: Tensor, R: int) -> Tensor:
+    """Per row of ``mask`` ``(B, n)``, the indices ``(B, R)`` of its true entries first (then others)."""
+    return torch.sort(mask.to(torch.int8), stable=True, dim=1, descending=True).indices[:, :R]
+
+
+def _unit_rows(net: Network, i: int, idx: Tensor, idx_hi: Tensor | None = None
+               ) -> tuple[dict[int, Tensor], Tensor]:
+    """Rows ``+e_j`` for the neurons ``idx`` ``(B, R)`` of node ``i`` then ``-e_j`` for those of ``idx_hi``
+    ``(B, R')`` (default ``idx``); a Dense node's rows are taken straight from its weight (no one-hot
+    matrix)."""
     node = net.nodes[i]
+    idx_hi = idx if idx_hi is None else idx_hi
     if isinstance(node.op, Dense):
-        W = node.op.weight[idx]  # (B, R, n)
-        c = node.op.bias[idx]  # (B, R)
-        return {node.inputs[0]: torch.cat([W, -W], 1)}, torch.cat([c, -c], 1)
-    B, R = idx.shape
+        W, c = node.op.weight, node.op.bias  # rows (B, R, n) and constants (B, R)
+        return {node.inputs[0]: torch.cat([W[idx], -W[idx_hi]], 1)}, torch.cat([c[idx], -c[idx_hi]], 1)
+    B = idx.shape[0]
     dtype, device = net.dtype, net.device
-    eye = torch.zeros(B, R, node.size, dtype=dtype, device=device).scatter_(2, idx.unsqueeze(2), 1.0)
-    A = torch.cat([eye, -eye], 1).reshape(B, 2 * R, *node.shape)
-    return {i: A}, torch.zeros(B, 2 * R, dtype=dtype, device=device)
+
+    def eye(ix: Tensor) -> Tensor:
+        return torch.zeros(B, ix.shape[1], node.size, dtype=dtype, device=device).scatter_(2, ix.unsqueeze(2), 1.0)
+
+    A = torch.cat([eye(idx), -eye(idx_hi)], 1)
+    return {i: A.reshape(B, A.shape[1], *node.shape)}, torch.zeros(B, A.shape[1], dtype=dtype, device=device)
 
 
 def final_linear(

@@ -343,7 +343,7 @@ def test_search_with_a_replay_that_rejects_everything_is_never_unsat() -> None:
 
 @pytest.mark.parametrize("options", [
     dict(branching="fsb"), dict(branching="babsr"), dict(per_polytope=False),
-    dict(batch_size=2, beta_iterations=2), dict(one_sided=2.0),
+    dict(batch_size=2, beta_iterations=2), dict(one_sided=2.0), dict(one_sided=0.0),
 ])
 @pytest.mark.parametrize("seed", [0, 1, 3, 6])
 def test_search_verdict_matches_milp(seed: int, options: dict) -> None:

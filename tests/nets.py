@@ -12,6 +12,7 @@ from math import prod
 
 import torch
 
+from verifier.bounds import Domains, crown
 from verifier.forward import apply_node, forward_all
 from verifier.network import (
     Add,
@@ -209,6 +210,29 @@ def random_box(gen: torch.Generator, n: int, batch: int, dtype: torch.dtype = to
     centre = torch.randn(batch, n, generator=gen, dtype=dtype)
     half = width * torch.rand(batch, n, generator=gen, dtype=dtype) / 2
     return centre - half, centre + half
+
+
+def conv_chain_samples_checked(dtype: torch.dtype, seed: int = 7) -> int:
+    """CROWN on ``conv_chain_net`` in ``dtype`` (three boxes, two random rows each, both bounds): assert that
+    300 sampled points per box lie inside; the number of scalar checks."""
+    gen = torch.Generator().manual_seed(seed)
+    net = conv_chain_net(gen).to(dtype=dtype)
+    lo, hi = random_box(gen, net.n_inputs, 3, width=0.3)
+    lo, hi = lo.to(dtype), hi.to(dtype)
+    C = torch.randn(3, 2, net.n_outputs, generator=gen, dtype=torch.float64).to(dtype)
+    d = torch.randn(3, 2, generator=gen, dtype=torch.float64).to(dtype)
+    res = crown(net, Domains(lo, hi), C, d, need_upper=True)
+    xs = sample_box(gen, lo.double(), hi.double(), 300)
+    return check_bounds(net, None, res, C, d, xs, 1e-9 if dtype == torch.float64 else 1e-5)
+
+
+def seeded_boxes(family: Callable[..., Network], seeds, batch: int = 3, width: float = 0.5):
+    """Per seed: its generator, ``family``'s network from it and ``batch`` random boxes of that network."""
+    for seed in seeds:
+        gen = torch.Generator().manual_seed(seed)
+        net = family(gen)
+        lo, hi = random_box(gen, net.n_inputs, batch, width=width)
+        yield gen, net, lo, hi
 
 
 def sample_box(gen: torch.Generator, lower: Tensor, upper: Tensor, count: int) -> Tensor:

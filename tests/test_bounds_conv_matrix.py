@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.nets import FAMILIES, check_bounds, conv_chain_net, random_box, sample_box
+from tests.nets import FAMILIES, conv_chain_net, conv_chain_samples_checked, random_box, seeded_boxes
 from verifier.bounds import Domains, alpha_crown, crown
 from verifier.bounds.backward import _transpose_conv
 from verifier.bounds.conv_matrix import conv_matrix, matrix_pays, transposed_product
@@ -107,10 +107,7 @@ def _conv_nets():
 def test_crown_bounds_through_the_matrix_are_those_through_conv_transpose(
     monkeypatch: pytest.MonkeyPatch, name: str, family, rigorous: bool
 ) -> None:
-    for seed in range(2):
-        gen = torch.Generator().manual_seed(seed)
-        net = family(gen)
-        lo, hi = random_box(gen, net.n_inputs, 3, width=0.5)
+    for gen, net, lo, hi in seeded_boxes(family, range(2)):
         C = torch.randn(3, 2, net.n_outputs, generator=gen, dtype=torch.float64)
         results = []
         for setting in (_everywhere, _nowhere):
@@ -143,12 +140,4 @@ def test_alpha_crown_through_the_matrix_optimizes_as_through_conv_transpose(monk
 def test_crown_through_the_matrix_contains_samples(monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype) -> None:
     """Every convolution as a matrix, in float32 too: the rounding terms still bound the products."""
     _everywhere(monkeypatch)
-    gen = torch.Generator().manual_seed(7)
-    net = conv_chain_net(gen).to(dtype=dtype)
-    lo, hi = random_box(gen, net.n_inputs, 3, width=0.3)
-    lo, hi = lo.to(dtype), hi.to(dtype)
-    C = torch.randn(3, 2, net.n_outputs, generator=gen, dtype=torch.float64).to(dtype)
-    d = torch.randn(3, 2, generator=gen, dtype=torch.float64).to(dtype)
-    res = crown(net, Domains(lo, hi), C, d, need_upper=True)
-    xs = sample_box(gen, lo.double(), hi.double(), 300)
-    assert check_bounds(net, None, res, C, d, xs, 1e-9 if dtype == torch.float64 else 1e-5) > 1000
+    assert conv_chain_samples_checked(dtype) > 1000

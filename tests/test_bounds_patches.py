@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from tests.nets import FAMILIES, check_bounds, conv_chain_net, random_box, sample_box
-from verifier.bounds import Domains, crown
+from tests.nets import FAMILIES, conv_chain_net, conv_chain_samples_checked, random_box, seeded_boxes
+from verifier.bounds import Domains
 from verifier.bounds.backward import _relu_back, linear_back
 from verifier.bounds.crown import _unit_rows, crown_sweep
 from verifier.bounds.patches import Patches, at_windows, conv_back, relu_back, to_dense, unit_patches
@@ -119,10 +119,7 @@ def _assert_same_bounds(a, b) -> None:
 def test_crown_bounds_with_patches_are_those_over_full_maps(
     monkeypatch: pytest.MonkeyPatch, name: str, family, rigorous: bool
 ) -> None:
-    for seed in range(3):
-        gen = torch.Generator().manual_seed(seed)
-        net = family(gen)
-        lo, hi = random_box(gen, net.n_inputs, 3, width=0.5)
+    for _, net, lo, hi in seeded_boxes(family, range(3)):
         a, b, calls = _sweep_both(monkeypatch, net, Domains(lo, hi), rigorous=rigorous)
         assert name != "conv_chain" or calls > 0
         _assert_same_bounds(a, b)
@@ -181,12 +178,4 @@ def test_gradients_of_row_slopes_through_patches(monkeypatch: pytest.MonkeyPatch
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_crown_on_the_conv_chain_contains_samples(dtype: torch.dtype) -> None:
     """Rigorous float32 passes keep full maps (their rounding terms read every coefficient)."""
-    gen = torch.Generator().manual_seed(7)
-    net = conv_chain_net(gen).to(dtype=dtype)
-    lo, hi = random_box(gen, net.n_inputs, 3, width=0.3)
-    lo, hi = lo.to(dtype), hi.to(dtype)
-    C = torch.randn(3, 2, net.n_outputs, generator=gen, dtype=torch.float64).to(dtype)
-    d = torch.randn(3, 2, generator=gen, dtype=torch.float64).to(dtype)
-    res = crown(net, Domains(lo, hi), C, d, need_upper=True)
-    xs = sample_box(gen, lo.double(), hi.double(), 300)
-    assert check_bounds(net, None, res, C, d, xs, 1e-9 if dtype == torch.float64 else 1e-5) > 1000
+    assert conv_chain_samples_checked(dtype) > 1000

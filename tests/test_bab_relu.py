@@ -378,6 +378,11 @@ def test_bab_options_reject_unknown_relu_branching() -> None:
     with pytest.raises(ValueError, match="branching must be one of babsr, fsb"):
         BabOptions(relu=ReluSplitOptions(branching="random"))
     assert np.isfinite(BabOptions().relu.beta_iterations)
+    for bad in (0.5, -1.0):  # below 1 a neuron could lose both of its rows
+        with pytest.raises(ValueError, match="one_sided must be 0"):
+            ReluSplitOptions(one_sided=bad)
+        with pytest.raises(ValueError, match="one_sided must be 0"):
+            AlphaOptions(one_sided=bad)
 
 
 def test_a_nan_bound_leaves_its_subdomain_open():

@@ -130,9 +130,10 @@ class ReluSplitOptions:
 
     def __post_init__(self) -> None:
         check_choices(self)
-        if self.fsb_candidates < 1 or self.beta_iterations < 0 or self.batch_size < 1 or self.one_sided < 0:
-            raise ValueError("fsb_candidates and batch_size must be at least 1, beta_iterations and one_sided at "
-                             "least 0")
+        if self.fsb_candidates < 1 or self.beta_iterations < 0 or self.batch_size < 1:
+            raise ValueError("fsb_candidates and batch_size must be at least 1 and beta_iterations at least 0")
+        if not (self.one_sided == 0 or self.one_sided >= 1):
+            raise ValueError(f"one_sided must be 0 (off) or at least 1, not {self.one_sided}")
 
 
 @dataclass(frozen=True)

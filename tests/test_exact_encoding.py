@@ -12,11 +12,9 @@ from tests.nets import FAMILIES, consistent, random_splits, relu_pre, sample_box
 from verifier.bab.exact_split import smt_check
 from verifier.deadline import Deadline
 from verifier.exact.encoding import (
-    Affine,
     EncodingOptions,
     as_relu_bounds,
     encode_network,
-    interval,
     linear_objective,
     margin_problem,
     polytope_problem,
@@ -174,24 +172,3 @@ def test_count_unstable_and_bound_formats() -> None:
     assert as_relu_bounds(None, net) is None
     with pytest.raises(ValueError):
         as_relu_bounds(pairs[:1], net)
-
-
-def test_interval_over_unbounded_columns_is_unbounded_not_nan() -> None:
-    """A column without bounds read with both signs (``inf - inf``) leaves the expression unbounded on that
-    side, not NaN (a NaN bound compares false both ways), and without a warning."""
-    import warnings
-
-    import scipy.sparse as sp
-
-    expr = Affine(sp.csr_matrix(np.array([[1.0, -1.0], [2.0, 0.0], [0.0, 0.0]])), np.array([0.5, 0.0, 1.0]))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        lo, hi = interval(expr, np.array([-np.inf, 0.0]), np.array([np.inf, 1.0]))
-    assert lo[0] == -np.inf and hi[0] == np.inf and lo[1] == -np.inf and hi[1] == np.inf
-    assert lo[2] <= 1.0 <= hi[2] and np.isfinite(lo[2]) and np.isfinite(hi[2])
-    # an empty column range (lower +inf, as crossed bounds give) against an unbounded one: inf - inf
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        lo, hi = interval(expr, np.array([np.inf, -np.inf]), np.array([np.inf, np.inf]))
-    assert lo[0] == -np.inf and hi[0] == np.inf
-    assert not (np.isnan(lo).any() or np.isnan(hi).any())

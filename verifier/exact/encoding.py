@@ -229,17 +229,14 @@ def linear_objective(enc: NetworkEncoding, c: np.ndarray, d: float = 0.0) -> tup
 
 
 def interval(expr: Affine, col_lower: np.ndarray, col_upper: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sound interval of an affine expression over the column box (float64 rounding covered); unbounded
-    (``-inf``/``+inf``) where columns without bounds leave it so (``inf - inf`` is read as unbounded)."""
+    """Sound interval of an affine expression over the column box (float64 rounding covered)."""
     n = expr.M.shape[1]
     lo_c, hi_c = col_lower[:n], col_upper[:n]
     pos, neg = expr.M.maximum(0), expr.M.minimum(0)
-    with np.errstate(invalid="ignore"):
-        lo = pos @ lo_c + neg @ hi_c + expr.c
-        hi = pos @ hi_c + neg @ lo_c + expr.c
-        slack = _F64_SLACK * (abs(expr.M) @ np.maximum(np.abs(lo_c), np.abs(hi_c)) + np.abs(expr.c))
-        lo, hi = lo - slack, hi + slack
-    return np.where(np.isnan(lo), -np.inf, lo), np.where(np.isnan(hi), np.inf, hi)
+    lo = pos @ lo_c + neg @ hi_c + expr.c
+    hi = pos @ hi_c + neg @ lo_c + expr.c
+    slack = _F64_SLACK * (abs(expr.M) @ np.maximum(np.abs(lo_c), np.abs(hi_c)) + np.abs(expr.c))
+    return lo - slack, hi + slack
 
 
 def as_relu_bounds(bounds, net: Network, index: int = 0) -> ReluBounds | None:

@@ -23,6 +23,7 @@ from verifier.bab.search import BabStats, still_open
 from verifier.bab.solve import solve_case
 from verifier.bab.spec_rows import combine_rows, mix_lower, mix_rows, needed_rows, one_polytope_each
 from verifier.bounds import AlphaOptions, Domains, alpha_crown, beta_crown, crown, relaxation_state
+from verifier.bounds.crown import crown_sweep
 from verifier.bounds.types import BoundResult
 from verifier.deadline import Deadline
 from verifier.exact.milp import milp_verify
@@ -381,8 +382,12 @@ def test_bab_options_reject_unknown_relu_branching() -> None:
     for bad in (0.5, -1.0):  # below 1 a neuron could lose both of its rows
         with pytest.raises(ValueError, match="one_sided must be 0"):
             ReluSplitOptions(one_sided=bad)
-        with pytest.raises(ValueError, match="one_sided must be 0"):
-            AlphaOptions(one_sided=bad)
+        if bad > 0:
+            net = FAMILIES["dense"](torch.Generator().manual_seed(0))
+            zeros = torch.zeros(1, net.n_inputs, dtype=torch.float64)
+            box = Domains(zeros, zeros + 1)
+            with pytest.raises(ValueError, match="one_sided must be 0"):
+                crown_sweep(net, box, one_sided=bad)
 
 
 def test_a_nan_bound_leaves_its_subdomain_open():

@@ -14,7 +14,7 @@ from tests.nets import FAMILIES, conv_chain_net, conv_chain_samples_checked, ran
 from verifier.bounds import Domains, alpha_crown, crown
 from verifier.bounds.backward import _transpose_conv
 from verifier.bounds.conv_matrix import conv_matrix, matrix_pays, transposed_product
-from verifier.network import Conv
+from verifier.network import Conv, Node
 from verifier.options import AlphaOptions
 
 CM = sys.modules["verifier.bounds.conv_matrix"]
@@ -30,10 +30,13 @@ CONVS = [
 ]
 
 
-def _conv(gen: torch.Generator, spec, dtype=torch.float64) -> tuple[Conv, tuple[int, int, int]]:
+def _conv(gen: torch.Generator, spec, dtype=torch.float64) -> tuple[Node, tuple[int, int, int]]:
+    """A Conv node of ``spec`` and its input shape."""
     ci, co, h, w, k, s, pad, dil, g = spec
     weight = torch.randn(co, ci // g, k, k, generator=gen, dtype=dtype)
-    return Conv(weight, torch.zeros(co, dtype=dtype), (s, s), pad, (dil, dil), g), (ci, h, w)
+    op = Conv(weight, torch.zeros(co, dtype=dtype), (s, s), pad, (dil, dil), g)
+    out_shape = tuple(_apply(op, torch.zeros(1, ci, h, w, dtype=dtype)).shape[1:])
+    return Node(op, (0,), out_shape), (ci, h, w)
 
 
 def _apply(op: Conv, x: torch.Tensor) -> torch.Tensor:
@@ -44,10 +47,11 @@ def _apply(op: Conv, x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("spec", CONVS)
 def test_the_matrix_is_the_convolution_and_holds_the_weights_exactly(spec) -> None:
     gen = torch.Generator().manual_seed(0)
-    op, in_shape = _conv(gen, spec)
+    node, in_shape = _conv(gen, spec)
+    op = node.op
     x = torch.randn(3, *in_shape, generator=gen, dtype=torch.float64)
     y = _apply(op, x)
-    M = conv_matrix(op, in_shape, x)
+    M = conv_matrix(node, in_shape, x)
     assert M.shape == (y[0].numel(), x[0].numel())
     torch.testing.assert_close(x.flatten(1) @ M.T, y.flatten(1), rtol=1e-13, atol=1e-13)
     # every entry is a weight or zero, and each row holds each tap's weight at most once
@@ -59,17 +63,17 @@ def test_the_matrix_is_the_convolution_and_holds_the_weights_exactly(spec) -> No
 @pytest.mark.parametrize("spec", CONVS)
 def test_transposed_product_is_conv_transpose(spec) -> None:
     gen = torch.Generator().manual_seed(1)
-    op, in_shape = _conv(gen, spec)
-    out_shape = _apply(op, torch.zeros(1, *in_shape, dtype=torch.float64)).shape[1:]
-    A = torch.randn(2, 5, *out_shape, generator=gen, dtype=torch.float64)
+    node, in_shape = _conv(gen, spec)
+    op = node.op
+    A = torch.randn(2, 5, *node.shape, generator=gen, dtype=torch.float64)
     ref = _transpose_conv(A, op.weight, in_shape, op.stride, op.padding, op.dilation, op.groups)
-    torch.testing.assert_close(transposed_product(op, in_shape, A), ref, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(transposed_product(node, in_shape, A), ref, rtol=1e-13, atol=1e-13)
 
 
 def test_a_float64_weight_is_not_rounded_into_float32() -> None:
-    op, in_shape = _conv(torch.Generator().manual_seed(2), CONVS[0])
+    node, in_shape = _conv(torch.Generator().manual_seed(2), CONVS[0])
     with pytest.raises(ValueError, match="rounded"):
-        conv_matrix(op, in_shape, torch.zeros(1, dtype=torch.float32))
+        conv_matrix(node, in_shape, torch.zeros(1, dtype=torch.float32))
 
 
 def test_when_the_matrix_pays() -> None:

@@ -53,15 +53,10 @@ class AlphaOptions:
     optimize_intermediate: bool = True  # also optimize the slopes of the intermediate bounds
     intermediate_slopes: Literal["auto", "per_row", "shared"] = "auto"
     per_row_budget: int = 2**24  # "auto": per-row slopes while B * elements stays below this
-    # with known bounds (branch and bound's children): lopsided unstable neurons get a backward row for
-    # their smaller side only (``crown_sweep``'s ``one_sided``; 0: both sides)
-    one_sided: float = 0.0
 
     def __post_init__(self) -> None:
         if self.float32_warmup < 0 or self.float32_warmup_relus < 0:
             raise ValueError("AlphaOptions: float32_warmup and float32_warmup_relus must be at least 0")
-        if not (self.one_sided == 0 or self.one_sided >= 1):  # below 1 a neuron could lose both rows
-            raise ValueError(f"AlphaOptions: one_sided must be 0 (off) or at least 1, not {self.one_sided}")
         if self.iterations < 0 or self.lr <= 0 or self.lr_beta <= 0 or not 0 < self.lr_decay <= 1:
             raise ValueError("AlphaOptions: iterations >= 0, lr > 0, lr_beta > 0, 0 < lr_decay <= 1")
         if self.intermediate_slopes not in ("auto", "per_row", "shared"):

@@ -237,12 +237,20 @@ def fast_bound(net: Network, obj: CaseObjective, batch: SubproblemBatch, state: 
     """The batch's bound ``(B, S)`` with its needed rows recomputed by one backward pass with its own
     slopes, multipliers and pre-activation bounds (all ``+inf`` where the splits are infeasible);
     ``state``: the batch's relaxation state if known (default: ``relaxation_state``)."""
-    if state is None:
-        state = relaxation_state(net, batch.domains, batch.intermediate)
     rows = needed_rows(obj, batch.bound)
     sub, C, d = restrict(obj, batch, rows)
+    return _open_rows_bound(net, sub, rows, C, d, batch.bound, state)
+
+
+def _open_rows_bound(net: Network, sub: SubproblemBatch, rows: RowSubset, C: Tensor, d: Tensor, full: Tensor,
+                     state: CrownState | None) -> Tensor:
+    """``full`` ``(B, S)`` with ``rows`` replaced by ``sub``'s bound of ``C``, ``d`` (``restrict``'s) from one
+    backward pass on ``state`` (default: ``relaxation_state`` of ``sub``); ``+inf`` where the splits are
+    infeasible."""
+    if state is None:
+        state = relaxation_state(net, sub.domains, sub.intermediate)
     with torch.no_grad():
-        lower = rows.scatter(batch.bound, batch_bound(net, sub, state, C, d))
+        lower = rows.scatter(full, batch_bound(net, sub, state, C, d))
     return mark_empty(lower, None, state.nodes.empty)[0]
 
 
@@ -272,13 +280,10 @@ def fsb_choice(net: Network, obj: CaseObjective, parents: SubproblemBatch, score
     rows = needed_rows(obj, parents.bound)
     sub, C, d = restrict(obj, parents, rows)
     children = split_relus(sub.select(tile), flat)
-    child_state = (relaxation_state(net, children.domains, children.intermediate) if state is None
-                   else children_state(net, state, tile, flat))
     both = tile.repeat(2)  # child m is a copy of parent both[m]
-    with torch.no_grad():
-        part = batch_bound(net, children, child_state, C[both], d[both])  # (2 k B, K)
-    lower = RowSubset(rows.idx[both], rows.valid[both]).scatter(parents.bound[both], part)
-    lower = mark_empty(lower, None, child_state.nodes.empty)[0].reshape(2, k, B, -1)  # (2, k, B, S)
+    lower = _open_rows_bound(net, children, RowSubset(rows.idx[both], rows.valid[both]), C[both], d[both],
+                             parents.bound[both], None if state is None else children_state(net, state, tile, flat))
+    lower = lower.reshape(2, k, B, -1)  # (2, k, B, S)
     m = obj.polytope_margins(lower).amin(dim=-1)  # (2, k, B)
     # the worse child decides; ties (both proven, or equally open) go to the better sum
     score = torch.minimum(m[0], m[1]).clamp(max=0) * 1e3 + m[0].clamp(max=1) + m[1].clamp(max=1)

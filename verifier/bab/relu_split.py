@@ -179,7 +179,7 @@ def relu_rule(
         first = root.select(torch.zeros(1, dtype=torch.long, device=obj.lower.device))
         reference = relaxation_state(net, Domains(obj.lower[None], obj.upper[None]), first).nodes
     beta_opts = replace(alpha_opts, iterations=opts.relu.beta_iterations, intermediate_slopes="shared",
-                        optimize_intermediate=opts.relu.beta_intermediate, one_sided=opts.relu.one_sided)
+                        optimize_intermediate=opts.relu.beta_intermediate)
     largest = max((n.size for n in net.nodes), default=1)
     budget = row_budget(opts.max_memory)
 
@@ -238,7 +238,7 @@ def relu_rule(
         sub, C, d = restrict(obj, children, rows)
         res = beta_crown(net, children.domains, C, d, beta_opts, known=children.intermediate,
                          slopes=sub.slopes, betas=sub.betas, deadline=deadline, reuse_known=reuse,
-                         reference=reference)
+                         reference=reference, one_sided=opts.relu.one_sided)
         S = obj.n_rows
         # rows not bounded keep their state; without any (a root from CROWN), any valid start will do
         old_final = children.slopes.final if children.slopes is not None else tuple(

@@ -73,11 +73,13 @@ def optimize(
     reuse_known: int = 0,
     low: bool | None = None,
     reference: NodeBounds | None = None,
+    one_sided: float = 0.0,
 ) -> BoundResult:
     """The shared optimization loop; ``betas`` is ``None`` for alpha-CROWN, else the
     warm-start multipliers (``True``: start from zero).  ``low``: iterate on float32 estimates and bound
     rigorously once at the end (default: on float64 networks without intermediate slopes);
-    ``reference``: node bounds that contain the domains' (``ibp.sweep``)."""
+    ``reference``: node bounds that contain the domains' (``ibp.sweep``); ``one_sided``: as in
+    ``crown_sweep``, for the CROWN pass on ``known`` bounds that the iterations start from."""
     check_domains(net, domains)
     check_known(net, known, domains.batch, reuse_known)
     check_no_tf32(domains.lower.device)
@@ -86,7 +88,7 @@ def optimize(
     relus = net.relu_indices
     with torch.no_grad():
         base = crown_sweep(net, domains, known, reuse_known=reuse_known, reference=reference,
-                           one_sided=options.one_sided)
+                           one_sided=one_sided)
         # iteration "-1": CROWN itself, so the result is never looser than CROWN's
         floor = _final(net, domains, base, C, d, list(initial_slopes(net, base, C.shape[1], False).final), [], relus)
     # not with intermediate slopes: the float64 iterations intersect every neuron's bounds across the

@@ -351,7 +351,7 @@ def linear_back(node: Node, ins: list[tuple[int, ...]], A: Tensor) -> tuple[list
         A = A.flatten(2)
         return [times_weight(op, A)], A @ op.bias
     if isinstance(op, Conv):
-        return [_conv_back(op, ins[0], A)], A.sum((-2, -1)) @ op.bias
+        return [_conv_back(node, ins[0], A)], A.sum((-2, -1)) @ op.bias
     if isinstance(op, AvgPool):
         return [_avgpool_back(op, ins[0], A)], None
     if isinstance(op, Add):
@@ -404,9 +404,10 @@ def _transpose_conv(
     return x[:, :, top:top + H, left:left + W].reshape(B, R, C, H, W)
 
 
-def _conv_back(op: Conv, in_shape: tuple[int, ...], A: Tensor) -> Tensor:
+def _conv_back(node: Node, in_shape: tuple[int, ...], A: Tensor) -> Tensor:
+    op = node.op
     if matrix_pays(op, in_shape, A.shape[2:], A.dtype):
-        return transposed_product(op, in_shape, A)
+        return transposed_product(node, in_shape, A)
     return _transpose_conv(A, op.weight, in_shape, op.stride, op.padding, op.dilation, op.groups)
 
 

@@ -35,14 +35,15 @@ def beta_crown(
     deadline: Deadline | None = None,
     reuse_known: int = 0,
     reference: NodeBounds | None = None,
+    one_sided: float = 0.0,
 ) -> BoundResult:
     """beta-CROWN bounds of ``C f(x) - d`` ``(B, S)``: alpha-CROWN plus optimized split
     multipliers (``result.betas``, one per spec row and neuron; zero where unsplit).
 
     ``slopes`` and ``betas`` warm-start the optimization (e.g. the parent's, selected
     and repeated for its children).  ``known`` and ``reuse_known`` are as in ``crown``; ``reference``:
-    node bounds that contain the domains' (``ibp.sweep``).
+    node bounds that contain the domains' (``ibp.sweep``); ``one_sided``: as in ``crown_sweep``.
     Without split states this is alpha-CROWN.
     """
     return optimize(net, domains, C, d, options, known, slopes, True if betas is None else betas, deadline,
-                    reuse_known, reference=reference)
+                    reuse_known, reference=reference, one_sided=one_sided)

@@ -17,9 +17,8 @@ from __future__ import annotations
 import weakref
 
 import torch
-import torch.nn.functional as F
 
-from verifier.network import Conv
+from verifier.network import Conv, Node
 
 Tensor = torch.Tensor
 
@@ -42,43 +41,25 @@ def matrix_pays(op: Conv, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
     return n_in * n_out <= min(MAX_ENTRIES, RATIO.get(dtype, 0.0) * products)
 
 
-def conv_matrix(op: Conv, in_shape: tuple[int, ...], like: Tensor) -> Tensor:
-    """The matrix ``M`` ``(C_out Ho Wo, C H W)`` with ``conv(x) = M x`` (bias left out), in ``like``'s dtype
-    and device; its entries are the weights themselves."""
+def conv_matrix(node: Node, in_shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """The matrix ``M`` ``(C_out Ho Wo, C H W)`` with ``conv(x) = M x`` (bias left out) of Conv node ``node``,
+    in ``like``'s dtype and device: ``exact.linear_ops.linear_map``'s, whose entries are the weights
+    themselves, placed by index arithmetic."""
+    op = node.op
     if op.weight.dtype != like.dtype and not (op.weight.dtype == torch.float32 and like.dtype == torch.float64):
         raise ValueError(f"a {op.weight.dtype} weight multiplied in {like.dtype} would be rounded")
     entry = _cache.setdefault(op, {})
     key = (tuple(in_shape), like.dtype, like.device)
     if key not in entry:
-        entry[key] = _build(op, in_shape).to(device=like.device, dtype=like.dtype)
+        from verifier.exact.linear_ops import linear_map  # scipy: only for networks that need a matrix
+
+        M, _ = linear_map(node, in_shape)  # float64 copies of the weights: exact, also of float32 ones
+        entry[key] = torch.from_numpy(M.toarray()).to(device=like.device, dtype=like.dtype)
     return entry[key]
 
 
-def _build(op: Conv, in_shape: tuple[int, ...]) -> Tensor:
-    C, H, W = in_shape
-    c_out, c_per_group, kh, kw = op.weight.shape
-    top, left, bottom, right = op.padding
-    # each input position's 1-based index, 0 in the padding, read window by window as the convolution reads it
-    index = torch.arange(1, C * H * W + 1, dtype=torch.float64).reshape(1, C, H, W)
-    index = F.pad(index, (left, right, top, bottom))
-    cols = F.unfold(index, (kh, kw), dilation=op.dilation, stride=op.stride)[0].long()  # (C kh kw, L)
-    L = cols.shape[1]
-    cols = cols.reshape(op.groups, c_per_group * kh * kw, L)  # group g reads its own input channels
-    w = op.weight.detach().cpu().reshape(op.groups, c_out // op.groups, c_per_group * kh * kw)
-    # row (o, l) of output channel o (in group g) at position l reads input cols[g, :, l] with weights w[g, o]
-    rows = torch.arange(c_out * L).reshape(op.groups, c_out // op.groups, 1, L)
-    rows = rows.expand(-1, -1, c_per_group * kh * kw, -1)
-    cols = cols[:, None].expand_as(rows)
-    vals = w[..., None].expand(*rows.shape)
-    keep = cols > 0
-    M = torch.zeros(c_out * L, C * H * W, dtype=op.weight.dtype)
-    # distinct taps of one window read distinct positions, so no entry is written twice
-    M[rows[keep], cols[keep] - 1] = vals[keep]
-    return M
-
-
-def transposed_product(op: Conv, in_shape: tuple[int, ...], A: Tensor) -> Tensor:
-    """Rows ``A`` ``(B, R, C_out, Ho, Wo)`` times the convolution's matrix: ``(B, R, C, H, W)``."""
+def transposed_product(node: Node, in_shape: tuple[int, ...], A: Tensor) -> Tensor:
+    """Rows ``A`` ``(B, R, C_out, Ho, Wo)`` times Conv node ``node``'s matrix: ``(B, R, C, H, W)``."""
     B, R = A.shape[:2]
-    M = conv_matrix(op, in_shape, A)
+    M = conv_matrix(node, in_shape, A)
     return (A.reshape(B * R, -1) @ M).reshape(B, R, *in_shape)

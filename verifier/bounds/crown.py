@@ -116,6 +116,8 @@ def crown_sweep(
     line ``u (z - l) / (u - l)`` has its intercept ``-l u / (u - l)`` between ``min(u, -l) / 2`` and
     ``min(u, -l)``, nearly insensitive to the larger side, and a lopsided neuron seldom turns stable on
     its larger side.  A skipped side is looser, never wrong."""
+    if 0 < one_sided < 1:  # a neuron could be lopsided both ways and lose both rows
+        raise ValueError(f"one_sided must be 0 (off) or at least 1, not {one_sided}")
     relax = Relaxations({}, {}, rigorous=rigorous)
     box = (domains.lower, domains.upper)
     maxpool_inputs = {n.inputs[0] for n in net.nodes if isinstance(n.op, MaxPool)}
@@ -143,8 +145,7 @@ def crown_sweep(
             return current
         idx = _first(wanted, R)  # (B, R)
         patches = unit_patches(net, i, idx)
-        lopsided = one_sided > 0 and known is not None and row_slopes is None and patches is None
-        if lopsided and i not in maxpool_inputs:
+        if one_sided > 0 and known is not None and row_slopes is None and patches is None and i not in maxpool_inputs:
             want_lo, want_hi = wanted & ~(-lo > one_sided * hi), wanted & ~(hi > one_sided * -lo)
         else:
             want_lo = want_hi = wanted
@@ -202,18 +203,19 @@ def _unit_rows(net: Network, i: int, idx: Tensor, idx_hi: Tensor | None = None
     ``(B, R')`` (default ``idx``); a Dense node's rows are taken straight from its weight (no one-hot
     matrix)."""
     node = net.nodes[i]
-    idx_hi = idx if idx_hi is None else idx_hi
-    if isinstance(node.op, Dense):
-        W, c = node.op.weight, node.op.bias  # rows (B, R, n) and constants (B, R)
-        return {node.inputs[0]: torch.cat([W[idx], -W[idx_hi]], 1)}, torch.cat([c[idx], -c[idx_hi]], 1)
     B = idx.shape[0]
     dtype, device = net.dtype, net.device
+    dense = isinstance(node.op, Dense)
 
-    def eye(ix: Tensor) -> Tensor:
-        return torch.zeros(B, ix.shape[1], node.size, dtype=dtype, device=device).scatter_(2, ix.unsqueeze(2), 1.0)
+    def rows(ix: Tensor) -> tuple[Tensor, Tensor]:  # (B, R, n) rows and (B, R) constants
+        if dense:
+            return node.op.weight[ix], node.op.bias[ix]
+        eye = torch.zeros(B, ix.shape[1], node.size, dtype=dtype, device=device).scatter_(2, ix.unsqueeze(2), 1.0)
+        return eye.reshape(B, ix.shape[1], *node.shape), torch.zeros(B, ix.shape[1], dtype=dtype, device=device)
 
-    A = torch.cat([eye(idx), -eye(idx_hi)], 1)
-    return {i: A.reshape(B, A.shape[1], *node.shape)}, torch.zeros(B, A.shape[1], dtype=dtype, device=device)
+    A_lo, c_lo = rows(idx)
+    A_hi, c_hi = (A_lo, c_lo) if idx_hi is None or idx_hi is idx else rows(idx_hi)
+    return {node.inputs[0] if dense else i: torch.cat([A_lo, -A_hi], 1)}, torch.cat([c_lo, -c_hi], 1)
 
 
 def final_linear(

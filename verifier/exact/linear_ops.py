@@ -1,7 +1,8 @@
 """The piecewise-linear structure of each IR node as sparse matrices and index maps.
 
 Every encoding (MILP, LP relaxation, SMT) reads the network through these three
-views, all over the row-major flattening of the per-sample tensors:
+views, all over the row-major flattening of the per-sample tensors (and CROWN takes
+a small convolution's ``linear_map`` as its dense matrix, ``bounds/conv_matrix.py``):
 
 * ``linear_map``: Dense, Conv, AvgPool and Scale as ``y = M x + c`` with a
   ``scipy.sparse`` matrix ``M`` built by vectorised index arithmetic;

@@ -172,3 +172,37 @@ def test_count_unstable_and_bound_formats() -> None:
     assert as_relu_bounds(None, net) is None
     with pytest.raises(ValueError):
         as_relu_bounds(pairs[:1], net)
+
+
+@pytest.mark.parametrize("where", [0, 1])
+def test_contradicting_splits_stop_the_encoding_and_are_certified_empty(where: int) -> None:
+    """Splits that contradict a layer's bounds make the region empty: no layer after it is encoded (its
+    columns' crossed bounds gave NaN intervals and RuntimeWarnings there), every later layer's bounds are
+    crossed, and the certified LP still proves the region empty (through the encoded layer's rows)."""
+    import warnings
+
+    from verifier.exact.region import Region, decide_region
+    from vnnlib.spec import Polytope
+
+    gen = torch.Generator().manual_seed(11)
+    net = FAMILIES["dense"](gen, (3, 8, 8, 8, 2))
+    lo, hi = np.full(3, -0.02), np.full(3, 0.02)
+    free = encode_network(net, lo, hi, options=EncodingOptions(relax=True)).bounds
+    splits = [np.zeros(b.size, dtype=np.int8) for b in free.lower]
+    dead = np.flatnonzero(free.upper[where] < 0)
+    live = np.flatnonzero(free.lower[where] > 0)
+    assert dead.size + live.size > 0, "the family needs a stable neuron in this layer"
+    if live.size:
+        splits[where][live[0]] = -1  # inactive, although its pre-activation is above 0 everywhere
+    else:
+        splits[where][dead[0]] = 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        enc = encode_network(net, lo, hi, splits=splits, options=EncodingOptions(relax=True))
+        assert enc.empty
+        assert [b.size for b in enc.bounds.lower] == [b.size for b in free.lower]
+        for k in range(where + 1, len(splits)):
+            assert np.all(enc.bounds.lower[k] > enc.bounds.upper[k])
+        poly = Polytope(np.array([[1.0, -1.0]]), np.array([-1e6]))
+        out = decide_region(net, Region(lo, hi, tuple(splits)), [poly], "lp", Deadline.after(30))
+    assert out.verdict is Status.UNSAT

@@ -147,6 +147,15 @@ def encode_network(
         args = [values[j] for j in node.inputs]
         if isinstance(op, Input):
             values.append(Affine(sp.csr_matrix((radius, (np.arange(z.size), z)), shape=(z.size, z.size)), center))
+        elif isinstance(op, (Relu, MaxPool)) and empty:
+            # an earlier layer's bounds crossed (the region has no input; the consumers read ``empty``
+            # first): nothing after it is encoded, its columns' crossed bounds would reach every later
+            # interval as inf - inf
+            if isinstance(op, Relu):
+                relu_lo.append(np.full(node.size, np.inf))
+                relu_hi.append(np.full(node.size, -np.inf))
+                relu_rows.append((np.zeros(0, dtype=np.int64),) * 4)
+            values.append(Affine(sp.csr_matrix((node.size, builder.n_cols)), np.zeros(node.size)))
         elif isinstance(op, Relu):
             k = len(relu_lo)
             lo, hi = _relu_bounds(builder, args[0], pre_bounds, k, options)
@@ -155,7 +164,7 @@ def encode_network(
             lo, hi, split_rows = _apply_splits(lo, hi, None if splits is None else splits[k])
             if options.inactive_rows:
                 split_rows = split_rows | (hi <= 0)
-            empty = empty or bool(np.any(lo > hi))
+            empty = bool(np.any(lo > hi))
             relu_lo.append(lo)
             relu_hi.append(hi)
             first = builder.n_rows

@@ -3,10 +3,14 @@ exact leaves, and the verdict of whole searches against the MILP engine."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 
+import verifier.bab.relu_split as relu_split_module
 from tests.nets import FAMILIES, check_bounds, consistent, dense_net, relu_pre, sample_box
 from verifier.bab.branching import babsr_scores, children_state, fast_bound, fsb_choice, split_relus
 from verifier.bab.options import BabOptions, ReluSplitOptions
@@ -15,6 +19,7 @@ from verifier.bab.relu_split import (
     is_leaf,
     output_magnitude,
     primal_inputs,
+    probe_intermediate,
     relu_rule,
     relu_start,
     reuse_groups,
@@ -156,14 +161,15 @@ def test_reuse_groups() -> None:
 
 # --- branching and bounds -----------------------------------------------------------------------
 
-def _split_batch(family: str, seed: int, depth: int = 3, one_sided: float = 0.0):
+def _split_batch(family: str, seed: int, depth: int = 3, one_sided: float = 0.0, stats: BabStats | None = None,
+                 intermediate: str = "recompute"):
     """A ReLU-split batch a few splits deep (BaBSR choices), its objective and the rule."""
     gen = torch.Generator().manual_seed(seed)
     net = FAMILIES[family](gen)
     spec, obj = _objective_with_shift(net, gen, (1, 2), 0.05)  # sat: some subdomains stay open
     rows, start = relu_start(net, obj, _root(net, obj), per_polytope=False)
-    opts = BabOptions(relu=ReluSplitOptions(one_sided=one_sided))
-    rule = relu_rule(net, rows, _forward_check(net, spec), opts, AlphaOptions(), Deadline(), BabStats())
+    opts = BabOptions(relu=ReluSplitOptions(one_sided=one_sided, intermediate=intermediate))
+    rule = relu_rule(net, rows, _forward_check(net, spec), opts, AlphaOptions(), Deadline(), stats or BabStats())
     batch = start
     for _ in range(depth):
         open_ = batch.select(~rows.ruled_out(batch.bound) & ~is_leaf(batch))
@@ -194,6 +200,44 @@ def test_children_bounds_contain_samples(family: str, one_sided: float) -> None:
     fast = fast_bound(net, rows, batch)
     check_bounds(net, batch.splits, BoundResult(fast, None, batch.intermediate),
                  rows.C[None].expand(batch.batch, -1, -1), rows.d[None].expand(batch.batch, -1), xs, 1e-9)
+
+
+@pytest.mark.parametrize("family", ["dense", "residual", "conv"])
+def test_the_intermediate_bounds_probe_runs_once_and_its_bounds_contain_samples(
+    family: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``intermediate: auto``: the first round with enough children split before the last ReLU layer
+    bounds a sample of them both ways and keeps one; every bound after it contains the samples."""
+    monkeypatch.setattr(relu_split_module, "_PROBE", 2)
+    stats = BabStats()
+    net, rows, batch, gen = _split_batch(family, seed=40, depth=4, stats=stats, intermediate="auto")
+    assert stats.extra.get("bab_intermediate") in ("recompute", "fixed")
+    xs = sample_box(gen, batch.lower, batch.upper, 300)
+    assert check_bounds(net, batch.splits, BoundResult(batch.bound, None, batch.intermediate),
+                        rows.C[None].expand(batch.batch, -1, -1), rows.d[None].expand(batch.batch, -1), xs,
+                        1e-9) > 0
+
+
+def test_the_probe_keeps_the_way_with_the_larger_gain_per_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worst margins' rise per second decides, and the sample keeps the chosen way's bounds."""
+    net, rows, batch, _ = _split_batch("dense", seed=10, depth=2)
+    sample = replace(batch, bound=torch.full_like(batch.bound, -1.0))
+    clock = [0.0]
+    monkeypatch.setattr(relu_split_module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+
+    def way(lift: float, seconds: float):
+        def run(b):
+            clock[0] += seconds
+            return replace(b, bound=b.bound + lift)
+        return run
+
+    for rec_seconds, expect in ((4.0, "fixed"), (1.5, "recompute")):
+        stats = BabStats()
+        ways = {"recompute": way(0.2, rec_seconds), "fixed": way(0.1, 1.0)}
+        choice, out = probe_intermediate(rows, sample, ways, stats)
+        assert choice == expect == stats.extra["bab_intermediate"]
+        lift = 0.2 if expect == "recompute" else 0.1
+        assert torch.allclose(out.bound, sample.bound + lift)
 
 
 @pytest.mark.parametrize("family", ["dense", "residual", "conv"])
@@ -345,6 +389,7 @@ def test_search_with_a_replay_that_rejects_everything_is_never_unsat() -> None:
 @pytest.mark.parametrize("options", [
     dict(branching="fsb"), dict(branching="babsr"), dict(per_polytope=False),
     dict(batch_size=2, beta_iterations=2), dict(one_sided=2.0), dict(one_sided=0.0),
+    dict(intermediate="auto", batch_size=64), dict(intermediate="fixed"),
 ])
 @pytest.mark.parametrize("seed", [0, 1, 3, 6])
 def test_search_verdict_matches_milp(seed: int, options: dict) -> None:
@@ -361,6 +406,29 @@ def test_search_verdict_matches_milp(seed: int, options: dict) -> None:
     assert status is truth, stats
     if status is Status.SAT:
         assert spec.is_violated_by(cex.x, cex.y)
+
+
+def test_a_search_publishes_its_statistics_after_every_round() -> None:
+    """``BabStats.live`` (the command's statistics, which its watchdog writes when it stops a run from
+    outside) holds the search's counters after every round, not only at the end."""
+    gen = torch.Generator().manual_seed(302)
+    net = dense_net(gen, (3, 16, 16, 3))
+    spec, obj = _objective_with_shift(net, gen, (2, 1), -0.15)  # unsat in about 12 rounds of 2 parents
+    live: dict = {"load_time": 0.1}
+    seen: list[int] = []
+    stats = BabStats(live=live)
+    real = stats.publish
+
+    def publish() -> None:
+        real()
+        seen.append(live["bab_rounds"])
+
+    stats.publish = publish
+    solve_case(net, obj, _root(net, obj), _forward_check(net, spec),
+               BabOptions(branching="relu", workers=1, relu=ReluSplitOptions(batch_size=2)), AlphaOptions(),
+               Deadline.after(30), torch.Generator().manual_seed(0), stats)
+    assert stats.rounds >= 2 and seen == list(range(1, len(seen) + 1)) and seen[-1] == stats.rounds
+    assert live["load_time"] == 0.1 and live["bab_bounded"] == stats.bounded
 
 
 def test_network_without_relus_is_a_leaf_at_the_root() -> None:

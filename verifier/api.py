@@ -314,7 +314,7 @@ def _complete(
     from verifier.bab.search import BabStats
     from verifier.bab.solve import solve_case
 
-    bab_stats = BabStats()
+    bab_stats = BabStats(live=stats)
     verdicts: list[Status] = []
     for index, root in roots.items():
         status, cex = solve_case(problem.net, objectives[index], root, _validator(problem, index), config.bab,

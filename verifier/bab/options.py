@@ -119,8 +119,9 @@ class ReluSplitOptions:
     beta_intermediate: bool = False  # also optimize the intermediate layers' slopes
     per_polytope: bool = True  # one search per polytope left open by the root bound
     # children's intermediate bounds: "recompute" the layers after the split by CROWN (intersected with the
-    # parent's), or keep the parent's ("fixed": only the split neuron's bounds change)
-    intermediate: Literal["recompute", "fixed"] = "recompute"
+    # parent's), keep the parent's ("fixed": only the split neuron's bounds change), or "auto": the way whose
+    # worst margins rise more per second on a first sample bounded both ways (``probe_intermediate``)
+    intermediate: Literal["recompute", "fixed", "auto"] = "auto"
     # recomputed intermediate bounds: a neuron whose parent's bounds [l, u] have one side more than this
     # many times the other's gets a backward pass for its smaller side only (0: both sides; see
     # ``crown_sweep``'s ``one_sided``).  At the root 40-70 % of the unstable neurons are that lopsided

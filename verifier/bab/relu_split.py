@@ -34,6 +34,7 @@ evaluated, and validated when it looks unsafe.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import replace
 
 import torch
@@ -76,6 +77,7 @@ from verifier.result import Counterexample, Status
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
 _MIN_GROUP = 64  # children bounded together at least (unless fewer are left), whatever layer they split
+_PROBE = 16  # children bounded both ways by ``intermediate: auto``'s probe
 
 
 def relu_start(net: Network, obj: CaseObjective, root: BoundResult, per_polytope: bool = True
@@ -221,17 +223,22 @@ def relu_rule(
         if children.slopes is None or children.betas is None:
             todo = torch.ones_like(todo)
         parts = [children.select(~todo)] if not bool(todo.all()) else []
-        split_layer = children.split_layer
-        if opts.relu.intermediate == "fixed":
-            split_layer = torch.full_like(split_layer, len(net.relu_indices) - 1)
-        for group, reuse in reuse_groups(split_layer, todo, _MIN_GROUP):
-            members = children.select(group)
-            step = chunk_size(members, reuse, largest, budget)
-            if step < members.batch:
-                stats.extra["bab_bound_chunks"] = stats.extra.get("bab_bound_chunks", 0) + 1
-            # one chunk unless the backward rows would not fit in memory
-            parts.append(in_chunks(lambda b, reuse=reuse: tight(b, reuse), members, step))
+        last = len(net.relu_indices) - 1
+        sample = _probe_sample(children.split_layer, todo, last) if mode[0] == "probe" else None
+        if sample is not None:
+            ways = {"recompute": lambda b: _grouped(b, b.split_layer, tight, largest, budget, stats),
+                    "fixed": lambda b: _grouped(b, torch.full_like(b.split_layer, last), tight, largest, budget, stats)}
+            mode[0], probed = probe_intermediate(obj, children.select(sample), ways, stats)
+            parts.append(probed)
+            todo = todo & ~sample
+        split_layer = torch.full_like(children.split_layer, last) if mode[0] == "fixed" else children.split_layer
+        if bool(todo.any()):
+            parts.append(_grouped(children.select(todo), split_layer[todo], tight, largest, budget, stats))
         return concat(parts) if len(parts) > 1 else parts[0]
+
+    # "auto": decided by the first probe (not with a recorder: its replay reads the bounds one way)
+    mode = [{"auto": "probe" if recorder is None else "recompute"}.get(opts.relu.intermediate,
+                                                                       opts.relu.intermediate)]
 
     def tight(children: SubproblemBatch, reuse: int) -> SubproblemBatch:
         rows = needed_rows(obj, children.bound)
@@ -269,6 +276,57 @@ def relu_rule(
 
     return Rule(branch=branch, bound=bound, batch_size=opts.relu.batch_size, settle=settle, recorder=recorder,
                 parallel=True)
+
+
+def _grouped(children: SubproblemBatch, split_layer: Tensor, tight, largest: int, budget: float, stats: BabStats
+             ) -> SubproblemBatch:
+    """``tight(batch, reuse)`` on every child, grouped by the layers whose bounds they reuse (after
+    ``split_layer``), in chunks where the backward rows would not fit in memory."""
+    parts = []
+    everyone = torch.ones(children.batch, dtype=torch.bool, device=split_layer.device)
+    for group, reuse in reuse_groups(split_layer, everyone, _MIN_GROUP):
+        members = children.select(group)
+        step = chunk_size(members, reuse, largest, budget)
+        if step < members.batch:
+            stats.extra["bab_bound_chunks"] = stats.extra.get("bab_bound_chunks", 0) + 1
+        parts.append(in_chunks(lambda b, reuse=reuse: tight(b, reuse), members, step))
+    return concat(parts) if len(parts) > 1 else parts[0]
+
+
+def _probe_sample(split_layer: Tensor, todo: Tensor, last: int) -> Tensor | None:
+    """The first ``_PROBE`` children in ``todo`` split before the last ReLU layer (only there do the two
+    ways differ), or None while there are fewer."""
+    early = todo & (split_layer < last)
+    if int(early.sum()) < _PROBE:
+        return None
+    keep = torch.zeros_like(early)
+    keep[early.nonzero().squeeze(1)[:_PROBE]] = True
+    return keep
+
+
+def probe_intermediate(obj: CaseObjective, sample: SubproblemBatch, ways: dict, stats: BabStats
+                       ) -> tuple[str, SubproblemBatch]:
+    """Bound ``sample`` each way (``ways``: name to bounding function) and choose the way whose children's
+    worst margins rose most per second; returns its name and its bounds of the sample."""
+    gains, times, outs = {}, {}, {}
+    for name, way in ways.items():
+        start = time.monotonic()
+        outs[name] = way(sample)
+        times[name] = max(time.monotonic() - start, 1e-6)
+        gains[name] = float(_gain(obj, sample.bound, outs[name].bound))
+    choice = max(ways, key=lambda name: gains[name] / times[name])
+    log.info("bab: intermediate bounds probe on %d children: %s: %s", sample.batch,
+             ", ".join(f"{n} {gains[n]:.4g} in {times[n]:.2f}s" for n in ways), choice)
+    stats.extra["bab_intermediate"] = choice
+    return choice, outs[choice]
+
+
+def _gain(obj: CaseObjective, before: Tensor, after: Tensor) -> Tensor:
+    """How much the worst open polytope margins of a batch rose (each child's capped at 0, proven)."""
+    start = obj.polytope_margins(before).amin(dim=-1)
+    end = obj.polytope_margins(after).amin(dim=-1)
+    live = torch.isfinite(start) & torch.isfinite(end)
+    return (end.clamp(max=0) - start.clamp(max=0))[live].clamp(min=0).sum()
 
 
 def check_primals(net: Network, obj: CaseObjective, batch: SubproblemBatch, validate_fn: ValidateFn,

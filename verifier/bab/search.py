@@ -47,12 +47,19 @@ class BabStats:
     time_attack: float = 0.0
     time_exact: float = 0.0
     extra: dict = field(default_factory=dict)
+    # a run's statistics so far (``verify``'s ``stats``): updated after every round, so that a run stopped
+    # from outside (the command's watchdog) still reports its search
+    live: dict | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self, prefix: str = "bab_") -> dict:
         out = {prefix + k: (round(v, 4) if isinstance(v, float) else v)
-               for k, v in vars(self).items() if k != "extra"}
+               for k, v in vars(self).items() if k not in ("extra", "live")}
         out.update(self.extra)
         return out
+
+    def publish(self) -> None:
+        if self.live is not None:
+            self.live.update(self.as_dict())
 
 
 def margins(obj: CaseObjective, bound: Tensor) -> Tensor:
@@ -211,6 +218,7 @@ def _loop(
         stats.max_queue = max(stats.max_queue, store.size)
         batch_size, last_peak = _adapt_batch(batch_size, rule.batch_size, parents.batch, last_peak, 2 * memory,
                                              stats)
+        stats.publish()
         if channel is not None and channel.serve(lambda: store.pop(store.size // 2) if store.size >= 2 else None):
             return Status.UNKNOWN, None
         if time.monotonic() - last_progress > opts.progress_every:

@@ -43,7 +43,7 @@ from verifier.bab.branching import babsr_scores, children_state, fast_bound, fsb
 from verifier.bab.leaves import decide_leaves
 from verifier.bab.options import BabOptions
 from verifier.bab.probes import check_points
-from verifier.bab.search import BabStats, Rule, ValidateFn, search
+from verifier.bab.search import BabStats, Rule, ValidateFn, margins, search
 from verifier.bab.spec_rows import (
     batch_bound,
     combine_rows,
@@ -323,8 +323,7 @@ def probe_intermediate(obj: CaseObjective, sample: SubproblemBatch, ways: dict, 
 
 def _gain(obj: CaseObjective, before: Tensor, after: Tensor) -> Tensor:
     """How much the worst open polytope margins of a batch rose (each child's capped at 0, proven)."""
-    start = obj.polytope_margins(before).amin(dim=-1)
-    end = obj.polytope_margins(after).amin(dim=-1)
+    start, end = margins(obj, before), margins(obj, after)
     live = torch.isfinite(start) & torch.isfinite(end)
     return (end.clamp(max=0) - start.clamp(max=0))[live].clamp(min=0).sum()
 
